@@ -1,0 +1,7 @@
+"""Rewards that score a candidate: one file each, selected by name with :func:`get_reward`."""
+
+from rewards.base import Reward, get_reward, register, reward_names
+from rewards.mnasnet import MnasNetReward
+from rewards.trainaware import TrainAwareReward
+
+__all__ = ["Reward", "get_reward", "register", "reward_names", "MnasNetReward", "TrainAwareReward"]

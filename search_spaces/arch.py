@@ -1,0 +1,308 @@
+"""An architecture as plain, immutable data, with one text form and one JSON form.
+
+Text form (the TF / automl block-string grammar, one string per stage, joined by commas, with
+network-level tokens around them)::
+
+    stem32,r1_k3_s1_e1_i32_o16_se0.25,r2_k3_s2_e6_i16_o24_se0.25,...,head1280,res224,drop0.2,sd0.2,act_silu
+
+Stage grammar: ``r<repeats>_k<kernel>_s<stride>_e<expansion>_i<in>_o<out>[_se<ratio>][_c<type>][_noskip|_poolskip]``
+
+* ``c1`` marks a Fused-MBConv stage (``c0`` or no ``c`` token: MBConv), as in EfficientNetV2's configs.
+* Strides may be written ``s2`` (V2) or ``s22`` (V1 / MnasNet); the canonical form is ``s2``.
+* ``i`` is optional on input; when present it must equal the previous stage's output (or the stem).
+* MnasNet's convolution kinds map onto the two block kinds: a regular kxk convolution is a
+  Fused-MBConv with expansion 1 (``_c1`` ``_e1``), a depthwise-separable convolution is an MBConv
+  with expansion 1.
+* Network-level tokens (all optional on input, all written on output): ``stem<C>``, ``head<C>``,
+  ``res<pixels>``, ``drop<p>`` (dropout before the classifier), ``sd<p>`` (stochastic depth, the rate
+  of the last block), ``act_<silu|relu>``.
+
+``Architecture.from_string(a.to_string()) == a`` and ``Architecture.from_json(a.to_json()) == a`` for
+every valid architecture; both parsers reject anything they do not understand with a
+:class:`NasError` naming it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from search_spaces.errors import NasError
+
+BLOCKS = ("mbconv", "fused")
+KERNELS = (3, 5)
+STRIDES = (1, 2)
+SKIPS = ("id", "none", "pool")
+ACTIVATIONS = ("silu", "relu")
+MAX_EXPANSION = 8
+MAX_REPEATS = 64
+MAX_CHANNELS = 16384
+MIN_RESOLUTION, MAX_RESOLUTION = 8, 2048
+JSON_FORMAT = "nas.architecture/1"
+
+
+def _check_int(name: str, value: Any, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise NasError(f"{name} must be an integer, got {value!r}")
+    if not lo <= value <= hi:
+        raise NasError(f"{name} must be in [{lo}, {hi}], got {value}")
+    return value
+
+
+def _check_choice(name: str, value: Any, allowed: Iterable[Any]) -> Any:
+    allowed = tuple(allowed)
+    if isinstance(value, bool) or value not in allowed:
+        raise NasError(f"{name} must be one of {', '.join(map(str, allowed))}; got {value!r}")
+    return value
+
+
+def _check_prob(name: str, value: Any, hi_inclusive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise NasError(f"{name} must be a finite number, got {value!r}")
+    ok = 0.0 <= value <= 1.0 if hi_inclusive else 0.0 <= value < 1.0
+    if not ok:
+        raise NasError(f"{name} must be in [0, 1{']' if hi_inclusive else ')'}, got {value}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage: ``repeats`` blocks of one kind; only the first block strides."""
+
+    block: str
+    kernel: int
+    stride: int
+    expansion: int
+    out: int
+    repeats: int
+    se: float = 0.0
+    skip: str = "id"
+
+    def __post_init__(self) -> None:
+        _check_choice("block kind", self.block, BLOCKS)
+        _check_choice("kernel", self.kernel, KERNELS)
+        _check_choice("stride", self.stride, STRIDES)
+        _check_int("expansion", self.expansion, 1, MAX_EXPANSION)
+        _check_int("output channels", self.out, 1, MAX_CHANNELS)
+        _check_int("repeats", self.repeats, 1, MAX_REPEATS)
+        object.__setattr__(self, "se", _check_prob("SE ratio", self.se))
+        _check_choice("skip", self.skip, SKIPS)
+
+    def to_string(self, in_channels: int) -> str:
+        s = f"r{self.repeats}_k{self.kernel}_s{self.stride}_e{self.expansion}_i{in_channels}_o{self.out}"
+        if self.se:
+            s += f"_se{self.se!r}"
+        if self.block == "fused":
+            s += "_c1"
+        if self.skip == "none":
+            s += "_noskip"
+        elif self.skip == "pool":
+            s += "_poolskip"
+        return s
+
+    @staticmethod
+    def parse(text: str) -> tuple["Stage", int | None]:
+        """Parse one stage string; returns the stage and its ``i`` value (None when absent)."""
+        fields: dict[str, Any] = {}
+        in_channels = None
+        seen: set[str] = set()
+        for tok in text.split("_"):
+            m = re.fullmatch(r"(r|k|s|e|i|o|se|c)(\d+(?:\.\d+)?(?:e-?\d+)?)", tok)
+            key = m.group(1) if m else tok
+            if key in seen:
+                raise NasError(f"duplicate token {tok!r} in stage {text!r}")
+            seen.add(key)
+            if tok in ("noskip", "poolskip"):
+                fields["skip"] = "none" if tok == "noskip" else "pool"
+                continue
+            if m is None:
+                raise NasError(f"unknown token {tok!r} in stage {text!r}")
+            raw = m.group(2)
+            if key == "se":
+                fields["se"] = float(raw)
+                continue
+            if not raw.isdigit():
+                raise NasError(f"token {tok!r} in stage {text!r} needs an integer")
+            if key == "s":
+                if len(raw) == 2 and raw[0] == raw[1]:
+                    raw = raw[0]  # V1 / MnasNet write strides as two equal digits: s22, s11
+                elif len(raw) != 1:
+                    raise NasError(f"stride {tok!r} in stage {text!r}: write s1, s2, s11 or s22")
+            val = int(raw)
+            if key == "c":
+                _check_choice("conv type (c token)", val, (0, 1))
+                fields["block"] = "fused" if val == 1 else "mbconv"
+            elif key == "i":
+                in_channels = val
+            else:
+                fields[{"r": "repeats", "k": "kernel", "s": "stride", "e": "expansion", "o": "out"}[key]] = val
+        missing = [t for t, f in (("r", "repeats"), ("k", "kernel"), ("s", "stride"), ("e", "expansion"), ("o", "out")) if f not in fields]
+        if missing:
+            raise NasError(f"stage {text!r} is missing token(s) {', '.join(missing)}")
+        fields.setdefault("block", "mbconv")
+        return Stage(**fields), in_channels
+
+
+_NET_TOKENS = {
+    "stem": (r"stem(\d+)", int),
+    "head": (r"head(\d+)", int),
+    "resolution": (r"res(\d+)", int),
+    "dropout": (r"drop(\d+(?:\.\d+)?(?:e-?\d+)?)", float),
+    "drop_path": (r"sd(\d+(?:\.\d+)?(?:e-?\d+)?)", float),
+    "activation": (r"act_([a-z]+)", str),
+}
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A whole network: stem, stages, head, and the regularisation and resolution it is meant for.
+
+    All channel counts are concrete (already rounded); scaling returns a new Architecture
+    (see :mod:`search_spaces.scaling`), it never mutates one.
+    """
+
+    stem: int
+    stages: tuple[Stage, ...]
+    head: int = 1280
+    resolution: int = 224
+    dropout: float = 0.2
+    drop_path: float = 0.2
+    activation: str = "silu"
+
+    def __post_init__(self) -> None:
+        _check_int("stem channels", self.stem, 1, MAX_CHANNELS)
+        _check_int("head channels", self.head, 1, MAX_CHANNELS)
+        _check_int("resolution", self.resolution, MIN_RESOLUTION, MAX_RESOLUTION)
+        object.__setattr__(self, "dropout", _check_prob("dropout", self.dropout))
+        object.__setattr__(self, "drop_path", _check_prob("stochastic depth rate", self.drop_path))
+        _check_choice("activation", self.activation, ACTIVATIONS)
+        stages = tuple(self.stages)
+        if not stages:
+            raise NasError("an architecture needs at least one stage")
+        for s in stages:
+            if not isinstance(s, Stage):
+                raise NasError(f"stages must be Stage objects, got {type(s).__name__}")
+        object.__setattr__(self, "stages", stages)
+
+    # -- derived facts -------------------------------------------------------------------
+    @property
+    def num_blocks(self) -> int:
+        return sum(s.repeats for s in self.stages)
+
+    def stage_inputs(self) -> list[int]:
+        """Input channels of each stage (the stem, then each previous stage's output)."""
+        ins, prev = [], self.stem
+        for s in self.stages:
+            ins.append(prev)
+            prev = s.out
+        return ins
+
+    def replace(self, **changes: Any) -> "Architecture":
+        return dataclasses.replace(self, **changes)
+
+    # -- text form -------------------------------------------------------------------------
+    def to_string(self) -> str:
+        parts = [f"stem{self.stem}"]
+        parts += [s.to_string(i) for s, i in zip(self.stages, self.stage_inputs())]
+        parts += [
+            f"head{self.head}",
+            f"res{self.resolution}",
+            f"drop{self.dropout!r}",
+            f"sd{self.drop_path!r}",
+            f"act_{self.activation}",
+        ]
+        return ",".join(parts)
+
+    def __str__(self) -> str:
+        return self.to_string()
+
+    @classmethod
+    def from_string(cls, text: str) -> "Architecture":
+        if not isinstance(text, str) or not text.strip():
+            raise NasError(f"empty architecture string: {text!r}")
+        net: dict[str, Any] = {}
+        parsed: list[tuple[Stage, int | None, str]] = []
+        for tok in (t.strip() for t in text.strip().split(",")):
+            if not tok:
+                raise NasError(f"empty token (doubled comma?) in architecture string {text!r}")
+            if re.match(r"r\d", tok):
+                stage, i = Stage.parse(tok)
+                parsed.append((stage, i, tok))
+                continue
+            for field, (pattern, conv) in _NET_TOKENS.items():
+                m = re.fullmatch(pattern, tok)
+                if m:
+                    if field in net:
+                        raise NasError(f"duplicate token {tok!r} in architecture string")
+                    net[field] = conv(m.group(1))
+                    break
+            else:
+                raise NasError(
+                    f"unknown token {tok!r}: expected a stage like r2_k3_s2_e6_i16_o24 or one of "
+                    "stem<C>, head<C>, res<N>, drop<p>, sd<p>, act_<silu|relu>"
+                )
+        if not parsed:
+            raise NasError(f"architecture string {text!r} has no stage (r<repeats>_k.._s.._e.._o..)")
+        if "stem" not in net:
+            first_in = parsed[0][1]
+            if first_in is None:
+                raise NasError("give the stem width (stem<C>) or the first stage's input channels (i<C>)")
+            net["stem"] = first_in
+        prev = net["stem"]
+        for stage, i, tok in parsed:
+            if i is not None and i != prev:
+                raise NasError(f"stage {tok!r} says i{i} but its input has {prev} channels")
+            prev = stage.out
+        return cls(stages=tuple(s for s, _, _ in parsed), **net)
+
+    # -- JSON form -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["stages"] = [dataclasses.asdict(s) for s in self.stages]
+        return {"format": JSON_FORMAT, **d}
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "Architecture":
+        if not isinstance(data, dict):
+            raise NasError(f"architecture JSON must be an object, got {type(data).__name__}")
+        data = dict(data)
+        fmt = data.pop("format", JSON_FORMAT)
+        if fmt != JSON_FORMAT:
+            raise NasError(f"unknown architecture format {fmt!r} (expected {JSON_FORMAT!r})")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - fields)
+        if unknown:
+            raise NasError(f"unknown architecture field(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(sorted(fields))}")
+        if "stem" not in data or "stages" not in data:
+            raise NasError("architecture JSON needs 'stem' and 'stages'")
+        stages_raw = data.pop("stages")
+        if not isinstance(stages_raw, list):
+            raise NasError("'stages' must be a list")
+        stage_fields = {f.name for f in dataclasses.fields(Stage)}
+        stages = []
+        for k, s in enumerate(stages_raw):
+            if not isinstance(s, dict):
+                raise NasError(f"stage {k} must be an object, got {s!r}")
+            bad = sorted(set(s) - stage_fields)
+            if bad:
+                raise NasError(f"stage {k}: unknown field(s) {', '.join(map(repr, bad))}")
+            try:
+                stages.append(Stage(**s))
+            except TypeError as e:  # a missing required field
+                raise NasError(f"stage {k}: {e}") from None
+        return cls(stages=tuple(stages), **data)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Architecture":
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, TypeError) as e:
+            raise NasError(f"not valid architecture JSON: {e}") from None
+        return cls.from_dict(data)

@@ -1,0 +1,103 @@
+"""Compound scaling (EfficientNet V1 section 3.3) and EfficientNetV2's scaling rules (V2 section 4.3).
+
+Every function here is pure: it returns a new :class:`Architecture` and leaves its argument alone.
+"""
+
+from __future__ import annotations
+
+import math
+
+from search_spaces.arch import Architecture, Stage
+from search_spaces.blocks import make_divisible
+from search_spaces.errors import NasError
+
+ROUNDINGS = ("v1", "v2")
+
+
+def round_filters(channels: int, width: float, rounding: str = "v1", divisor: int = 8) -> int:
+    """V1: nearest multiple of 8 (at least 8), plus 8 when that falls below 90% of ``c*width``.
+    V2 (automl): the same without the 90% rule."""
+    if rounding not in ROUNDINGS:
+        raise NasError(f"rounding must be one of {', '.join(ROUNDINGS)}; got {rounding!r}")
+    if width == 1.0:
+        return channels
+    value = channels * width
+    if rounding == "v1":
+        return make_divisible(value, divisor)
+    return max(divisor, int(value + divisor / 2) // divisor * divisor)
+
+
+def round_repeats(repeats: int, depth: float) -> int:
+    return int(math.ceil(repeats * depth))
+
+
+def _check_mult(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise NasError(f"{name} multiplier must be a positive number, got {value!r}")
+    return float(value)
+
+
+def scale(arch: Architecture, *, width: float = 1.0, depth: float = 1.0, resolution: int | None = None,
+          resolution_mult: float = 1.0, rounding: str = "v1", dropout: float | None = None) -> Architecture:
+    """Scale width (channels), depth (repeats) and resolution; returns a new architecture.
+
+    ``resolution`` sets the new native resolution directly (EfficientNet-B2 is B0 at 260 px);
+    otherwise it is ``round(arch.resolution * resolution_mult)``.
+    """
+    width, depth = _check_mult("width", width), _check_mult("depth", depth)
+    resolution_mult = _check_mult("resolution", resolution_mult)
+    stages = tuple(
+        Stage(s.block, s.kernel, s.stride, s.expansion, round_filters(s.out, width, rounding),
+              round_repeats(s.repeats, depth), s.se, s.skip)
+        for s in arch.stages
+    )
+    res = resolution if resolution is not None else int(round(arch.resolution * resolution_mult))
+    return arch.replace(
+        stem=round_filters(arch.stem, width, rounding),
+        stages=stages,
+        head=round_filters(arch.head, width, rounding),
+        resolution=res,
+        dropout=arch.dropout if dropout is None else dropout,
+    )
+
+
+def compound(arch: Architecture, phi: float, alpha: float, beta: float, gamma: float,
+             rounding: str = "v1") -> Architecture:
+    """EfficientNet's compound scaling: depth alpha**phi, width beta**phi, resolution gamma**phi."""
+    if isinstance(phi, bool) or not isinstance(phi, (int, float)) or phi < 0:
+        raise NasError(f"phi must be a non-negative number, got {phi!r}")
+    for name, v in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
+        if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 1.0:
+            raise NasError(f"{name} must be a number >= 1, got {v!r}")
+    return scale(arch, width=beta ** phi, depth=alpha ** phi, resolution_mult=gamma ** phi, rounding=rounding)
+
+
+def scale_v2(arch: Architecture, *, width: float = 1.0, depth: float = 1.0, resolution_mult: float = 1.0,
+             max_resolution: int = 480, late_stages: int = 2, dropout: float | None = None) -> Architecture:
+    """EfficientNetV2's scaling rules on top of compound scaling (V2 section 4.3):
+
+    1. the inference image size is capped at ``max_resolution`` (480), and
+    2. extra layers go to the later stages: the layers that ``ceil(repeats * depth)`` would add over
+       the whole network are all given to the last ``late_stages`` stages (V2's stages 5 and 6),
+       in proportion to their current repeats (largest remainder), earlier stages keep theirs.
+    """
+    width, depth = _check_mult("width", width), _check_mult("depth", depth)
+    if late_stages < 1:
+        raise NasError(f"late_stages must be >= 1, got {late_stages}")
+    scaled = scale(arch, width=width, resolution_mult=resolution_mult, rounding="v2", dropout=dropout)
+    scaled = scaled.replace(resolution=min(scaled.resolution, max_resolution))
+    repeats = [s.repeats for s in arch.stages]
+    extra = sum(round_repeats(r, depth) for r in repeats) - sum(repeats)
+    late = list(range(max(0, len(repeats) - late_stages), len(repeats)))
+    if extra > 0:
+        weights = [repeats[i] for i in late]
+        shares = [extra * w / sum(weights) for w in weights]
+        alloc = [int(math.floor(x)) for x in shares]
+        order = sorted(range(len(late)), key=lambda j: (shares[j] - alloc[j], late[j]), reverse=True)
+        for j in order[: extra - sum(alloc)]:
+            alloc[j] += 1
+        for j, i in enumerate(late):
+            repeats[i] += alloc[j]
+    stages = tuple(s.__class__(s.block, s.kernel, s.stride, s.expansion, s.out, r, s.se, s.skip)
+                   for s, r in zip(scaled.stages, repeats))
+    return scaled.replace(stages=stages)
