@@ -1,0 +1,42 @@
+"""``nas measure``: time the real training step of an architecture on this machine."""
+
+from __future__ import annotations
+
+import json
+
+AMP_MODES = ("auto", "on", "off")  # as nas.measure; not imported here to keep `nas --help` fast
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("measure", help="time one training step (forward, loss, backward, optimizer step)")
+    p.add_argument("arch", metavar="ARCH", help="preset, architecture string, JSON file or run directory")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--image-size", type=int, default=None, help="default: the architecture's resolution")
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--memory-format", choices=MEMORY_FORMATS, default="auto")
+    p.add_argument("--amp", choices=AMP_MODES, default="auto")
+    p.add_argument("--min-run-time", type=float, default=2.0, help="seconds of timed steps (default 2)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from nas.measure import measure_step_time
+    from nas.resolve import resolve_arch
+    from search_spaces import count_params
+
+    arch = resolve_arch(args.arch)
+    r = measure_step_time(arch, device=args.device, batch_size=args.batch_size, image_size=args.image_size,
+                          num_classes=args.num_classes, amp=args.amp, memory_format=args.memory_format,
+                          min_run_time=args.min_run_time)
+    out = {"arch": arch.to_string(), "params": count_params(arch, args.num_classes), **r.to_dict()}
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"step time   {r.step_time_ms:.2f} ms median  (IQR {r.iqr_ms:.2f} ms, {r.runs} runs x {r.steps_per_run} steps)")
+    print(f"setting     batch {r.batch_size}, {r.image_size} px, {r.dtype}{' (AMP)' if r.amp else ''}, {r.memory_format}")
+    print(f"device      {r.device} ({r.device_name}), torch {r.torch_version}, {r.threads} threads")
+    print(f"params      {out['params']:,}")
+    return 0

@@ -1,0 +1,59 @@
+"""``nas show``: the stage table, parameters and MACs of an architecture."""
+
+from __future__ import annotations
+
+import json
+
+from nas.resolve import resolve_arch
+from search_spaces import Architecture, count_macs, count_params
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("show", help="print an architecture's stage table, parameters and MACs",
+                       description="ARCH is a preset name (nas presets), an architecture string, "
+                                   "an architecture JSON file or a run directory.")
+    p.add_argument("arch", metavar="ARCH")
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--resolution", type=int, default=None, help="count MACs at this size (default: native)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=run)
+
+
+def summary(arch: Architecture, num_classes: int = 1000, resolution: int | None = None) -> dict:
+    res = resolution or arch.resolution
+    return {"arch": arch.to_string(), "architecture": arch.to_dict(), "params": count_params(arch, num_classes),
+            "macs": count_macs(arch, res, num_classes), "resolution": res, "num_classes": num_classes}
+
+
+def stage_table(arch: Architecture) -> str:
+    import pandas as pd
+
+    rows = [{"stage": 0, "op": "conv3x3 (stem)", "kernel": 3, "stride": 2, "expansion": "", "in": 3,
+             "out": arch.stem, "layers": 1, "se": "", "skip": ""}]
+    for k, (s, cin) in enumerate(zip(arch.stages, arch.stage_inputs()), start=1):
+        rows.append({"stage": k, "op": "Fused-MBConv" if s.block == "fused" else "MBConv", "kernel": s.kernel,
+                     "stride": s.stride, "expansion": s.expansion, "in": cin, "out": s.out, "layers": s.repeats,
+                     "se": s.se or "", "skip": s.skip})
+    rows.append({"stage": len(arch.stages) + 1, "op": "conv1x1 (head)", "kernel": 1, "stride": 1, "expansion": "",
+                 "in": arch.stages[-1].out, "out": arch.head, "layers": 1, "se": "", "skip": ""})
+    return pd.DataFrame(rows).to_string(index=False)
+
+
+def run(args) -> int:
+    from nas.errors import NasError
+
+    if args.num_classes < 1:
+        raise NasError(f"--num-classes must be positive, got {args.num_classes}")
+    if args.resolution is not None and not 8 <= args.resolution <= 2048:
+        raise NasError(f"--resolution must be in [8, 2048], got {args.resolution}")
+    arch = resolve_arch(args.arch)
+    info = summary(arch, args.num_classes, args.resolution)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(stage_table(arch))
+    print(f"\narch        {info['arch']}")
+    print(f"params      {info['params']:,}  ({info['num_classes']} classes)")
+    print(f"MACs        {info['macs']:,}  ({info['macs'] / 1e9:.3f} G at {info['resolution']} px)")
+    print(f"activation  {arch.activation}   dropout {arch.dropout}   stochastic depth {arch.drop_path}")
+    return 0
