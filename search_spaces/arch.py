@@ -55,7 +55,8 @@ def _check_int(name: str, value: Any, lo: int, hi: int) -> int:
 
 def _check_choice(name: str, value: Any, allowed: Iterable[Any]) -> Any:
     allowed = tuple(allowed)
-    if isinstance(value, bool) or value not in allowed:
+    # Compare types too: 3.0 == 3, but a float kernel would be written "k3.0", which does not parse.
+    if isinstance(value, bool) or value not in allowed or type(value) not in {type(a) for a in allowed}:
         raise NasError(f"{name} must be one of {', '.join(map(str, allowed))}; got {value!r}")
     return value
 
@@ -112,7 +113,8 @@ class Stage:
         seen: set[str] = set()
         for tok in text.split("_"):
             m = re.fullmatch(r"(r|k|s|e|i|o|se|c)(\d+(?:\.\d+)?(?:e-?\d+)?)", tok)
-            key = m.group(1) if m else tok
+            # noskip and poolskip both set the skip op: together they conflict, like a repeated token.
+            key = m.group(1) if m else ("skip" if tok in ("noskip", "poolskip") else tok)
             if key in seen:
                 raise NasError(f"duplicate token {tok!r} in stage {text!r}")
             seen.add(key)
