@@ -109,10 +109,13 @@ class Evaluator:
     the reference measurement, which is taken once per process on this process's device, so S on a
     mixed cluster compares each candidate with the reference on its own kind of device."""
 
-    def __init__(self, settings: TrialSettings):
+    def __init__(self, settings: TrialSettings, reference: Architecture | None = None):
+        """``reference`` replaces the space's baseline as the S / P normaliser (``nas grid-scale``
+        normalises every scaled candidate by its unscaled base)."""
         from rewards import get_reward
 
         self.settings = settings.validate()
+        self._reference_arch = reference
         self.space = get_space(settings.space)
         self.reward = get_reward(settings.reward, **settings.reward_params)
         self._splits = None
@@ -126,10 +129,10 @@ class Evaluator:
             self._splits = load_dataset(self.settings.dataset, self.settings.data_dir, seed=self.settings.seed)
         return self._splits
 
-    def _measure(self, arch: Architecture, seed: int):
+    def _measure(self, arch: Architecture, seed: int, proxy: ProxyConfig | None = None):
         from nas.measure import measure_step_time
 
-        p = self.settings.proxy
+        p = proxy or self.settings.proxy
         torch.manual_seed(seed)
         model = build(proxy_arch(arch, p), self.splits.num_classes)
         return measure_step_time(model, device=self.settings.device, batch_size=p.batch_size,
@@ -139,7 +142,7 @@ class Evaluator:
     def reference(self) -> dict[str, Any]:
         """Step time and size of the space's reference architecture, measured once per process."""
         if self._reference is None:
-            ref = self.space.reference()
+            ref = self._reference_arch or self.space.reference()
             t = self._measure(ref, self.settings.seed)
             self._reference = {"arch": ref.to_string(), "step_time_ms": t.step_time_ms, "iqr_ms": t.iqr_ms,
                                "params": count_params(ref, self.splits.num_classes),
@@ -147,19 +150,24 @@ class Evaluator:
         return self._reference
 
     def evaluate(self, arch: Architecture, *, seed: int = 0,
-                 report: Callable[[int, float], None] | None = None) -> dict[str, Any]:
+                 report: Callable[[int, float], None] | None = None,
+                 image_size: int | None = None) -> dict[str, Any]:
         """Score one candidate. ``report(epoch, accuracy)`` is called after every proxy epoch (the
-        driver's pruning hook; it may raise to stop the trial). Raises :class:`TrialFailed` for a
-        candidate that trains to NaN or runs out of memory."""
+        driver's pruning hook; it may raise to stop the trial). ``image_size`` overrides the proxy
+        image size for this candidate only (compound scaling's resolution, EfficientNet section 3.3),
+        while the reference stays measured at the settings' size, so S stays comparable. Raises
+        :class:`TrialFailed` for a candidate that trains to NaN or runs out of memory."""
         from nas.train import TrainConfig, fit
 
         t0 = time.perf_counter()
         ref = self.reference()
         p = self.settings.proxy
+        if image_size is not None:
+            p = dataclasses.replace(p, image_size=image_size).validate()
         splits = self.splits
         small = proxy_arch(arch, p)
         try:
-            timing = self._measure(arch, seed)
+            timing = self._measure(arch, seed, p)
             t_measure = time.perf_counter()
             torch.manual_seed(seed)
             model = build(small, splits.num_classes)
