@@ -59,15 +59,23 @@ class _Block(nn.Module):
         self.shortcut = _Shortcut(cin, cout, stride, norm) if skip == "pool" else None
         residual = self.use_identity or self.shortcut is not None
         self.stochastic_depth = StochasticDepth(drop_path, "row") if residual and drop_path > 0 else nn.Identity()
+        # ReLU's backward reads its own output, so the residual must not be added in place into a block
+        # that ends in ReLU (MnasNet's regular conv: Fused-MBConv e1 without SE, with ReLU).
+        last = self.block[-1]
+        self.inplace_add = not (isinstance(last, nn.Sequential) and isinstance(last[-1], nn.ReLU))
+
+    def _add(self, out: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        if self.inplace_add:
+            out += residual  # in place, as torchvision: one activation-sized allocation less per block
+            return out
+        return out + residual
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.block(x)
         if self.use_identity:
-            out = self.stochastic_depth(out)
-            out += x  # in place, as torchvision: one activation-sized allocation less per block
+            out = self._add(self.stochastic_depth(out), x)
         elif self.shortcut is not None:
-            out = self.stochastic_depth(out)
-            out += self.shortcut(x)
+            out = self._add(self.stochastic_depth(out), self.shortcut(x))
         return out
 
 
