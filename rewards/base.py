@@ -27,7 +27,10 @@ class Reward(abc.ABC):
 def _need(metrics: dict[str, float], key: str, positive: bool = True) -> float:
     if key not in metrics:
         raise NasError(f"reward needs metric {key!r}")
-    v = float(metrics[key])
+    try:
+        v = float(metrics[key])
+    except (TypeError, ValueError):  # "fast", None, a list: still the user's input, so a NasError
+        raise NasError(f"metric {key!r} must be a number, got {metrics[key]!r}") from None
     if not math.isfinite(v) or (positive and v <= 0):
         raise NasError(f"metric {key!r} must be a {'positive ' if positive else ''}finite number, got {v}")
     return v
