@@ -22,6 +22,9 @@ class MnasNetReward(Reward):
             raise NasError(f"unknown constraint {constraint!r}; known: {', '.join(CONSTRAINTS)}")
         if target_ms is not None and (not isinstance(target_ms, (int, float)) or not math.isfinite(target_ms) or target_ms <= 0):
             raise NasError(f"latency target must be a positive number of ms, got {target_ms!r}")
+        for k, x in (("alpha", alpha), ("beta", beta)):
+            if x is not None and (isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x)):
+                raise NasError(f"reward exponent {k} must be a finite number, got {x!r}")
         a, b = CONSTRAINTS[constraint]
         self.alpha = a if alpha is None else float(alpha)
         self.beta = b if beta is None else float(beta)
