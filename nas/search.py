@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -24,6 +25,8 @@ from nas.trial import Evaluator, TrialSettings
 SAMPLERS = ("tpe", "random", "nsga2")
 PRUNERS = ("median", "hyperband", "none")
 STUDY_NAME = "nas-search"
+# A running trial writes a heartbeat every HEARTBEAT_S; one silent for GRACE_S is taken as killed.
+HEARTBEAT_S, GRACE_S = 10, 60
 DONE_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 # Multi-objective (nsga2): accuracy up, step time down, parameters down.
 OBJECTIVES = (("accuracy", "maximize"), ("step_time_ms", "minimize"), ("params", "minimize"))
@@ -75,7 +78,13 @@ def make_storage(url: str | None, run_dir: Path) -> optuna.storages.BaseStorage:
     url = url or f"sqlite:///{(run_dir / 'study.db').resolve()}"
     try:
         # The heartbeat lets a resumed (or parallel) run fail trials whose process was killed.
-        return optuna.storages.RDBStorage(url, heartbeat_interval=5, grace_period=20)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            # SQLite's default 5 s lock timeout is short for a loaded machine with the heartbeat
+            # thread and parallel workers writing to one file.
+            engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else None
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S,
+                                              grace_period=GRACE_S)
     except Exception as e:  # SQLAlchemy raises a zoo of types for a bad URL or unreachable server
         raise NasError(f"cannot open storage {url!r}: {str(e).splitlines()[0]}") from None
 

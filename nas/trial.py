@@ -54,7 +54,26 @@ class ProxyConfig:
             raise NasError(f"unknown optimizer {self.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
         if self.measure_min_run_time <= 0:
             raise NasError(f"measure time must be positive, got {self.measure_min_run_time}")
+        if self.progressive != "off":
+            from nas.progressive import get_schedule
+
+            get_schedule(self.progressive)
+        self.train_config(device="cpu", seed=0)  # the training loop's own checks (lr range, ...)
         return self
+
+    def train_config(self, *, device: str, seed: int):
+        """The training-loop configuration of one proxy run (EfficientNetV2's schedule, image sizes
+        scaled into the proxy's range, when ``progressive`` is set)."""
+        from nas.train import TrainConfig
+
+        progressive = None
+        if self.progressive != "off":
+            from nas.progressive import get_schedule
+
+            progressive = get_schedule(self.progressive).with_sizes(max(8, self.image_size // 2), self.image_size)
+        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, optimizer=self.optimizer, lr=self.lr,
+                           image_size=self.image_size, eval_image_size=self.image_size, progressive=progressive,
+                           device=device, seed=seed, warmup_epochs=0)
 
 
 @dataclass(frozen=True)
@@ -82,13 +101,16 @@ class TrialSettings:
     def validate(self) -> "TrialSettings":
         from rewards import get_reward
 
+        from nas.data import DATASETS
+
         get_space(self.space)
         get_reward(self.reward, **self.reward_params)
+        known = [d for d in DATASETS if ":" not in d]
+        if self.dataset not in known and not self.dataset.startswith("imagefolder:"):
+            raise NasError(f"unknown dataset {self.dataset!r}; known: {', '.join(DATASETS)}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**31 - 1000000:
+            raise NasError(f"seed must be a non-negative integer below 2**31 - 10**6, got {self.seed!r}")
         self.proxy.validate()
-        if self.proxy.progressive != "off":
-            from nas.progressive import get_schedule
-
-            get_schedule(self.proxy.progressive)
         from nas.measure import resolve_device
 
         resolve_device(self.device)
@@ -157,7 +179,7 @@ class Evaluator:
         image size for this candidate only (compound scaling's resolution, EfficientNet section 3.3),
         while the reference stays measured at the settings' size, so S stays comparable. Raises
         :class:`TrialFailed` for a candidate that trains to NaN or runs out of memory."""
-        from nas.train import TrainConfig, fit
+        from nas.train import fit
 
         t0 = time.perf_counter()
         ref = self.reference()
@@ -171,15 +193,7 @@ class Evaluator:
             t_measure = time.perf_counter()
             torch.manual_seed(seed)
             model = build(small, splits.num_classes)
-            progressive = None
-            if p.progressive != "off":
-                from nas.progressive import get_schedule
-
-                # The paper's schedule, with image sizes scaled into the proxy's range.
-                progressive = get_schedule(p.progressive).with_sizes(max(8, p.image_size // 2), p.image_size)
-            cfg = TrainConfig(epochs=p.epochs, batch_size=p.batch_size, optimizer=p.optimizer, lr=p.lr,
-                              image_size=p.image_size, eval_image_size=p.image_size, progressive=progressive,
-                              device=self.settings.device, seed=seed, warmup_epochs=0)
+            cfg = p.train_config(device=self.settings.device, seed=seed)
 
             def on_epoch_end(epoch: int, metrics: dict[str, Any]) -> None:
                 loss = metrics.get("train_loss")

@@ -105,5 +105,5 @@ def run(args) -> int:
         return 0
     from nas.search import run_search
 
-    run_search(settings, opts, progress=not args.no_progress)
-    return 0
+    best = run_search(settings, opts, progress=not args.no_progress)
+    return 0 if best else 1  # 1: every trial failed or was pruned
