@@ -153,13 +153,25 @@ def test_nsga2_reports_a_pareto_front(tmp_path, run_nas):
     (["--progressive", "xl"], "xl"),
     (["--backend", "spark"], "spark"),
 ])
-def test_bad_input_is_one_line_and_exit_2_before_any_trial(tmp_path, run_nas, args, bad):
+def test_bad_input_is_one_line_and_exit_2_before_any_trial(tmp_path, capsys, args, bad):
+    # In-process (main() is the console script) to keep the suite fast; the subprocess test below
+    # checks the same through a real interpreter.
+    from nas.cli import main
+
     out = tmp_path / "run"
-    rc, stdout, stderr = run_nas("search", "--out", out, *TINY, *args)
+    rc = main(["search", "--out", str(out), *TINY, *args])
+    stderr = capsys.readouterr().err
     assert rc == 2
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("nas: error:") and bad in lines[0], stderr
     assert not (out / "study.db").exists()
+
+
+def test_bad_input_through_a_real_interpreter(tmp_path, run_nas):
+    rc, stdout, stderr = run_nas("search", "--out", tmp_path / "run", "--space", "nope", *TINY)
+    assert rc == 2 and stderr.strip() == (
+        "nas: error: unknown search space 'nope'; known: mnasnet, trainaware"), stderr
+    assert "Traceback" not in stderr
 
 
 @pytest.mark.slow
