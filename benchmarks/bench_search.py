@@ -1,0 +1,133 @@
+"""Search benchmarks (printed figures, not timed tests).
+
+1. Framework overhead: a real embedded search; per trial, the time spent outside measuring and
+   training the candidate (sampling, building, storage writes, result export, plotting) as a share
+   of the trial's wall time.
+2. TPE against random search at the same trial budget, on a cached objective: a sub-space of the
+   training-aware space small enough to evaluate every architecture once for real (proxy training on
+   digits); the table is cached in ``benchmarks/.cache`` and both samplers then run many seeded
+   searches against it in seconds. Reported: mean best reward found and mean regret to the table's
+   optimum, per budget.
+
+    python benchmarks/bench_search.py --trials 8                # both parts
+    python benchmarks/bench_search.py --part samplers --budget 10 --seeds 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from itertools import product
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+
+from nas.search import SearchOptions, run_search
+from nas.trial import Evaluator, ProxyConfig, TrialSettings
+from search_spaces import Stage, get_space
+
+CACHE = Path(__file__).resolve().parent / ".cache"
+
+
+def overhead(n_trials: int, dataset: str, epochs: int) -> None:
+    settings = TrialSettings(dataset=dataset, proxy=ProxyConfig(epochs=epochs))
+    with tempfile.TemporaryDirectory() as d:
+        opts = SearchOptions(n_trials=n_trials, out=d, pruner="none")
+        t0 = time.perf_counter()
+        run_search(settings, opts, progress=False, echo=lambda s: None)
+        wall = time.perf_counter() - t0
+        df = pd.read_csv(Path(d) / "trials.csv")
+    ok = df[df["state"] == "COMPLETE"]
+    work = (ok["measure_s"] + ok["train_s"]).sum()
+    trial_wall = ok["duration_s"].sum()
+    print(f"\n== framework overhead: {len(ok)} trials on {dataset}, {epochs} proxy epochs ==")
+    print(f"whole run                {wall:8.1f} s (includes one reference measurement and start-up)")
+    print(f"inside trials            {trial_wall:8.1f} s")
+    print(f"  measuring + training   {work:8.1f} s")
+    print(f"  other (build, sample)  {trial_wall - work:8.1f} s  = {(trial_wall - work) / trial_wall:.1%} of trial time")
+    between = wall - trial_wall
+    print(f"outside trials           {between:8.1f} s  = {between / wall:.1%} of the run "
+          "(storage, trials.csv/best.json/pareto.png after every trial, reference, imports)")
+    print(f"framework overhead share {(wall - work) / wall:.1%} of wall time; per trial {(wall - work) / len(ok):.2f} s")
+
+
+# A sub-space of trainaware: op x expansion of stages 2 and 3 (36 architectures); the rest is V2-S.
+SUB = [("s2_op", ["mbconv", "fused"]), ("s2_expansion", [1, 4, 6]), ("s3_op", ["mbconv", "fused"]),
+       ("s3_expansion", [1, 4, 6])]
+
+
+def sub_arch(choice: dict) -> "object":
+    ref = get_space("trainaware").reference()
+    stages = list(ref.stages)
+    for i in (2, 3):
+        s = stages[i - 1]
+        op = choice[f"s{i}_op"]
+        stages[i - 1] = Stage(op, s.kernel, s.stride, choice[f"s{i}_expansion"], s.out, s.repeats,
+                              0.25 if op == "mbconv" else 0.0)
+    return ref.replace(stages=tuple(stages))
+
+
+def build_table(dataset: str, epochs: int) -> dict[str, float]:
+    CACHE.mkdir(exist_ok=True)
+    path = CACHE / f"table-{dataset}-e{epochs}.json"
+    table = json.loads(path.read_text()) if path.exists() else {}
+    ev = Evaluator(TrialSettings(dataset=dataset, proxy=ProxyConfig(epochs=epochs)))
+    keys = [dict(zip([n for n, _ in SUB], vals)) for vals in product(*[o for _, o in SUB])]
+    todo = [k for k in keys if json.dumps(k, sort_keys=True) not in table]
+    if todo:
+        print(f"filling the cache: {len(todo)} of {len(keys)} architectures to evaluate for real ...")
+    for k in todo:
+        table[json.dumps(k, sort_keys=True)] = ev.evaluate(sub_arch(k), seed=0)["reward"]
+        path.write_text(json.dumps(table))
+    return table
+
+
+def samplers(budget: int, seeds: int, dataset: str, epochs: int) -> None:
+    table = build_table(dataset, epochs)
+    optimum = max(table.values())
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+    def run(sampler) -> list[float]:
+        study = optuna.create_study(direction="maximize", sampler=sampler)
+        study.optimize(lambda t: table[json.dumps({n: t.suggest_categorical(n, o) for n, o in SUB}, sort_keys=True)],
+                       n_trials=budget)
+        return list(np.maximum.accumulate([t.value for t in study.trials]))
+
+    rows = []
+    for name, make in (("random", lambda s: optuna.samplers.RandomSampler(seed=s)),
+                       ("tpe", lambda s: optuna.samplers.TPESampler(seed=s, multivariate=True, n_startup_trials=5))):
+        curves = np.array([run(make(s)) for s in range(seeds)])
+        for b in sorted({max(1, budget // 2), budget}):
+            rows.append({"sampler": name, "budget": b, "mean best reward": curves[:, b - 1].mean(),
+                         "mean regret": (optimum - curves[:, b - 1]).mean(),
+                         "found optimum": f"{(curves[:, b - 1] >= optimum).mean():.0%}"})
+    df = pd.DataFrame(rows)
+    print(f"\n== TPE vs random: {len(table)}-architecture cached objective ({dataset}, {epochs} epochs), "
+          f"{seeds} seeds ==")
+    print(df.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    r = df[(df.budget == budget)].set_index("sampler")["mean regret"]
+    print(f"regret ratio tpe/random at budget {budget}: {r['tpe'] / r['random']:.2f}" if r["random"] > 0
+          else "random search found the optimum every time")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--part", choices=["all", "overhead", "samplers"], default="all")
+    ap.add_argument("--trials", type=int, default=8)
+    ap.add_argument("--budget", type=int, default=10)
+    ap.add_argument("--seeds", type=int, default=30)
+    ap.add_argument("--dataset", default="digits")
+    ap.add_argument("--epochs", type=int, default=2)
+    a = ap.parse_args()
+    if a.part in ("all", "overhead"):
+        overhead(a.trials, a.dataset, a.epochs)
+    if a.part in ("all", "samplers"):
+        samplers(a.budget, a.seeds, a.dataset, a.epochs)
+
+
+if __name__ == "__main__":
+    main()
