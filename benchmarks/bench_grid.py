@@ -1,0 +1,75 @@
+"""Costs of ``nas grid-scale`` apart from training: the grid, the spread subset, the driver.
+
+1. Enumerating the constrained grid and picking the farthest-point subset, for several steps.
+2. The embedded driver's own overhead per candidate (Optuna trial in SQLite, grid.csv and
+   coefficients.json after every candidate), with a stand-in evaluation that returns at once, so
+   the figure is what the driver adds to each real evaluation.
+
+    python benchmarks/bench_grid.py --steps 0.05 0.01 0.005 --candidates 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from nas.grid import GridOptions, GridSpec, enumerate_candidates, run_grid, scale_candidate, select_spread
+from nas.trial import ProxyConfig, TrialSettings
+from search_spaces import Architecture
+
+TINY = Architecture.from_string("stem8,r1_k3_s2_e1_i8_o8_c1,r1_k3_s2_e4_i8_o16,head32,res32")
+
+
+class _Reference:
+    reward = type("R", (), {"config": staticmethod(lambda: {"name": "stand-in"})})()
+
+    def reference(self):
+        return {"device": "cpu", "device_name": platform.machine(), "step_time_ms": 1.0, "params": 1}
+
+
+def _instant(settings, base, cand, phi, *, evaluator=None):
+    return {"arch": scale_candidate(base, cand, phi).to_string(), "params": 1, "macs": cand.product,
+            "macs_ratio": cand.product, "step_time_ms": 1.0, "S": 1.0, "P": 1.0, "accuracy": cand.gamma / 2,
+            "reward": 0.5, "duration_s": 0.0}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=float, nargs="+", default=[0.05, 0.01, 0.005])
+    p.add_argument("--candidates", type=int, default=8, help="--max-candidates for the driver run (default 8)")
+    a = p.parse_args(argv)
+    print(f"setting: {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print("step    grid points  feasible  enumerate_s  select_s (n=8)")
+    for step in a.steps:
+        spec = GridSpec(step=step)
+        t0 = time.perf_counter()
+        cands = enumerate_candidates(spec)
+        t1 = time.perf_counter()
+        select_spread(cands, 8)
+        t2 = time.perf_counter()
+        print(f"{step:<7g} {spec.grid_points:>11,} {len(cands):>9,} {t1 - t0:>12.3f} {t2 - t1:>9.3f}")
+    with tempfile.TemporaryDirectory() as d:
+        settings = TrialSettings(dataset="fake", proxy=ProxyConfig(image_size=16))
+        # A throwaway run first, so that importing SQLAlchemy, Optuna and matplotlib is not counted.
+        run_grid(settings, TINY, GridOptions(max_candidates=1, out=str(Path(d) / "warm")), progress=False,
+                 echo=lambda s: None, evaluator=_Reference(), evaluate=_instant)
+        opts = GridOptions(max_candidates=a.candidates, out=str(Path(d) / "run"))
+        t0 = time.perf_counter()
+        run_grid(settings, TINY, opts, progress=False, echo=lambda s: None, evaluator=_Reference(), evaluate=_instant)
+        first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        run_grid(settings, TINY, opts, progress=False, echo=lambda s: None, evaluator=_Reference(), evaluate=_instant)
+        resume = time.perf_counter() - t0
+    n = a.candidates + 1
+    print(f"driver: {n} candidates with an instant evaluation in {first:.2f} s ({first / n:.3f} s per candidate, "
+          f"storage, exports and the final plot included); a rerun with all done: {resume:.2f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
