@@ -9,4 +9,5 @@ COMMANDS = [
     "nas.commands.report",
     "nas.commands.train",
     "nas.commands.scale",
+    "nas.commands.worker",
 ]

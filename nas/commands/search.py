@@ -76,6 +76,10 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default=None, help="run directory (default runs/search-SPACE)")
     p.add_argument("--backend", default="embedded", help="embedded (Optuna in this process, default) or ray")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="embedded backend: run the trials in N processes sharing the run's storage (see nas worker)")
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first (it may register search spaces or rewards); repeatable")
     add_reward_arguments(p)
     add_proxy_arguments(p)
     g = p.add_argument_group("ray backend (--backend ray)")
@@ -93,16 +97,28 @@ def run(args) -> int:
 
     if args.backend not in BACKENDS:
         raise NasError(f"unknown backend {args.backend!r}; known: {', '.join(BACKENDS)}")
+    from nas.workers import import_plugins
+
+    import_plugins(args.plugin)  # before the settings are checked: a plugin may define --space / --reward
     settings = trial_settings(args, args.space)
     pruner = args.pruner or ("none" if args.sampler == "nsga2" else "median")
     opts = SearchOptions(n_trials=args.trials, sampler=args.sampler, pruner=pruner, storage=args.storage,
                          study_name=args.study_name or STUDY_NAME,
                          out=args.out or f"runs/search-{args.space}").validate()
     if args.backend == "ray":
+        if args.workers is not None:
+            raise NasError("--workers is for the embedded backend; Ray runs trials in parallel itself (--max-concurrent)")
         from nas.ray_backend import run_ray_search
 
-        run_ray_search(settings, opts, args)
-        return 0
+        best = run_ray_search(settings, opts, args)
+        return 0 if best else 1
+    if args.scheduler != "none" or args.address is not None or args.max_concurrent is not None:
+        raise NasError("--scheduler, --address and --max-concurrent are for --backend ray")
+    if args.workers is not None:
+        from nas.workers import run_workers
+
+        best = run_workers(settings, opts, args.workers, plugins=args.plugin, progress=not args.no_progress)
+        return 0 if best else 1
     from nas.search import run_search
 
     best = run_search(settings, opts, progress=not args.no_progress)
