@@ -382,7 +382,8 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, *,
         t_epoch = time.perf_counter()
         stage, s = epoch_settings(cfg, epoch, base_size, base_dropout)
         seed = _epoch_seed(cfg.seed, epoch)
-        _set_dropout(model, s.dropout)
+        if cfg.progressive is not None or cfg.dropout is not None or hasattr(model, "set_dropout"):
+            _set_dropout(model, s.dropout)  # a model without dropout is fine unless one is asked for
         loader = make_loader(splits.train, image_size=s.image_size, batch_size=cfg.batch_size, train=True,
                              randaugment_magnitude=s.randaugment, seed=seed, num_workers=cfg.num_workers)
         mix = make_mixup(s.mixup, splits.num_classes)
