@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-BACKENDS = ("embedded",)
+BACKENDS = ("embedded", "ray")
 
 
 def add_parser(sub) -> None:
@@ -41,10 +41,15 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default=None, help="run directory (default runs/grid-BASE-phiPHI)")
     p.add_argument("--storage", default=None, help="Optuna storage URL (default: OUT/study.db, SQLite)")
     p.add_argument("--study-name", default=None, help="study name inside --storage (default nas-grid)")
-    p.add_argument("--backend", default="embedded", help="embedded (Optuna in this process, default)")
+    p.add_argument("--backend", default="embedded", help="embedded (Optuna in this process, default) or ray")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_reward_arguments(p)
     add_proxy_arguments(p)
+    g = p.add_argument_group("ray backend (--backend ray)")
+    g.add_argument("--address", default=None, help="Ray cluster address: auto or HOST:PORT (default: start a local Ray)")
+    g.add_argument("--cpus-per-trial", type=float, default=1.0)
+    g.add_argument("--gpus-per-trial", type=float, default=0.0)
+    g.add_argument("--max-concurrent", type=int, default=None)
     p.set_defaults(func=run_grid_scale)
 
     p = sub.add_parser("scale", help="write the compound-scaled family of an architecture for phi = 1..N",
@@ -80,6 +85,15 @@ def run_grid_scale(args) -> int:
     opts = GridOptions(spec=spec, max_candidates=args.max_candidates, objective=args.objective,
                        storage=args.storage, study_name=args.study_name or STUDY_NAME,
                        out=args.out or default_out(args.base, base, spec.phi)).validate()
+    if args.backend == "ray":
+        from nas.ray_backend import RayOptions, run_grid_ray
+
+        if opts.storage is not None:
+            raise NasError("--storage is for the embedded backend; the ray backend keeps its state in OUT/ray-grid")
+        data = run_grid_ray(settings, base, opts, RayOptions.from_args(args))
+        return 0 if data else 1
+    if args.address is not None or args.max_concurrent is not None:
+        raise NasError("--address and --max-concurrent are for --backend ray")
     data = run_grid(settings, base, opts, progress=not args.no_progress)
     return 0 if data else 1
 
