@@ -27,8 +27,20 @@ def round_filters(channels: int, width: float, rounding: str = "v1", divisor: in
     return max(divisor, int(value + divisor / 2) // divisor * divisor)
 
 
-def round_repeats(repeats: int, depth: float) -> int:
-    return int(math.ceil(repeats * depth))
+DEPTH_ROUNDINGS = ("ceil", "round")
+
+
+def round_repeats(repeats: int, depth: float, rounding: str = "ceil") -> int:
+    """``ceil(repeats * depth)``, the papers' and torchvision's rule (the B1..B7 presets use it).
+
+    ``"round"`` (nearest, at least 1) keeps a compound-scaled family on its FLOPs target: ceil turns
+    B0's one-layer stages into two at depth 1.2, so the MACs of phi = 1 land 34% above
+    ``alpha * beta**2 * gamma**2`` instead of 7% with nearest rounding."""
+    if rounding == "ceil":
+        return int(math.ceil(repeats * depth))
+    if rounding == "round":
+        return max(1, int(math.floor(repeats * depth + 0.5)))
+    raise NasError(f"depth rounding must be one of {', '.join(DEPTH_ROUNDINGS)}; got {rounding!r}")
 
 
 def _check_mult(name: str, value: float) -> float:
@@ -38,7 +50,8 @@ def _check_mult(name: str, value: float) -> float:
 
 
 def scale(arch: Architecture, *, width: float = 1.0, depth: float = 1.0, resolution: int | None = None,
-          resolution_mult: float = 1.0, rounding: str = "v1", dropout: float | None = None) -> Architecture:
+          resolution_mult: float = 1.0, rounding: str = "v1", dropout: float | None = None,
+          depth_rounding: str = "ceil") -> Architecture:
     """Scale width (channels), depth (repeats) and resolution; returns a new architecture.
 
     ``resolution`` sets the new native resolution directly (EfficientNet-B2 is B0 at 260 px);
@@ -48,7 +61,7 @@ def scale(arch: Architecture, *, width: float = 1.0, depth: float = 1.0, resolut
     resolution_mult = _check_mult("resolution", resolution_mult)
     stages = tuple(
         Stage(s.block, s.kernel, s.stride, s.expansion, round_filters(s.out, width, rounding),
-              round_repeats(s.repeats, depth), s.se, s.skip)
+              round_repeats(s.repeats, depth, depth_rounding), s.se, s.skip)
         for s in arch.stages
     )
     res = resolution if resolution is not None else int(round(arch.resolution * resolution_mult))
@@ -62,14 +75,15 @@ def scale(arch: Architecture, *, width: float = 1.0, depth: float = 1.0, resolut
 
 
 def compound(arch: Architecture, phi: float, alpha: float, beta: float, gamma: float,
-             rounding: str = "v1") -> Architecture:
+             rounding: str = "v1", depth_rounding: str = "ceil") -> Architecture:
     """EfficientNet's compound scaling: depth alpha**phi, width beta**phi, resolution gamma**phi."""
     if isinstance(phi, bool) or not isinstance(phi, (int, float)) or phi < 0:
         raise NasError(f"phi must be a non-negative number, got {phi!r}")
     for name, v in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
         if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 1.0:
             raise NasError(f"{name} must be a number >= 1, got {v!r}")
-    return scale(arch, width=beta ** phi, depth=alpha ** phi, resolution_mult=gamma ** phi, rounding=rounding)
+    return scale(arch, width=beta ** phi, depth=alpha ** phi, resolution_mult=gamma ** phi, rounding=rounding,
+                 depth_rounding=depth_rounding)
 
 
 def scale_v2(arch: Architecture, *, width: float = 1.0, depth: float = 1.0, resolution_mult: float = 1.0,

@@ -51,7 +51,7 @@ def test_scale_writes_one_json_per_phi_and_the_family_table(run_nas, tmp_path):
     base = Architecture.from_string(SMALL)
     for phi in (1, 2, 3):
         arch = Architecture.from_json((tmp_path / f"phi{phi}.json").read_text())
-        assert arch == compound(base, phi, 1.2, 1.1, 1.15)
+        assert arch == compound(base, phi, 1.2, 1.1, 1.15, depth_rounding="round")
         assert arch.resolution == round(64 * 1.15 ** phi)
         assert f"phi {phi}: {arch.to_string()}" in out
     assert not (tmp_path / "phi0.json").exists() and not (tmp_path / "phi4.json").exists()

@@ -62,6 +62,9 @@ def add_parser(sub) -> None:
     p.add_argument("--base", default=None,
                    help="the network to scale (default: the base stored in the coefficients.json)")
     p.add_argument("--out", default=None, help="output directory (default runs/scale-BASE)")
+    p.add_argument("--depth-rounding", choices=["round", "ceil"], default="round",
+                   help="layers per stage: round(repeats*alpha**phi) (default: keeps MACs on the "
+                        "(alpha*beta**2*gamma**2)**phi target) or ceil (the rule of the published B1..B7)")
     p.add_argument("--v2-rules", action="store_true",
                    help="EfficientNetV2's rules: inference size capped at 480, extra layers to the last stages")
     p.add_argument("--num-classes", type=int, default=1000, help="classes for params / MACs (default 1000)")
@@ -120,7 +123,8 @@ def run(args) -> int:
         base, spec = Architecture.from_string(stored_base), stored_base
     else:
         raise NasError(f"--base is needed: {args.coefficients!r} does not name the base it was searched on")
-    rows = scale_family(base, coeffs, n, v2_rules=args.v2_rules, num_classes=args.num_classes)
+    rows = scale_family(base, coeffs, n, v2_rules=args.v2_rules, num_classes=args.num_classes,
+                        depth_rounding=args.depth_rounding)
     out = Path(args.out or f"runs/scale-{base_slug(spec, base)}")
     out.mkdir(parents=True, exist_ok=True)
     for r in rows[1:]:
@@ -131,7 +135,8 @@ def run(args) -> int:
     rules = "EfficientNetV2 (section 4.3)" if args.v2_rules else "EfficientNet V1 (section 3.3)"
     if args.json:
         print(json.dumps({"alpha": coeffs.alpha, "beta": coeffs.beta, "gamma": coeffs.gamma,
-                          "product": coeffs.product, "rules": "v2" if args.v2_rules else "v1", "out": str(out),
+                          "product": coeffs.product, "rules": "v2" if args.v2_rules else "v1",
+                          "depth_rounding": args.depth_rounding, "out": str(out),
                           "family": table.to_dict(orient="records")}, indent=2))
         return 0
     shown = table.drop(columns=["arch", "file"], errors="ignore").copy()
