@@ -72,10 +72,11 @@ class RayOptions:
 
     @classmethod
     def from_args(cls, args) -> "RayOptions":
+        """From ``nas search`` / ``nas grid-scale`` flags (grid-scale has no scheduler or plugins)."""
         gpus = args.gpus_per_trial
         return cls(address=args.address, cpus_per_trial=args.cpus_per_trial,
                    gpus_per_trial=int(gpus) if isinstance(gpus, float) and gpus.is_integer() else gpus,
-                   max_concurrent=args.max_concurrent, scheduler=args.scheduler,
+                   max_concurrent=args.max_concurrent, scheduler=getattr(args, "scheduler", "none"),
                    plugins=tuple(getattr(args, "plugin", None) or ())).validate()
 
     def validate(self) -> "RayOptions":
@@ -107,19 +108,20 @@ class RayOptions:
 _EVALUATORS: dict[str, Any] = {}
 
 
-def cached_evaluator(settings):
-    """This process's :class:`~nas.trial.Evaluator` for ``settings`` on the device it resolves to
-    here. The evaluator measures the reference once; keeping it per process and device means a
-    reused Ray actor measures it once, while a process that sees another device (another GPU kind,
-    another ``CUDA_VISIBLE_DEVICES``) gets its own reference."""
+def cached_evaluator(settings, reference=None):
+    """This process's :class:`~nas.trial.Evaluator` for ``settings`` (and ``reference``
+    architecture, default the space's) on the device it resolves to here. The evaluator measures
+    the reference once; keeping it per process and device means a reused Ray actor measures it
+    once, while a process that sees another device (another GPU kind, another
+    ``CUDA_VISIBLE_DEVICES``) gets its own reference."""
     from nas.measure import device_name, resolve_device
     from nas.trial import Evaluator
 
     dev = resolve_device(settings.device)
-    key = json.dumps([settings.to_dict(), str(dev), device_name(dev), os.environ.get("CUDA_VISIBLE_DEVICES")],
-                     sort_keys=True)
+    key = json.dumps([settings.to_dict(), None if reference is None else reference.to_string(), str(dev),
+                      device_name(dev), os.environ.get("CUDA_VISIBLE_DEVICES")], sort_keys=True)
     if key not in _EVALUATORS:
-        _EVALUATORS[key] = Evaluator(settings)
+        _EVALUATORS[key] = Evaluator(settings, reference=reference)
     return _EVALUATORS[key]
 
 
@@ -507,3 +509,79 @@ def _fixed_row(trial) -> dict[str, Any]:
     else:
         state, error = "FAIL", "interrupted (the driver stopped); rerun the command to resume"
     return {**_result_fields(r), "state": state, "error": error}
+
+
+# -- nas grid-scale --backend ray -----------------------------------------------------------------
+
+GRID_EXPERIMENT = "ray-grid"
+
+
+def grid_candidate(config: dict[str, Any]) -> dict[str, Any]:
+    """One grid-scale candidate in a Ray worker (the function :func:`run_configs` runs):
+    :func:`nas.grid.evaluate_candidate` with this process's evaluator, normalised by the base."""
+    from nas.grid import Candidate, evaluate_candidate
+    from nas.trial import TrialSettings
+    from search_spaces import Architecture
+
+    settings = TrialSettings.from_dict(config["settings"])
+    base = Architecture.from_string(config["base"])
+    evaluator = cached_evaluator(settings, reference=base)
+    m = evaluate_candidate(settings, base, Candidate(*config["candidate"]), config["phi"], evaluator=evaluator)
+    return {**m, **{_REF_PREFIX + k: v for k, v in evaluator.reference().items() if k != "arch"}}
+
+
+def run_grid_ray(settings, base, opts, ray_opts: RayOptions, *, echo: Callable[[str], None] = print) -> dict:
+    """``nas grid-scale --backend ray``: the planned candidates (:func:`nas.grid.plan_grid`) as fixed
+    configs on Ray Tune, written with the embedded driver's exporter (grid.csv, coefficients.json,
+    best.json, grid.png); returns coefficients.json's data. Rerunning the same command resumes."""
+    import optuna
+
+    from nas import grid
+    from nas.results import check_run_config
+    from rewards import get_reward
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    settings.validate()
+    plan = grid.plan_grid(base, settings, opts)
+    run_dir = Path(opts.out).resolve()
+    # The candidate list is part of a Tune experiment (one trial each): a restore cannot change it.
+    config = {"kind": "grid-scale", "backend": "ray", "base": base.to_string(), "grid": opts.spec.to_dict(),
+              "settings": settings.to_dict(), "candidates": [c.key for c in plan.candidates]}
+    check_run_config(run_dir, config)
+    echo(f"ray backend: {len(plan.candidates)} candidates (the base and {len(plan.selected)} of {plan.n_feasible} "
+         f"satisfying the constraint), {ray_opts.cpus_per_trial:g} CPU and {ray_opts.gpus_per_trial} GPU each, on "
+         f"{ray_opts.address or 'a local Ray'}")
+    configs = [{"settings": _portable(settings), "base": base.to_string(), "candidate": [c.alpha, c.beta, c.gamma],
+                "phi": plan.phi} for c in plan.candidates]
+    rows = run_configs(grid_candidate, configs, run_dir=run_dir, ray_opts=ray_opts, name=GRID_EXPERIMENT)
+
+    # The rows become trials of an in-memory study, the form nas.grid's exporter reads.
+    hi = max(opts.spec.hi, 1.0)
+    dist = {k: optuna.distributions.FloatDistribution(1.0, hi) for k in ("alpha", "beta", "gamma")}
+    study = optuna.create_study(direction="maximize")
+    refs: dict[str, Any] = {}
+    for c, row in zip(plan.candidates, rows):
+        params = {"alpha": c.alpha, "beta": c.beta, "gamma": c.gamma}
+        if row["state"] == "COMPLETE":
+            metrics = {k: v for k, v in row.items() if k not in ("state", "error")}
+            study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.COMPLETE, value=row["accuracy"],
+                                                      params=params, distributions=dist,
+                                                      user_attrs={"candidate_key": c.key, "metrics": metrics}))
+            ref = {k[len(_REF_PREFIX):]: v for k, v in row.items() if k.startswith(_REF_PREFIX)}
+            refs.setdefault(f"{ref.get('device')}: {ref.get('device_name')}", ref)
+        else:
+            study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, params=params,
+                                                      distributions=dist,
+                                                      user_attrs={"candidate_key": c.key, "error": row["error"]}))
+    extra = {"reward": get_reward(settings.reward, **settings.reward_params).config(), "dataset": settings.dataset,
+             "reference": refs, "backend": "ray"}
+    df, data = grid.export(study, run_dir, plan, base, settings, opts, extra)
+    echo(grid.summary(df, opts.objective))
+    echo(f"results in {run_dir}/ (grid.csv, coefficients.json, grid.png, best.json; Ray Tune's experiment in "
+         f"{GRID_EXPERIMENT}/)")
+    if data:
+        echo(f"chosen alpha={data['alpha']:g} beta={data['beta']:g} gamma={data['gamma']:g} "
+             f"(product {data['product']:.3f}, {data['objective']} {data['objective_value']:.4f})")
+    else:
+        echo("no candidate completed; no coefficients chosen")
+    return data or {}

@@ -258,3 +258,20 @@ def test_bad_resources_are_one_line_errors(tmp_path, capsys):
     assert main(["search", "--scheduler", "asha", "--out", str(tmp_path / "r"), *TINY]) == 2
     assert "are for --backend ray" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_grid_scale_on_cluster(cluster, tmp_path):
+    out = tmp_path / "grid"
+    p = subprocess.run(_nas_cmd("grid-scale", "--backend", "ray", "--address", cluster.address, "--base",
+                                "efficientnet-b0", "--max-candidates", 1, "--out", out, *TINY),
+                       env=_env(cluster, tmp_path), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    df = pd.read_csv(out / "grid.csv")
+    assert list(df["candidate"])[0] == "base" and len(df) == 2
+    assert (df["state"] == "COMPLETE").all(), df[["candidate", "state", "error"]]
+    assert df["node_ip"].notna().all() and df["device"].eq("cpu").all()
+    coeffs = json.loads((out / "coefficients.json").read_text())
+    assert coeffs["backend"] == "ray"
+    chosen = df[df["candidate"] != "base"].iloc[0]
+    assert (coeffs["alpha"], coeffs["beta"], coeffs["gamma"]) == (chosen["alpha"], chosen["beta"], chosen["gamma"])
