@@ -460,7 +460,8 @@ def _progress(loader, enabled: bool, desc: str):
         return loader
     from tqdm.auto import tqdm
 
-    return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
+    # disable=None: no bar when stderr is not a terminal (logs, CI), so files stay readable.
+    return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -481,7 +482,8 @@ def make_checkpoint(model: nn.Module, cfg: TrainConfig, splits: Splits, epoch: i
         "scaler": scaler.state_dict() if scaler.is_enabled() else None,
         "arch": None if arch is None else arch.to_dict(),
         "config": cfg.to_dict(),
-        "data": {"name": splits.name, "num_classes": int(splits.num_classes), "train_size": len(splits.train)},
+        "data": {"name": splits.name, "num_classes": int(splits.num_classes), "train_size": len(splits.train),
+                 "val_size": len(splits.val)},
         "history": [dict(h) for h in history],
     }
 
@@ -509,13 +511,14 @@ _REQUIRED = {"format": str, "epoch": int, "model": dict, "optimizer": dict, "sch
 
 
 def load_checkpoint(path: str | os.PathLike, *, arch=None, config: TrainConfig | None = None,
-                    dataset: str | None = None) -> dict[str, Any]:
+                    dataset: str | None = None, splits: Splits | None = None) -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True`` and check that it belongs to this run.
 
     Any problem is a :class:`NasError` with one line: unreadable or corrupt file, a file holding
     pickled Python objects (refused unread), not a nas checkpoint, or an architecture / training
     config / data set that differs from ``arch`` / ``config`` / ``dataset`` (when given; the
-    runtime-only fields device, amp, channels_last and num_workers may differ)."""
+    runtime-only fields device, amp, channels_last and num_workers may differ). ``splits`` checks
+    the data set's name, class count and split sizes (another ``val_fraction`` is another split)."""
     path = Path(path)
     where = str(path)
     try:
@@ -553,6 +556,13 @@ def load_checkpoint(path: str | os.PathLike, *, arch=None, config: TrainConfig |
     if dataset is not None and ckpt["data"].get("name") != dataset:
         raise NasError(f"checkpoint {where!r} was trained on {ckpt['data'].get('name')!r}, not {dataset!r}; "
                        "use another --out")
+    if splits is not None:
+        want = {"name": splits.name, "num_classes": int(splits.num_classes), "train_size": len(splits.train),
+                "val_size": len(splits.val)}
+        got = {k: ckpt["data"].get(k) for k in want}
+        if got != want:
+            diff = "; ".join(f"{k}: {got[k]!r} -> {want[k]!r}" for k in want if got[k] != want[k])
+            raise NasError(f"checkpoint {where!r} was trained on other data ({diff}); use another --out")
     if not 0 <= ckpt["epoch"] <= int(ckpt["config"].get("epochs", 0)):
         raise NasError(f"checkpoint {where!r} is damaged: epoch {ckpt['epoch']} out of range")
     return ckpt

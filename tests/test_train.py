@@ -244,7 +244,7 @@ def test_checkpoint_is_plain_data_loadable_with_weights_only(checkpoint):
     assert not list(path.parent.glob("*.tmp"))  # the atomic write left no temporary file
 
 
-def test_mismatched_architecture_or_settings_are_refused(checkpoint):
+def test_mismatched_architecture_or_settings_are_refused(checkpoint, small):
     path, c = checkpoint
     other = Architecture.from_string(TINY.replace("o16", "o24"))
     with pytest.raises(NasError, match="is for architecture"):
@@ -253,6 +253,11 @@ def test_mismatched_architecture_or_settings_are_refused(checkpoint):
         load_checkpoint(path, config=cfg(epochs=1, image_size=8, ema_decay=0.9, lr=0.01))
     with pytest.raises(NasError, match="trained on 'digits-small'"):
         load_checkpoint(path, dataset="digits")
+    with pytest.raises(NasError, match="train_size: 256 -> 200"):
+        load_checkpoint(path, splits=Splits("digits-small", TensorImages(small.train.images[:200],
+                                                                         small.train.labels[:200]),
+                                            small.val, 10, 8))
+    load_checkpoint(path, splits=small)
     # Where to run is not part of the experiment: another device / AMP setting may resume it.
     load_checkpoint(path, config=cfg(epochs=1, image_size=8, ema_decay=0.9, device="auto", amp="off"))
 
@@ -366,6 +371,7 @@ def test_cli_resumes_after_a_kill(tmp_path):
     assert [r["epoch"] for r in _rows(out / "metrics.csv")] == ["1", "2", "3", "4"]
 
 
+@pytest.mark.slow  # one interpreter start: over 10 s on a busy 2-core box
 def test_cli_refuses_a_pickled_checkpoint(run_nas, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
@@ -378,6 +384,7 @@ def test_cli_refuses_a_pickled_checkpoint(run_nas, tmp_path):
     assert not (out / "metrics.csv").exists()
 
 
+@pytest.mark.slow  # one interpreter start: over 10 s on a busy 2-core box
 def test_cli_unknown_dataset_is_one_line_exit_2(run_nas, tmp_path):
     rc, _, err = run_nas(*CLI_ARGS, "--out", tmp_path / "run", "--dataset", "mnist")
     assert "unknown dataset 'mnist'; known: digits, fake" in _one_line_error(rc, err)

@@ -191,7 +191,7 @@ def run(args) -> int:
 
     state = None
     if ckpt_path.exists():  # refused (exit 2) before anything in `out` is written
-        state = load_checkpoint(ckpt_path, arch=arch, config=cfg, dataset=splits.name)
+        state = load_checkpoint(ckpt_path, arch=arch, config=cfg, splits=splits)
     done = state["epoch"] if state else 0
     if done == cfg.epochs and final_path.is_file():
         try:
