@@ -99,6 +99,10 @@ class TrainConfig:
     seed: int = 0
     eval_image_size: int | None = None      # None: each epoch's training image size
     num_workers: int = 0
+    # Re-estimate BatchNorm statistics on this many training batches before each evaluation
+    # (0 = off). Running averages lag far behind weights that move fast in a short proxy run, which
+    # puts early-epoch accuracy at chance and makes pruning decisions noise.
+    bn_recalibration: int = 0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -132,6 +136,7 @@ class TrainConfig:
         if self.eval_image_size is not None:
             _int("eval image size", self.eval_image_size, 8, 2048)
         _int("num_workers", self.num_workers, 0, 256)
+        _int("BatchNorm recalibration batches", self.bn_recalibration, 0, 100_000)
         return self
 
     @property
@@ -298,6 +303,37 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 
 @torch.no_grad()
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, loader, device: torch.device | str, batches: int, *,
+                   amp: torch.dtype | None = None, channels_last: bool = False) -> None:
+    """Reset every BatchNorm's running statistics and re-estimate them as a plain average over
+    ``batches`` training batches (the BN recalibration used to evaluate weight-shared or briefly
+    trained candidates in NAS). Restores each layer's momentum and the train/eval mode."""
+    device = torch.device(device)
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns:
+        return
+    momenta = [m.momentum for m in bns]
+    was_training = model.training
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: every batch weighs the same
+    model.train()
+    try:
+        for i, (images, _) in enumerate(loader):
+            if i >= batches:
+                break
+            images = images.to(device, non_blocking=True)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                model(images)
+    finally:
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
+        model.train(was_training)
+
+
 def evaluate(model: nn.Module, loader, device: torch.device | str, *, amp: torch.dtype | None = None,
              channels_last: bool = False) -> float:
     """Top-1 accuracy (a fraction in [0, 1]) of ``model`` over ``loader``; restores the train/eval mode."""
@@ -423,6 +459,10 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, *,
                 if progress:
                     bar.set_postfix(loss=f"{loss_sum / seen:.3f}", refresh=False)
         val_size = cfg.eval_image_size or s.image_size
+        if cfg.bn_recalibration and diverged is None:
+            calib = make_loader(splits.train, image_size=val_size, batch_size=cfg.batch_size, train=True,
+                                seed=seed, num_workers=cfg.num_workers)
+            recalibrate_bn(eval_model, calib, device, cfg.bn_recalibration, amp=amp, channels_last=channels_last)
         val_loader = make_loader(splits.val, image_size=val_size, batch_size=max(cfg.batch_size, 256),
                                  train=False, num_workers=cfg.num_workers)
         acc = evaluate(eval_model, val_loader, device, amp=amp, channels_last=channels_last)

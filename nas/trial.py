@@ -38,6 +38,7 @@ class ProxyConfig:
     optimizer: str = "adamw"
     progressive: str = "off"  # s | m | l | off: EfficientNetV2 progressive learning, scaled to image_size
     measure_min_run_time: float = 0.4  # seconds of timed steps per candidate
+    bn_recalibration: int = 8  # training batches to re-estimate BatchNorm statistics before each evaluation
 
     def validate(self) -> "ProxyConfig":
         for name in ("width", "depth", "lr"):
@@ -73,7 +74,7 @@ class ProxyConfig:
             progressive = get_schedule(self.progressive).with_sizes(max(8, self.image_size // 2), self.image_size)
         return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, optimizer=self.optimizer, lr=self.lr,
                            image_size=self.image_size, eval_image_size=self.image_size, progressive=progressive,
-                           device=device, seed=seed, warmup_epochs=0)
+                           device=device, seed=seed, warmup_epochs=0, bn_recalibration=self.bn_recalibration)
 
 
 @dataclass(frozen=True)

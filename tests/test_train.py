@@ -419,3 +419,19 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):
     assert main([*CLI_ARGS, "--out", str(tmp_path / "run"), *args]) == 2
     assert message in _one_line_error(2, capsys.readouterr().err)
     assert not (tmp_path / "run").exists()
+
+
+def test_bn_recalibration_replaces_stale_running_stats_with_the_batch_average():
+    import torch
+    from torch import nn
+
+    from nas.train import recalibrate_bn
+
+    model = nn.Sequential(nn.BatchNorm2d(3, momentum=0.1))
+    model[0].running_mean.fill_(100.0)  # stale statistics, as after a short run
+    batches = [(torch.randn(4, 3, 5, 5) * 2 + k, torch.zeros(4)) for k in range(3)]
+    model.eval()
+    recalibrate_bn(model, batches, "cpu", batches=2)
+    expected = torch.stack([b[0].mean(dim=(0, 2, 3)) for b in batches[:2]]).mean(0)  # only 2 batches used
+    assert torch.allclose(model[0].running_mean, expected, atol=1e-5)
+    assert model[0].momentum == 0.1 and not model.training  # settings restored
