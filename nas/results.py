@@ -153,7 +153,7 @@ def plot_pareto(run_dir: Path, df: pd.DataFrame, title: str = "") -> Path | None
     ax.set_ylabel("validation accuracy (proxy)")
     ax.set_title(title or "nas search")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     path = Path(run_dir) / "pareto.png"
     tmp = path.with_name(".pareto.tmp.png")

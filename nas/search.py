@@ -34,7 +34,7 @@ OBJECTIVES = (("accuracy", "maximize"), ("step_time_ms", "minimize"), ("params",
 
 @dataclass(frozen=True)
 class SearchOptions:
-    n_trials: int = 12
+    n_trials: int = 20
     sampler: str = "tpe"
     pruner: str = "median"
     storage: str | None = None

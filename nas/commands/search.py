@@ -67,7 +67,7 @@ def add_parser(sub) -> None:
                                    "device, trains a proxy briefly and scores it with the reward. Rerun the "
                                    "same command to resume a killed search.")
     p.add_argument("--space", default="trainaware", help="trainaware (default) or mnasnet (see nas spaces)")
-    p.add_argument("--trials", type=int, default=12, help="total number of trials (default 12)")
+    p.add_argument("--trials", type=int, default=20, help="total number of trials (default 20)")
     p.add_argument("--sampler", default="tpe", help="tpe (default), random, nsga2 (multi-objective)")
     p.add_argument("--pruner", default=None, help="median (default; none with nsga2), hyperband or none")
     p.add_argument("--storage", default=None,
