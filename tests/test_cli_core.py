@@ -69,6 +69,7 @@ def runs(run_nas, tmp):
         "show_string": ["show", BLOCKS],
         "show_file": ["show", str(tmp / "arch.json"), "--json"],
         "spaces": ["spaces"],
+        "presets": ["presets"],  # the slowest: counts the MACs of every preset, up to V2-L at 480 px
         "measure": ["measure", TINY, *MEASURE],
         **{f"bad_{k}": [a.replace("{tmp}", str(tmp)) for a in args] for k, (args, _) in BAD.items()},
     }
@@ -137,9 +138,9 @@ def test_spaces_lists_every_space(runs):
     assert listed == space_names()
 
 
-@pytest.mark.slow  # counts the MACs of every preset, up to EfficientNetV2-L at 480 px
-def test_presets_lists_every_preset(run_nas):
-    out = _ok(run_nas("presets"))
+@subprocess_runs
+def test_presets_lists_every_preset(runs):
+    out = _ok(runs["presets"])
     rows = [line.split() for line in out.splitlines()[1:] if line.strip()]
     assert [r[0] for r in rows] == preset_names()
     assert rows[0][:2] == ["efficientnet-b0", "5288548"]
