@@ -3,7 +3,7 @@
 Every configuration runs the same command a user would (``python -m nas.cli search ...``, fake data,
 a tiny proxy, the same seed, so the same sampler draws) in a fresh run directory:
 
-* ``embedded``: one process, trials one after another;
+* ``embedded``: one process, trials one after another (``--pruner none``, like Ray without a scheduler);
 * ``workers``: ``--workers 2``, two processes sharing the run's SQLite study;
 * ``ray x1``: ``--backend ray --max-concurrent 1``, a private local Ray, one trial at a time, i.e.
   the embedded driver's schedule with Ray's machinery around it;
@@ -19,7 +19,7 @@ same everywhere. Reported per configuration:
   evaluating, per trial (start-up, scheduling, reference measurements, result export). ``slots``
   is the number of trials that can run at once.
 
-Usage: ``python benchmarks/bench_backends.py [--trials 6] [--configs embedded,ray-x1,...]``. Timings
+Usage: ``python benchmarks/bench_backends.py [--trials 6] [--epochs 1] [--configs embedded,ray-x1,...]``. Timings
 on a shared machine are noisy; compare within one run.
 
 ``--storage-stress N`` measures the storage layer alone instead: N processes each ask/tell K
@@ -42,22 +42,24 @@ from pathlib import Path
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--dataset", "fake", "--epochs", "1", "--image-size", "16", "--measure-time", "0.05", "--width-mult", "0.1",
-        "--depth-mult", "0.1", "--batch-size", "32", "--seed", "0", "--no-progress"]
+TINY = ["--dataset", "fake", "--measure-time", "0.05", "--width-mult", "0.1", "--depth-mult", "0.1", "--batch-size",
+        "32", "--seed", "0", "--no-progress"]
+# No early stopping anywhere (Ray runs without a scheduler), so every configuration trains every trial.
 CONFIGS = {
-    "embedded": ([], 1),
-    "workers-2": (["--workers", "2"], 2),
+    "embedded": (["--pruner", "none"], 1),
+    "workers-2": (["--workers", "2", "--pruner", "none"], 2),
     "ray-x1": (["--backend", "ray", "--max-concurrent", "1"], 1),
     "ray-x2": (["--backend", "ray", "--max-concurrent", "2"], 2),
 }
 
 
-def run_one(name: str, trials: int, root: Path) -> dict:
+def run_one(name: str, trials: int, root: Path, epochs: int, image_size: int) -> dict:
     extra, slots = CONFIGS[name]
     out = root / name
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    cmd = [sys.executable, "-m", "nas.cli", "search", "--trials", str(trials), "--out", str(out), *TINY, *extra]
+    cmd = [sys.executable, "-m", "nas.cli", "search", "--trials", str(trials), "--out", str(out), "--epochs",
+           str(epochs), "--image-size", str(image_size), *TINY, *extra]
     t0 = time.perf_counter()
     p = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -134,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=6)
     ap.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, from {', '.join(CONFIGS)}")
+    ap.add_argument("--epochs", type=int, default=1, help="proxy epochs: longer trials amortise the overhead")
+    ap.add_argument("--image-size", type=int, default=16)
     ap.add_argument("--storage-stress", type=int, default=None, metavar="N",
                     help="instead: N processes hammering one study (SQLite vs JournalStorage)")
     ap.add_argument("--stress-trials", type=int, default=50, metavar="K", help="trials per stress process")
@@ -151,10 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="nas-bench-backends-") as tmp:
         for n in names:
             print(f"running {n} ...", file=sys.stderr, flush=True)
-            rows.append(run_one(n, args.trials, Path(tmp)))
+            rows.append(run_one(n, args.trials, Path(tmp), args.epochs, args.image_size))
     table = pd.DataFrame(rows).set_index("config")
-    print(f"{args.trials} trials each, fake data, proxy 16 px, width/depth 0.1, 1 epoch, OMP_NUM_THREADS=1, "
-          f"{os.cpu_count()} CPUs")
+    print(f"{args.trials} trials each, fake data, proxy {args.image_size} px, width/depth 0.1, {args.epochs} epoch(s), "
+          f"OMP_NUM_THREADS=1, {os.cpu_count()} CPUs")
     print(table.to_string(float_format=lambda v: f"{v:.2f}"))
     if "embedded" in table.index:
         base = table.loc["embedded"]
