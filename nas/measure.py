@@ -124,7 +124,10 @@ def measure_step_time(arch_or_model: Architecture | nn.Module, *, device: str = 
                       image_size: int | None = None, num_classes: int = 1000, amp: str = "auto",
                       memory_format: str = "auto", warmup: int = 3, min_run_time: float = 1.0,
                       seed: int = 0) -> StepTime:
-    """Time the real training step of an architecture (or an already built model)."""
+    """Time the real training step of an architecture (or an already built model).
+
+    A model passed in is trained in place by the timed steps (weights, BatchNorm statistics and
+    memory format change): pass a fresh or a copied one."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise NasError(f"batch size must be a positive integer, got {batch_size!r}")
     if isinstance(arch_or_model, Architecture):

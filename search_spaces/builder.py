@@ -44,7 +44,8 @@ class Network(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(arch.dropout)
         self.classifier = nn.Linear(arch.head, num_classes)
-        self._init_weights()
+        if self.classifier.weight.device.type != "meta":  # counting on meta needs no initial values
+            self._init_weights()
 
     def _init_weights(self) -> None:
         # torchvision's EfficientNet initialisation.

@@ -18,6 +18,8 @@ def add_parser(sub) -> None:
     p.add_argument("--memory-format", choices=MEMORY_FORMATS, default="auto")
     p.add_argument("--amp", choices=AMP_MODES, default="auto")
     p.add_argument("--min-run-time", type=float, default=2.0, help="seconds of timed steps (default 2)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's choice); 1 gives steadier figures on a busy CPU")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
@@ -27,6 +29,14 @@ def run(args) -> int:
     from nas.resolve import resolve_arch
     from search_spaces import count_params
 
+    if args.threads is not None:
+        import torch
+
+        from nas.errors import NasError
+
+        if args.threads < 1:
+            raise NasError(f"--threads must be a positive integer, got {args.threads}")
+        torch.set_num_threads(args.threads)
     arch = resolve_arch(args.arch)
     r = measure_step_time(arch, device=args.device, batch_size=args.batch_size, image_size=args.image_size,
                           num_classes=args.num_classes, amp=args.amp, memory_format=args.memory_format,
