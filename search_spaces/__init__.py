@@ -1,19 +1,35 @@
-"""Architectures as data, the networks they build into, the published presets and the search spaces."""
+"""Architectures as data, the networks they build into, the published presets and the search spaces.
 
-from search_spaces.arch import Architecture, Stage
-from search_spaces.base import Chooser, OptunaChooser, RngChooser, SearchSpace, get_space, space_names
-from search_spaces.builder import Network, build, count_macs, count_params
-from search_spaces.errors import NasError
-from search_spaces.presets import REFERENCE, preset, preset_names
-from search_spaces.scaling import compound, round_filters, round_repeats, scale, scale_v2
+Names are loaded on first use (PEP 562), so that ``import search_spaces.errors`` (which every
+``nas`` command does) does not pay for importing torch: ``nas --help`` and a bad-input error stay quick.
+"""
 
-# Each space registers itself on import; a new space is one new file plus one line here.
-from search_spaces import mnasnet as _mnasnet  # noqa: E402,F401
-from search_spaces import trainaware as _trainaware  # noqa: E402,F401
+from __future__ import annotations
 
-__all__ = [
-    "Architecture", "Stage", "SearchSpace", "Chooser", "OptunaChooser", "RngChooser",
-    "get_space", "space_names", "Network", "NasError", "REFERENCE",
-    "build", "count_macs", "count_params", "preset", "preset_names",
-    "compound", "round_filters", "round_repeats", "scale", "scale_v2",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Architecture": "arch", "Stage": "arch",
+    "SearchSpace": "base", "Chooser": "base", "OptunaChooser": "base", "RngChooser": "base",
+    "get_space": "base", "space_names": "base",
+    "Network": "builder", "build": "builder", "count_macs": "builder", "count_params": "builder",
+    "NasError": "errors",
+    "REFERENCE": "presets", "preset": "presets", "preset_names": "presets",
+    "compound": "scaling", "round_filters": "scaling", "round_repeats": "scaling", "scale": "scaling",
+    "scale_v2": "scaling",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'search_spaces' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"search_spaces.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -84,11 +84,25 @@ def register(name: str):
     return deco
 
 
+# The built-in spaces register themselves when their modules are imported; a new space is one new
+# file plus one entry here (a plugin module registers itself with @register instead).
+_BUILTIN = ("search_spaces.trainaware", "search_spaces.mnasnet")
+
+
+def _load_builtin() -> None:
+    import importlib
+
+    for mod in _BUILTIN:
+        importlib.import_module(mod)
+
+
 def space_names() -> list[str]:
+    _load_builtin()
     return sorted(_REGISTRY)
 
 
 def get_space(name: str) -> SearchSpace:
+    _load_builtin()
     if name not in _REGISTRY:
         raise NasError(f"unknown search space {name!r}; known: {', '.join(space_names())}")
     return _REGISTRY[name]()

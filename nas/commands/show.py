@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
-from nas.resolve import resolve_arch
-from search_spaces import Architecture, count_macs, count_params
+if TYPE_CHECKING:
+    from search_spaces import Architecture
 
 
 def add_parser(sub) -> None:
@@ -19,13 +20,15 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def summary(arch: Architecture, num_classes: int = 1000, resolution: int | None = None) -> dict:
+def summary(arch: "Architecture", num_classes: int = 1000, resolution: int | None = None) -> dict:
+    from search_spaces import count_macs, count_params
+
     res = resolution or arch.resolution
     return {"arch": arch.to_string(), "architecture": arch.to_dict(), "params": count_params(arch, num_classes),
             "macs": count_macs(arch, res, num_classes), "resolution": res, "num_classes": num_classes}
 
 
-def stage_table(arch: Architecture) -> str:
+def stage_table(arch: "Architecture") -> str:
     import pandas as pd
 
     rows = [{"stage": 0, "op": "conv3x3 (stem)", "kernel": 3, "stride": 2, "expansion": "", "in": 3,
@@ -41,6 +44,7 @@ def stage_table(arch: Architecture) -> str:
 
 def run(args) -> int:
     from nas.errors import NasError
+    from nas.resolve import resolve_arch
 
     if args.num_classes < 1:
         raise NasError(f"--num-classes must be positive, got {args.num_classes}")
