@@ -178,9 +178,10 @@ class Evaluator:
 
     def evaluate(self, arch: Architecture, *, seed: int = 0,
                  report: Callable[[int, float], None] | None = None,
-                 image_size: int | None = None) -> dict[str, Any]:
+                 image_size: int | None = None, report_metric: str = "accuracy") -> dict[str, Any]:
         """Score one candidate. ``report(epoch, accuracy)`` is called after every proxy epoch (the
-        driver's pruning hook; it may raise to stop the trial). ``image_size`` overrides the proxy
+        driver's pruning hook; it may raise to stop the trial); with ``report_metric="reward"`` it
+        gets the reward so far instead of the accuracy (S and P are measured before training). ``image_size`` overrides the proxy
         image size for this candidate only (compound scaling's resolution, EfficientNet section 3.3),
         while the reference stays measured at the settings' size, so S stays comparable. Raises
         :class:`TrialFailed` for a candidate that trains to NaN or runs out of memory."""
@@ -200,12 +201,18 @@ class Evaluator:
             model = build(small, splits.num_classes)
             cfg = p.train_config(device=self.settings.device, seed=seed)
 
+            params = count_params(arch, splits.num_classes)
+            # S and P are known before training, so a pruner can be fed the reward itself.
+            known = {"S": timing.step_time_ms / ref["step_time_ms"], "P": params / ref["params"],
+                     "step_time_ms": timing.step_time_ms, "params": params, "arch": arch.to_string()}
+
             def on_epoch_end(epoch: int, metrics: dict[str, Any]) -> None:
                 loss = metrics.get("train_loss")
                 if loss is not None and not math.isfinite(loss):
                     raise TrialFailed(f"training diverged: loss {loss} at epoch {epoch}")
                 if report is not None:
-                    report(epoch, float(metrics["val_accuracy"]))
+                    acc = float(metrics["val_accuracy"])
+                    report(epoch, acc if report_metric == "accuracy" else float(self.reward({**known, "accuracy": acc})))
 
             result = fit(model, splits, cfg, on_epoch_end=on_epoch_end, progress=False)
         except torch.OutOfMemoryError as e:
@@ -218,7 +225,6 @@ class Evaluator:
         acc = float(result.val_accuracy)
         if not math.isfinite(acc):
             raise TrialFailed(f"accuracy is {acc}")
-        params = count_params(arch, splits.num_classes)
         metrics: dict[str, Any] = {
             "arch": arch.to_string(),
             "proxy_arch": small.to_string(),

@@ -185,7 +185,8 @@ class ClaimingEvaluator:
                 return t
         return None
 
-    def evaluate(self, arch, *, seed: int = 0, report: Callable[[int, float], None] | None = None) -> dict[str, Any]:
+    def evaluate(self, arch, *, seed: int = 0, report: Callable[[int, float], None] | None = None,
+                 report_metric: str = "accuracy") -> dict[str, Any]:
         trial = self._trial
         if trial is None or self._arch != arch.to_string():
             raise RuntimeError("ClaimingEvaluator.evaluate called without a claim for this architecture")
@@ -195,7 +196,7 @@ class ClaimingEvaluator:
                 return result
             # The owner was killed before finishing: claim again (another waiter may have won).
             self.claim(trial, arch)
-        return self._ev.evaluate(arch, seed=seed, report=report)
+        return self._ev.evaluate(arch, seed=seed, report=report, report_metric=report_metric)
 
     def _wait_for_owner(self) -> dict[str, Any] | None:
         """The owner's metrics once it completes; raises as it failed or was pruned; None if it was

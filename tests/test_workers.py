@@ -128,7 +128,7 @@ class _StubEvaluator:
     def sample(self, trial):
         return self.next_arch
 
-    def evaluate(self, arch, *, seed=0, report=None):
+    def evaluate(self, arch, *, seed=0, report=None, report_metric="accuracy"):
         self.evaluated.append(arch.to_string())
         return {"arch": arch.to_string(), "reward": 0.5, "step_time_ms": 12.0}
 
