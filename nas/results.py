@@ -14,7 +14,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import IO, Any, Callable, Iterable
 
 import pandas as pd
 
@@ -25,12 +25,15 @@ TRIAL_COLUMNS = ["number", "state", "arch", "params", "macs", "step_time_ms", "S
 RUN_FORMAT = "nas.run/1"
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write(path: Path, write: Callable[[IO], None], *, binary: bool = False) -> None:
+    """Write through ``write(file)`` into a temporary file in the same folder, then ``os.replace``:
+    a kill or crash mid-write leaves the previous file intact, never a half-written one."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"newline": ""})) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -38,6 +41,10 @@ def atomic_write_text(path: Path, text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text))
 
 
 def atomic_write_json(path: Path, data: Any) -> None:

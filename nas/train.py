@@ -25,7 +25,6 @@ import dataclasses
 import math
 import os
 import pickle
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -529,21 +528,11 @@ def make_checkpoint(model: nn.Module, cfg: TrainConfig, splits: Splits, epoch: i
 
 
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> None:
-    """Write atomically: a temporary file in the same folder, then ``os.replace``. A crash
-    mid-write leaves the previous checkpoint intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write atomically (:func:`nas.results.atomic_write`): a crash mid-write leaves the previous
+    checkpoint intact."""
+    from nas.results import atomic_write
+
+    atomic_write(Path(path), lambda f: torch.save(checkpoint, f), binary=True)
 
 
 _REQUIRED = {"format": str, "epoch": int, "model": dict, "optimizer": dict, "scheduler": dict,

@@ -26,11 +26,10 @@ import csv
 import hashlib
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from nas.errors import NasError
+from nas.results import atomic_write_text
 
 SMALL_DATASETS = ("digits", "fake")
 SMALL_DEFAULT_MULT = 0.25
@@ -134,18 +133,6 @@ def _config(args, arch, eval_size: int):
         eval_image_size=eval_size, num_workers=args.workers, bn_recalibration=args.bn_recalibration)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_metrics_csv(path: Path, rows: list[dict]) -> None:
     """Rewritten whole (atomically) after every epoch from the checkpoint's history, so a kill at
     any moment never leaves a duplicated or missing row."""
@@ -154,7 +141,7 @@ def write_metrics_csv(path: Path, rows: list[dict]) -> None:
     w.writeheader()
     for r in rows:
         w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    _atomic_write(path, buf.getvalue())
+    atomic_write_text(path, buf.getvalue())
 
 
 class _StopRequested(Exception):
@@ -259,7 +246,7 @@ def run(args) -> int:
         "train_time_s": sum(h["epoch_time_s"] for h in history),
         "config": cfg.to_dict(),
     }
-    _atomic_write(final_path, json.dumps(final, indent=2) + "\n")
+    atomic_write_text(final_path, json.dumps(final, indent=2) + "\n")
     print(f"final val accuracy {100 * acc:.2f}% at {eval_size} px{' (EMA weights)' if cfg.ema_decay else ''}; "
           f"{final['train_time_s']:.1f}s of training; wrote {final_path}")
     return 0
