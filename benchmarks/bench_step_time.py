@@ -20,9 +20,10 @@ import pandas as pd
 import torch
 import torchvision
 
-from nas.measure import device_name, make_train_step, resolve_device, time_step
+from nas.device import Runtime, device_name
+from nas.measure import make_train_step, time_step
 from search_spaces import build, preset
-from search_spaces.errors import NasError
+from nas.errors import NasError
 
 FORMATS = ("contiguous", "channels_last")
 MODELS = {
@@ -54,13 +55,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
-    dev = resolve_device(args.device)
     steps, settings = {}, {}
     for fmt in FORMATS:
         for name, make in MODELS.items():
             torch.manual_seed(0)
-            step, s = make_train_step(make(), dev=dev, batch_size=args.batch_size, image_size=args.image_size,
-                                      num_classes=1000, amp=args.amp, fmt=fmt)
+            runtime = Runtime.resolve(args.device, args.amp, "on" if fmt == "channels_last" else "off")
+            step, s = make_train_step(make(), runtime=runtime, batch_size=args.batch_size, image_size=args.image_size,
+                                      num_classes=1000, optimizer="sgd")
             for _ in range(args.warmup):
                 step()
             steps[name, fmt] = step
@@ -69,11 +70,11 @@ def run(args: argparse.Namespace) -> dict:
     order = list(steps)
     for r in range(args.rounds):
         for key in (order if r % 2 == 0 else order[::-1]):
-            median_ms, _, _, _ = time_step(steps[key], dev, warmup=1, min_run_time=args.min_run_time)
+            median_ms, _, _, _ = time_step(steps[key], runtime, warmup=1, min_run_time=args.min_run_time)
             times[key].append(median_ms)
         print(f"round {r + 1}/{args.rounds}: " + "  ".join(f"{m}/{f} {times[m, f][-1]:.1f}" for m, f in order),
               file=sys.stderr, flush=True)
-    return {"device": dev.type, "device_name": device_name(dev), "torch": torch.__version__,
+    return {"device": runtime.device.type, "device_name": device_name(runtime.device), "torch": torch.__version__,
             "torchvision": torchvision.__version__, "threads": torch.get_num_threads(),
             "batch_size": args.batch_size, "image_size": args.image_size, "dtype": settings.get("dtype"),
             "rounds": args.rounds, "min_run_time": args.min_run_time,

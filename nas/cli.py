@@ -1,6 +1,7 @@
 """The ``nas`` command line. ``main()`` is the console script; it returns the exit code.
 
-Bad input (a :class:`NasError`) prints one line ``nas: error: ...`` and exits 2, never a traceback.
+Bad input (a :class:`NasError`) prints one line ``nas: error: ...`` and exits 2, never a traceback; a run
+that fails for another reason (:class:`NasRuntimeError`: training diverged) prints one line and exits 1.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import sys
 
 from nas import __version__
 from nas.commands import COMMANDS
-from nas.errors import NasError
+from nas.errors import NasError, NasRuntimeError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     except NasError as e:
         print(f"nas: error: {e}", file=sys.stderr)
         return 2
+    except NasRuntimeError as e:
+        print(f"nas: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("nas: interrupted", file=sys.stderr)
         return 130

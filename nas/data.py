@@ -39,7 +39,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.transforms import v2
 
-from nas.errors import NasError
+from nas.errors import NasError, check_int, check_number
+from nas.progressive import MAX_RANDAUGMENT
 
 DATASETS = ("digits", "fake", "cifar10", "cifar100", "imagefolder:PATH")
 DEFAULT_DATA_DIR = "~/.cache/nas/data"
@@ -49,7 +50,6 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 2048
-MAX_RANDAUGMENT = 30  # torchvision's RandAugment has 31 magnitude bins: 0..30
 # The whole resized, normalised set is cached per image size while it stays below this size.
 _CACHE_BYTES = 256 * 2**20
 
@@ -225,19 +225,10 @@ def _imagefolder(path: str, seed: int, val_fraction: float) -> Splits:
 # Loaders
 
 
-def _check_size(name: str, value, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise NasError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
-    return value
-
-
 def check_randaugment(magnitude) -> int:
     """RandAugment magnitude as torchvision takes it: an integer bin 0..30 (0 = off); floats from a
     progressive schedule are rounded."""
-    if isinstance(magnitude, bool) or not isinstance(magnitude, (int, float)) or not math.isfinite(magnitude) \
-            or not 0 <= magnitude <= MAX_RANDAUGMENT:
-        raise NasError(f"RandAugment magnitude must be a number in [0, {MAX_RANDAUGMENT}], got {magnitude!r}")
-    return int(round(magnitude))
+    return int(round(check_number("RandAugment magnitude", magnitude, 0, MAX_RANDAUGMENT)))
 
 
 def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -337,9 +328,9 @@ def make_loader(dataset: Dataset, *, image_size: int, batch_size: int, train: bo
     RandAugment itself draws from torch's global generator, which :func:`nas.train.fit` seeds per
     epoch. Evaluation loaders keep the order and never augment.
     """
-    image_size = _check_size("image_size", image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
-    batch_size = _check_size("batch_size", batch_size, 1, 1 << 20)
-    num_workers = _check_size("num_workers", num_workers, 0, 256)
+    image_size = check_int("image_size", image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
+    batch_size = check_int("batch_size", batch_size, 1, 1 << 20)
+    num_workers = check_int("num_workers", num_workers, 0, 256)
     magnitude = check_randaugment(randaugment_magnitude)
     if not isinstance(dataset, Dataset):
         raise NasError(f"make_loader needs a torch Dataset, got {type(dataset).__name__}")
@@ -361,9 +352,7 @@ def make_loader(dataset: Dataset, *, image_size: int, batch_size: int, train: bo
 
 
 def check_mixup(alpha) -> float:
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha < 0:
-        raise NasError(f"mixup alpha must be a number >= 0, got {alpha!r}")
-    return float(alpha)
+    return check_number("mixup alpha", alpha, 0)
 
 
 def make_mixup(alpha: float, num_classes: int) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None:

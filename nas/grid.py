@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from nas.errors import NasError
+from nas.errors import NasError, check_number
 from search_spaces import Architecture, compound, count_macs, count_params, preset_names, scale_v2
 
 TARGET = 2.0  # the paper's FLOPs factor per unit of phi
@@ -43,15 +43,9 @@ MAX_AXIS_VALUES = 201  # per coefficient (step 0.005 on [1, 2]); the grid is thi
 _EPS = 1e-9
 
 
-def _number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise NasError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
-
-
 def check_phi(value: Any, *, integer: bool = False, flag: str = "--phi") -> float:
     """phi must be positive: phi = 0 is the base itself, a negative phi would shrink it."""
-    v = _number(flag, value)
+    v = check_number(flag, value)
     if v <= 0 or (integer and v != int(v)):
         kind = "a positive integer" if integer else "a positive number"
         raise NasError(f"{flag} must be {kind}, got {v:g}")
@@ -73,8 +67,8 @@ class GridSpec:
 
     def validate(self) -> "GridSpec":
         check_phi(self.phi)
-        step, lo, hi = _number("--step", self.step), _number("--min", self.lo), _number("--max", self.hi)
-        tol = _number("--tolerance", self.tolerance)
+        step, lo, hi = check_number("--step", self.step), check_number("--min", self.lo), check_number("--max", self.hi)
+        tol = check_number("--tolerance", self.tolerance)
         if step <= 0:
             raise NasError(f"--step must be positive, got {self.step!r}")
         if lo < 1:

@@ -28,25 +28,11 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from nas.errors import NasError
+from nas.errors import NasError, check_int, check_number
 
 MIN_SIZE, MAX_SIZE = 8, 2048
-MAX_RANDAUGMENT = 30
+MAX_RANDAUGMENT = 30  # torchvision's RandAugment has 31 magnitude bins: 0..30
 MAX_STAGES = 1000
-
-
-def _num(name: str, value: Any, lo: float, hi: float, hi_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise NasError(f"{name} must be a finite number, got {value!r}")
-    if not lo <= value <= hi or (hi_open and value == hi):
-        raise NasError(f"{name} must be in [{lo:g}, {hi:g}{')' if hi_open else ']'}, got {value!r}")
-    return value
-
-
-def _int(name: str, value: Any, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise NasError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -75,22 +61,22 @@ class ProgressiveSchedule:
     name: str = "custom"
 
     def __post_init__(self) -> None:
-        _int("image size start", self.size_start, MIN_SIZE, MAX_SIZE)
-        _int("image size end", self.size_end, MIN_SIZE, MAX_SIZE)
-        _num("RandAugment magnitude start", self.randaugment_start, 0, MAX_RANDAUGMENT)
-        _num("RandAugment magnitude end", self.randaugment_end, 0, MAX_RANDAUGMENT)
-        _num("mixup alpha start", self.mixup_start, 0, 100)
-        _num("mixup alpha end", self.mixup_end, 0, 100)
-        _num("dropout start", self.dropout_start, 0, 1, hi_open=True)
-        _num("dropout end", self.dropout_end, 0, 1, hi_open=True)
-        _int("number of stages", self.stages, 1, MAX_STAGES)
+        check_int("image size start", self.size_start, MIN_SIZE, MAX_SIZE)
+        check_int("image size end", self.size_end, MIN_SIZE, MAX_SIZE)
+        check_number("RandAugment magnitude start", self.randaugment_start, 0, MAX_RANDAUGMENT)
+        check_number("RandAugment magnitude end", self.randaugment_end, 0, MAX_RANDAUGMENT)
+        check_number("mixup alpha start", self.mixup_start, 0, 100)
+        check_number("mixup alpha end", self.mixup_end, 0, 100)
+        check_number("dropout start", self.dropout_start, 0, 1, hi_open=True)
+        check_number("dropout end", self.dropout_end, 0, 1, hi_open=True)
+        check_int("number of stages", self.stages, 1, MAX_STAGES)
         if not isinstance(self.name, str):
             raise NasError(f"schedule name must be a string, got {self.name!r}")
 
     # -- Algorithm 1 -----------------------------------------------------------------------
     def ratio(self, i: int) -> float:
         """Interpolation weight of stage ``i``: ``i / (M - 1)`` (1.0 when ``M == 1``)."""
-        _int("stage", i, 0, self.stages - 1)
+        check_int("stage", i, 0, self.stages - 1)
         return 1.0 if self.stages == 1 else i / (self.stages - 1)
 
     def stage(self, i: int) -> StageSettings:
@@ -114,8 +100,8 @@ class ProgressiveSchedule:
         by at most one (``epoch * M // epochs``). With fewer epochs than stages, the epochs are
         spread over the stages so that the first epoch is stage 0 and the last is stage ``M-1``.
         """
-        _int("epochs", epochs, 1, 10**7)
-        _int("epoch", epoch, 0, epochs - 1)
+        check_int("epochs", epochs, 1, 10**7)
+        check_int("epoch", epoch, 0, epochs - 1)
         if epochs >= self.stages:
             return epoch * self.stages // epochs
         if epochs == 1:
@@ -145,7 +131,7 @@ class ProgressiveSchedule:
     def scaled_to(self, end: int) -> "ProgressiveSchedule":
         """Image sizes scaled so the last stage trains at ``end`` px, keeping the start/end ratio
         of the schedule (S: 128/300 of ``end``); the start is at least 8 px."""
-        _int("image size end", end, MIN_SIZE, MAX_SIZE)
+        check_int("image size end", end, MIN_SIZE, MAX_SIZE)
         start = max(MIN_SIZE, int(round(end * self.size_start / self.size_end)))
         return self.with_sizes(start, end)
 

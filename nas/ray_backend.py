@@ -114,7 +114,7 @@ def cached_evaluator(settings, reference=None):
     the reference once; keeping it per process and device means a reused Ray actor measures it
     once, while a process that sees another device (another GPU kind, another
     ``CUDA_VISIBLE_DEVICES``) gets its own reference."""
-    from nas.measure import device_name, resolve_device
+    from nas.device import device_name, resolve_device
     from nas.trial import Evaluator
 
     dev = resolve_device(settings.device)

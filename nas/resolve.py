@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from search_spaces import Architecture, preset, preset_names
-from search_spaces.errors import NasError
+from nas.errors import NasError
 
 
 def resolve_arch(spec: str) -> Architecture:

@@ -112,7 +112,7 @@ class TrialSettings:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**31 - 1000000:
             raise NasError(f"seed must be a non-negative integer below 2**31 - 10**6, got {self.seed!r}")
         self.proxy.validate()
-        from nas.measure import resolve_device
+        from nas.device import resolve_device
 
         resolve_device(self.device)
         return self

@@ -334,7 +334,7 @@ def plan_workers(n_workers: int, remaining: int, device: str, *, cpu_count: int 
         raise NasError(f"--workers must be a positive integer, got {n_workers!r}")
     n = min(n_workers, remaining)
     trials = tuple(remaining // n + (i < remaining % n) for i in range(n))
-    from nas.measure import resolve_device
+    from nas.device import resolve_device
 
     dev = resolve_device(device)
     note = None

@@ -6,7 +6,7 @@ import abc
 import math
 from typing import Any, Callable
 
-from search_spaces.errors import NasError
+from nas.errors import NasError
 
 
 class Reward(abc.ABC):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 from rewards.base import Reward, _need, register
-from search_spaces.errors import NasError
+from nas.errors import NasError
 
 CONSTRAINTS = {"soft": (-0.07, -0.07), "hard": (0.0, -1.0)}
 

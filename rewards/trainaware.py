@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from rewards.base import Reward, _need, register
-from search_spaces.errors import NasError
+from nas.errors import NasError
 
 
 @register("trainaware")

@@ -1,6 +1,6 @@
 """Architectures as data, the networks they build into, the published presets and the search spaces.
 
-Names are loaded on first use (PEP 562), so that ``import search_spaces.errors`` (which every
+Names are loaded on first use (PEP 562), so that ``import nas.errors`` (which every
 ``nas`` command does) does not pay for importing torch: ``nas --help`` and a bad-input error stay quick.
 """
 
@@ -14,7 +14,7 @@ _EXPORTS = {
     "SearchSpace": "base", "Chooser": "base", "OptunaChooser": "base", "RngChooser": "base",
     "get_space": "base", "space_names": "base",
     "Network": "builder", "build": "builder", "count_macs": "builder", "count_params": "builder",
-    "NasError": "errors",
+    "NasError": "nas.errors",
     "REFERENCE": "presets", "preset": "presets", "preset_names": "presets",
     "compound": "scaling", "round_filters": "scaling", "round_repeats": "scaling", "scale": "scaling",
     "scale_v2": "scaling",
@@ -26,7 +26,8 @@ __all__ = sorted(_EXPORTS)
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'search_spaces' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"search_spaces.{_EXPORTS[name]}"), name)
+    mod = _EXPORTS[name]
+    value = getattr(importlib.import_module(mod if "." in mod else f"search_spaces.{mod}"), name)
     globals()[name] = value
     return value
 

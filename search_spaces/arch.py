@@ -31,7 +31,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from search_spaces.errors import NasError
+from nas.errors import NasError, check_choice, check_int, check_probability
 
 BLOCKS = ("mbconv", "fused")
 KERNELS = (3, 5)
@@ -43,31 +43,6 @@ MAX_REPEATS = 64
 MAX_CHANNELS = 16384
 MIN_RESOLUTION, MAX_RESOLUTION = 8, 2048
 JSON_FORMAT = "nas.architecture/1"
-
-
-def _check_int(name: str, value: Any, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise NasError(f"{name} must be an integer, got {value!r}")
-    if not lo <= value <= hi:
-        raise NasError(f"{name} must be in [{lo}, {hi}], got {value}")
-    return value
-
-
-def _check_choice(name: str, value: Any, allowed: Iterable[Any]) -> Any:
-    allowed = tuple(allowed)
-    # Compare types too: 3.0 == 3, but a float kernel would be written "k3.0", which does not parse.
-    if isinstance(value, bool) or value not in allowed or type(value) not in {type(a) for a in allowed}:
-        raise NasError(f"{name} must be one of {', '.join(map(str, allowed))}; got {value!r}")
-    return value
-
-
-def _check_prob(name: str, value: Any, hi_inclusive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise NasError(f"{name} must be a finite number, got {value!r}")
-    ok = 0.0 <= value <= 1.0 if hi_inclusive else 0.0 <= value < 1.0
-    if not ok:
-        raise NasError(f"{name} must be in [0, 1{']' if hi_inclusive else ')'}, got {value}")
-    return float(value)
 
 
 @dataclass(frozen=True)
@@ -84,14 +59,14 @@ class Stage:
     skip: str = "id"
 
     def __post_init__(self) -> None:
-        _check_choice("block kind", self.block, BLOCKS)
-        _check_choice("kernel", self.kernel, KERNELS)
-        _check_choice("stride", self.stride, STRIDES)
-        _check_int("expansion", self.expansion, 1, MAX_EXPANSION)
-        _check_int("output channels", self.out, 1, MAX_CHANNELS)
-        _check_int("repeats", self.repeats, 1, MAX_REPEATS)
-        object.__setattr__(self, "se", _check_prob("SE ratio", self.se))
-        _check_choice("skip", self.skip, SKIPS)
+        check_choice("block kind", self.block, BLOCKS)
+        check_choice("kernel", self.kernel, KERNELS)
+        check_choice("stride", self.stride, STRIDES)
+        check_int("expansion", self.expansion, 1, MAX_EXPANSION)
+        check_int("output channels", self.out, 1, MAX_CHANNELS)
+        check_int("repeats", self.repeats, 1, MAX_REPEATS)
+        object.__setattr__(self, "se", check_probability("SE ratio", self.se))
+        check_choice("skip", self.skip, SKIPS)
 
     def to_string(self, in_channels: int) -> str:
         s = f"r{self.repeats}_k{self.kernel}_s{self.stride}_e{self.expansion}_i{in_channels}_o{self.out}"
@@ -136,7 +111,7 @@ class Stage:
                     raise NasError(f"stride {tok!r} in stage {text!r}: write s1, s2, s11 or s22")
             val = int(raw)
             if key == "c":
-                _check_choice("conv type (c token)", val, (0, 1))
+                check_choice("conv type (c token)", val, (0, 1))
                 fields["block"] = "fused" if val == 1 else "mbconv"
             elif key == "i":
                 in_channels = val
@@ -176,12 +151,12 @@ class Architecture:
     activation: str = "silu"
 
     def __post_init__(self) -> None:
-        _check_int("stem channels", self.stem, 1, MAX_CHANNELS)
-        _check_int("head channels", self.head, 1, MAX_CHANNELS)
-        _check_int("resolution", self.resolution, MIN_RESOLUTION, MAX_RESOLUTION)
-        object.__setattr__(self, "dropout", _check_prob("dropout", self.dropout))
-        object.__setattr__(self, "drop_path", _check_prob("stochastic depth rate", self.drop_path))
-        _check_choice("activation", self.activation, ACTIVATIONS)
+        check_int("stem channels", self.stem, 1, MAX_CHANNELS)
+        check_int("head channels", self.head, 1, MAX_CHANNELS)
+        check_int("resolution", self.resolution, MIN_RESOLUTION, MAX_RESOLUTION)
+        object.__setattr__(self, "dropout", check_probability("dropout", self.dropout))
+        object.__setattr__(self, "drop_path", check_probability("stochastic depth rate", self.drop_path))
+        check_choice("activation", self.activation, ACTIVATIONS)
         stages = tuple(self.stages)
         if not stages:
             raise NasError("an architecture needs at least one stage")

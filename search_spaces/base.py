@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from search_spaces.arch import Architecture
-from search_spaces.errors import NasError
+from nas.errors import NasError
 
 
 class Chooser(abc.ABC):

@@ -10,7 +10,7 @@ from torchvision.ops import Conv2dNormActivation
 
 from search_spaces.arch import Architecture
 from search_spaces.blocks import ACTIVATION_LAYERS, BLOCK_CLASSES, default_norm
-from search_spaces.errors import NasError
+from nas.errors import NasError
 
 
 class Network(nn.Module):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from search_spaces.arch import Architecture
-from search_spaces.errors import NasError
+from nas.errors import NasError
 from search_spaces.scaling import scale
 
 

@@ -9,7 +9,7 @@ import math
 
 from search_spaces.arch import Architecture, Stage
 from search_spaces.blocks import make_divisible
-from search_spaces.errors import NasError
+from nas.errors import NasError, check_positive
 
 ROUNDINGS = ("v1", "v2")
 
@@ -43,12 +43,6 @@ def round_repeats(repeats: int, depth: float, rounding: str = "ceil") -> int:
     raise NasError(f"depth rounding must be one of {', '.join(DEPTH_ROUNDINGS)}; got {rounding!r}")
 
 
-def _check_mult(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise NasError(f"{name} multiplier must be a positive number, got {value!r}")
-    return float(value)
-
-
 def scale(arch: Architecture, *, width: float = 1.0, depth: float = 1.0, resolution: int | None = None,
           resolution_mult: float = 1.0, rounding: str = "v1", dropout: float | None = None,
           depth_rounding: str = "ceil") -> Architecture:
@@ -57,8 +51,8 @@ def scale(arch: Architecture, *, width: float = 1.0, depth: float = 1.0, resolut
     ``resolution`` sets the new native resolution directly (EfficientNet-B2 is B0 at 260 px);
     otherwise it is ``round(arch.resolution * resolution_mult)``.
     """
-    width, depth = _check_mult("width", width), _check_mult("depth", depth)
-    resolution_mult = _check_mult("resolution", resolution_mult)
+    width, depth = check_positive("width multiplier", width), check_positive("depth multiplier", depth)
+    resolution_mult = check_positive("resolution multiplier", resolution_mult)
     stages = tuple(
         Stage(s.block, s.kernel, s.stride, s.expansion, round_filters(s.out, width, rounding),
               round_repeats(s.repeats, depth, depth_rounding), s.se, s.skip)
@@ -95,7 +89,7 @@ def scale_v2(arch: Architecture, *, width: float = 1.0, depth: float = 1.0, reso
        the whole network are all given to the last ``late_stages`` stages (V2's stages 5 and 6),
        in proportion to their current repeats (largest remainder), earlier stages keep theirs.
     """
-    width, depth = _check_mult("width", width), _check_mult("depth", depth)
+    width, depth = check_positive("width multiplier", width), check_positive("depth multiplier", depth)
     if late_stages < 1:
         raise NasError(f"late_stages must be >= 1, got {late_stages}")
     scaled = scale(arch, width=width, resolution_mult=resolution_mult, rounding="v2", dropout=dropout)

@@ -7,7 +7,8 @@ import dataclasses
 import pytest
 import torch
 
-from nas.measure import StepTime, make_train_step, measure_step_time, resolve_device, time_step
+from nas.device import Runtime, resolve_device
+from nas.measure import StepTime, make_train_step, measure_step_time, time_step
 from search_spaces import Architecture, NasError, build
 
 TINY = Architecture.from_string("stem8,r1_k3_s1_e1_i8_o8_se0.25,r2_k3_s2_e4_i8_o16_c1,head32,res32")
@@ -89,8 +90,8 @@ def test_one_training_step_updates_every_parameter(fmt):
     model = build(TINY, 10)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     bn_before = model.features[0][1].running_mean.clone()
-    step, settings = make_train_step(model, dev=torch.device("cpu"), batch_size=2, image_size=32,
-                                     num_classes=10, fmt=fmt)
+    runtime = Runtime.resolve("cpu", "off", "on" if fmt == "channels_last" else "off")
+    step, settings = make_train_step(model, runtime=runtime, batch_size=2, image_size=32, num_classes=10)
     assert settings["memory_format"] == fmt
     assert model.training
     step()
@@ -103,6 +104,6 @@ def test_one_training_step_updates_every_parameter(fmt):
 
 def test_time_step_runs_the_step():
     calls = []
-    median, iqr, runs, per_run = time_step(lambda: calls.append(1), torch.device("cpu"), warmup=3, min_run_time=0.01)
+    median, iqr, runs, per_run = time_step(lambda: calls.append(1), Runtime.resolve("cpu"), warmup=3, min_run_time=0.01)
     assert median > 0 and iqr >= 0 and runs >= 1 and per_run >= 1
     assert len(calls) >= 3 + runs * per_run

@@ -21,7 +21,8 @@ import nas.train as train_mod
 from nas.data import Splits, TensorImages, load_dataset, make_loader
 from nas.errors import NasError
 from nas.progressive import get_schedule
-from nas.train import TrainConfig, TrainingDiverged, evaluate, fit, load_checkpoint
+from nas.checkpoint import load_checkpoint
+from nas.train import TrainConfig, TrainingDiverged, evaluate, fit
 from search_spaces import Architecture, build
 
 TINY = "stem8,r1_k3_s2_e1_i8_o8_c1,r1_k3_s2_e4_i8_o16,head32,res16"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-AMP_MODES = ("auto", "on", "off")  # as nas.measure; not imported here to keep `nas --help` fast
-MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
+AMP_MODES = ("auto", "on", "off")  # nas.device.SWITCHES; not imported here to keep `nas --help` fast
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")  # nas.measure.MEMORY_FORMATS
 
 
 def add_parser(sub) -> None:

@@ -160,7 +160,9 @@ def run(args) -> int:
 
     from nas.data import load_dataset, make_loader
     from nas.resolve import resolve_arch
-    from nas.train import evaluate, fit, load_checkpoint, resolve_amp, resolve_device
+    from nas.checkpoint import load_checkpoint
+    from nas.device import Runtime
+    from nas.train import evaluate, fit
     from search_spaces import build, preset_names, scale
 
     if args.stop_after is not None and args.stop_after < 1:
@@ -230,9 +232,8 @@ def run(args) -> int:
               "rerun the same command to continue")
         return 0
 
-    device = resolve_device(cfg.device)
     loader = make_loader(splits.val, image_size=eval_size, batch_size=max(cfg.batch_size, 256), train=False)
-    acc = evaluate(result.eval_model, loader, device, amp=resolve_amp(cfg.amp, device))
+    acc = evaluate(result.eval_model, loader, Runtime.resolve(cfg.device, cfg.amp, cfg.channels_last))
     history = result.history
     final = {
         "arch": arch.to_string(), "architecture": arch.to_dict(), "base_arch": base.to_string(),
