@@ -24,7 +24,7 @@ on a shared machine are noisy; compare within one run.
 
 ``--storage-stress N`` measures the storage layer alone instead: N processes each ask/tell K
 trivial trials (``--stress-trials K``) with the user attributes a worker writes, against the
-SQLite study that ``nas worker`` uses (``nas.search.make_storage``: heartbeat, long lock timeout)
+SQLite study that ``nas worker`` uses (``nas.storage.make_storage``: long lock timeout)
 and against Optuna's JournalStorage on a file; it checks that exactly N*K trials with distinct
 numbers were recorded and reports trials per second and errors.
 """
@@ -78,7 +78,7 @@ def _open_storage(kind: str, root: str):
     import optuna
 
     if kind == "sqlite":
-        from nas.search import make_storage
+        from nas.storage import make_storage
 
         return make_storage(None, Path(root))
     from optuna.storages.journal import JournalFileBackend

@@ -1,7 +1,7 @@
 """Costs of ``nas grid-scale`` apart from training: the grid, the spread subset, the driver.
 
 1. Enumerating the constrained grid and picking the farthest-point subset, for several steps.
-2. The embedded driver's own overhead per candidate (Optuna trial in SQLite, grid.csv and
+2. The driver's own overhead per candidate (an Optuna trial in SQLite, grid.csv and
    coefficients.json after every candidate), with a stand-in evaluation that returns at once, so
    the figure is what the driver adds to each real evaluation.
 
@@ -18,24 +18,39 @@ from pathlib import Path
 
 import torch
 
-from nas.grid import GridOptions, GridSpec, enumerate_candidates, run_grid, scale_candidate, select_spread
-from nas.trial import ProxyConfig, TrialSettings
+from nas.driver import Job, run
+from nas.scaling.grid import GridOptions, GridSpec, enumerate_candidates, select_spread
+from nas.scaling.problem import GridProblem
+from nas.trial import Evaluator, ProxyConfig, TrialSettings
 from search_spaces import Architecture
 
 TINY = Architecture.from_string("stem8,r1_k3_s2_e1_i8_o8_c1,r1_k3_s2_e4_i8_o16,head32,res32")
 
 
-class _Reference:
-    reward = type("R", (), {"config": staticmethod(lambda: {"name": "stand-in"})})()
+class InstantEvaluator(Evaluator):
+    """Returns at once: what is left of a grid run is the driver's own cost."""
+
+    num_classes = 10
+
+    def check_data(self):
+        pass
 
     def reference(self):
-        return {"device": "cpu", "device_name": platform.machine(), "step_time_ms": 1.0, "params": 1}
+        return {"device": "cpu", "device_name": platform.machine(), "step_time_ms": 1.0, "params": 1,
+                "method": "instant", "image_size": 16, "batch_size": 1, "key": "instant"}
+
+    def reference_key(self):
+        return "instant"
+
+    def evaluate(self, arch, **kw):
+        return {"arch": arch.to_string(), "params": 1, "num_classes": 10, "macs": 1, "step_time_ms": 1.0, "S": 1.0,
+                "P": 1.0, "accuracy": kw.get("image_scale", 1.0) / 2, "reward": 0.5}
 
 
-def _instant(settings, base, cand, phi, *, evaluator=None):
-    return {"arch": scale_candidate(base, cand, phi).to_string(), "params": 1, "macs": cand.product,
-            "macs_ratio": cand.product, "step_time_ms": 1.0, "S": 1.0, "P": 1.0, "accuracy": cand.gamma / 2,
-            "reward": 0.5, "duration_s": 0.0}
+def grid_run(settings, opts: GridOptions) -> None:
+    problem = GridProblem(settings, TINY, opts)
+    run(Job(problem=problem, n_trials=len(problem.plan.candidates), out=opts.out, sampler="random", pruner="none",
+            progress=False, echo=lambda s: None, evaluator=InstantEvaluator(settings, reference=TINY)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,16 +69,15 @@ def main(argv: list[str] | None = None) -> int:
         t2 = time.perf_counter()
         print(f"{step:<7g} {spec.grid_points:>11,} {len(cands):>9,} {t1 - t0:>12.3f} {t2 - t1:>9.3f}")
     with tempfile.TemporaryDirectory() as d:
-        settings = TrialSettings(dataset="fake", proxy=ProxyConfig(image_size=16))
+        settings = TrialSettings(dataset="fake", proxy=ProxyConfig.of(image_size=16))
         # A throwaway run first, so that importing SQLAlchemy, Optuna and matplotlib is not counted.
-        run_grid(settings, TINY, GridOptions(max_candidates=1, out=str(Path(d) / "warm")), progress=False,
-                 echo=lambda s: None, evaluator=_Reference(), evaluate=_instant)
+        grid_run(settings, GridOptions(max_candidates=1, out=str(Path(d) / "warm")))
         opts = GridOptions(max_candidates=a.candidates, out=str(Path(d) / "run"))
         t0 = time.perf_counter()
-        run_grid(settings, TINY, opts, progress=False, echo=lambda s: None, evaluator=_Reference(), evaluate=_instant)
+        grid_run(settings, opts)
         first = time.perf_counter() - t0
         t0 = time.perf_counter()
-        run_grid(settings, TINY, opts, progress=False, echo=lambda s: None, evaluator=_Reference(), evaluate=_instant)
+        grid_run(settings, opts)
         resume = time.perf_counter() - t0
     n = a.candidates + 1
     print(f"driver: {n} candidates with an instant evaluation in {first:.2f} s ({first / n:.3f} s per candidate, "

@@ -26,7 +26,7 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from nas.search import SearchOptions, run_search
+from nas.search import SearchOptions, search
 from nas.trial import Evaluator, ProxyConfig, TrialSettings
 from search_spaces import Stage, get_space
 
@@ -34,15 +34,15 @@ CACHE = Path(__file__).resolve().parent / ".cache"
 
 
 def overhead(n_trials: int, dataset: str, epochs: int) -> None:
-    settings = TrialSettings(dataset=dataset, proxy=ProxyConfig(epochs=epochs))
+    settings = TrialSettings(dataset=dataset, proxy=ProxyConfig.of(epochs=epochs))
     with tempfile.TemporaryDirectory() as d:
         opts = SearchOptions(n_trials=n_trials, out=d, pruner="none")
         t0 = time.perf_counter()
-        run_search(settings, opts, progress=False, echo=lambda s: None)
+        search(settings, opts, progress=False, echo=lambda s: None)
         wall = time.perf_counter() - t0
         df = pd.read_csv(Path(d) / "trials.csv")
     ok = df[df["state"] == "COMPLETE"]
-    work = (ok["measure_s"] + ok["train_s"]).sum()
+    work = (ok["time_s"] + ok["train_s"]).sum()
     trial_wall = ok["duration_s"].sum()
     print(f"\n== framework overhead: {len(ok)} trials on {dataset}, {epochs} proxy epochs ==")
     print(f"whole run                {wall:8.1f} s (includes one reference measurement and start-up)")
@@ -51,7 +51,7 @@ def overhead(n_trials: int, dataset: str, epochs: int) -> None:
     print(f"  other (build, sample)  {trial_wall - work:8.1f} s  = {(trial_wall - work) / trial_wall:.1%} of trial time")
     between = wall - trial_wall
     print(f"outside trials           {between:8.1f} s  = {between / wall:.1%} of the run "
-          "(storage, trials.csv/best.json/pareto.png after every trial, reference, imports)")
+          "(storage, one trials.csv line per trial, best.json when it changes, the reference, imports)")
     print(f"framework overhead share {(wall - work) / wall:.1%} of wall time; per trial {(wall - work) / len(ok):.2f} s")
 
 
@@ -75,7 +75,7 @@ def build_table(dataset: str, epochs: int) -> dict[str, float]:
     CACHE.mkdir(exist_ok=True)
     path = CACHE / f"table-{dataset}-e{epochs}.json"
     table = json.loads(path.read_text()) if path.exists() else {}
-    ev = Evaluator(TrialSettings(dataset=dataset, proxy=ProxyConfig(epochs=epochs)))
+    ev = Evaluator(TrialSettings(dataset=dataset, proxy=ProxyConfig.of(epochs=epochs)))
     keys = [dict(zip([n for n, _ in SUB], vals)) for vals in product(*[o for _, o in SUB])]
     todo = [k for k in keys if json.dumps(k, sort_keys=True) not in table]
     if todo:

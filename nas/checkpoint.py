@@ -3,7 +3,7 @@
 A checkpoint carries the architecture, the training configuration and the data split it was written
 with, so a resumed run cannot silently continue another one: :func:`load_checkpoint` refuses a
 pickled, corrupt or foreign file, or one from another architecture, configuration or split, with one
-line naming what differs. Files are written atomically (:func:`nas.results.atomic_write`).
+line naming what differs. Files are written atomically (:func:`nas.files.atomic_write`).
 """
 
 from __future__ import annotations
@@ -48,9 +48,9 @@ def make_checkpoint(model: nn.Module, cfg: TrainConfig, splits: Splits, epoch: i
 
 
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> None:
-    """Write atomically (:func:`nas.results.atomic_write`): a crash mid-write leaves the previous
+    """Write atomically (:func:`nas.files.atomic_write`): a crash mid-write leaves the previous
     checkpoint intact."""
-    from nas.results import atomic_write
+    from nas.files import atomic_write
 
     atomic_write(Path(path), lambda f: torch.save(checkpoint, f), binary=True)
 

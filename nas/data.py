@@ -97,6 +97,15 @@ class TensorImages(Dataset):
 # Loading
 
 
+def check_dataset_name(name) -> str:
+    """A data set name :func:`load_dataset` knows, checked without loading anything."""
+    known = [d for d in DATASETS if ":" not in d]
+    if not isinstance(name, str) or (name.strip().lower() not in known
+                                     and not name.strip().lower().startswith("imagefolder:")):
+        raise NasError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    return name
+
+
 def load_dataset(name: str, data_dir: str | None = None, *, seed: int = 0, val_fraction: float = 0.2,
                  download: bool = True) -> Splits:
     """Load a data set by name (see the module docstring) and split it deterministically."""
@@ -217,8 +226,53 @@ def _imagefolder(path: str, seed: int, val_fraction: float) -> Splits:
         tr, va = split_indices(torch.as_tensor(full.targets), val_fraction, seed)
         train, val = Subset(full, tr.tolist()), Subset(full, va.tolist())
         classes, sample = full.classes, full
-    first, _ = sample[0]
+    if not len(sample):
+        raise NasError(f"image folder {str(root)!r} holds no images")
+    try:
+        first, _ = sample[0]
+    except Exception as e:  # PIL raises UnidentifiedImageError, OSError, SyntaxError ... for a bad file
+        raise NasError(f"cannot decode {sample.samples[0][0]!r} in image folder {str(root)!r}: "
+                       f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
     return Splits(f"imagefolder:{path}", train, val, len(classes), int(min(first.shape[-2:])))
+
+
+PROBE_ALL_UP_TO = 20_000  # image files checked one by one before a run; above, an even sample of 2,000
+
+
+def probe(splits: Splits) -> Splits:
+    """What a run needs from its data, checked before anything is written: at least two classes, both
+    splits non-empty, and image files that decode (every file of a folder up to PROBE_ALL_UP_TO
+    images, else an evenly spread sample): a bad file is named here, not found by every trial."""
+    if splits.num_classes < 2:
+        raise NasError(f"data set {splits.name!r} has {splits.num_classes} class(es); classification needs at "
+                       "least two (one sub-folder per class)")
+    for part, data in (("training", splits.train), ("validation", splits.val)):
+        if len(data) == 0:
+            raise NasError(f"data set {splits.name!r} has an empty {part} split")
+    paths = [p for data in (splits.train, splits.val) for p in _image_paths(data)]
+    if not paths:
+        return splits
+    step = max(1, len(paths) // 2000) if len(paths) > PROBE_ALL_UP_TO else 1
+    from PIL import Image
+
+    bad = []
+    for path in paths[::step]:
+        try:
+            with Image.open(path) as im:
+                im.verify()
+        except Exception as e:  # any decoder error names the file
+            bad.append((path, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
+    if bad:
+        checked = len(paths[::step])
+        raise NasError(f"{len(bad)} of {checked} checked images of {splits.name!r} cannot be decoded, e.g. "
+                       f"{bad[0][0]!r} ({bad[0][1]}); remove or replace them")
+    return splits
+
+
+def _image_paths(data) -> list[str]:
+    if isinstance(data, Subset):
+        return [data.dataset.samples[i][0] for i in data.indices]
+    return [p for p, _ in getattr(data, "samples", [])]
 
 
 # --------------------------------------------------------------------------------------------

@@ -70,9 +70,15 @@ def make_train_step(model: nn.Module, *, runtime: Runtime, batch_size: int, imag
 
 def time_step(step, runtime: Runtime, *, warmup: int = 3, min_run_time: float = 1.0) -> tuple[float, float, int, int]:
     """Median and IQR (ms) of one step over repeated blocks; Timer synchronises CUDA."""
-    for _ in range(warmup):
+    from nas.interrupt import check
+
+    def checked() -> None:
+        check()  # Ctrl-C stops here, between steps (nas.interrupt)
         step()
-    timer = benchmark.Timer(stmt="step()", globals={"step": step}, num_threads=torch.get_num_threads())
+
+    for _ in range(warmup):
+        checked()
+    timer = benchmark.Timer(stmt="step()", globals={"step": checked}, num_threads=torch.get_num_threads())
     m = timer.blocked_autorange(min_run_time=min_run_time)
     runtime.synchronize()
     return m.median * 1e3, m.iqr * 1e3, len(m.times), m.number_per_run

@@ -1,90 +1,168 @@
-"""A run directory's result files, shared by every backend (Optuna in-process, Ray Tune) and command.
+"""A run directory's results, written from rows by one writer that every backend and the grid use.
 
-* ``trials.csv``: one row per trial (pandas-readable); the columns in :data:`TRIAL_COLUMNS` first.
-* ``best.json``: the best architecture string, its metrics and the measurement provenance.
-* ``pareto.png``: accuracy against step time, the non-dominated trials marked.
+A row is one trial as a flat dict (its number, state, error, every figure it produced, where it
+ran). The writer keeps ``trials.csv`` (``grid.csv`` for the grid) in the run directory:
 
-Files are written atomically (temporary file + rename), so a kill never leaves a half-written one.
+* incrementally: each finished trial is *appended* as one line (:func:`nas.files.append_line`, one
+  ``write`` call, so a SIGKILL never leaves half a row and parallel workers never interleave);
+* whole, sorted by trial number, at the start and the end of a run (atomically: :mod:`nas.files`).
+
+The problem the run solves (:class:`nas.problem.Problem`: the search, or the compound-scaling grid)
+names the columns and writes what depends on all rows: ``best.json`` whenever the best changes,
+plots at the end of a run and at most every :data:`PLOT_EVERY_S` seconds, never on a trial's path.
+
+Columns are fixed per problem, so every line of a file has the same fields: the first ones are
+:data:`TRIAL_COLUMNS`, then :data:`EXTRA_COLUMNS`, then the problem's own (sampled decisions as
+``param_*``). A metric outside them is kept in the study, not in the file.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import csv
+import fcntl
+import io
 import math
 import os
-import tempfile
+import time
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable
+from typing import Any, Iterable, Iterator
 
 import pandas as pd
 
 from nas.errors import NasError
+from nas.files import append_line, atomic_write_text
 
-TRIAL_COLUMNS = ["number", "state", "arch", "params", "macs", "step_time_ms", "S", "P", "accuracy", "reward",
-                 "duration_s", "error"]
-RUN_FORMAT = "nas.run/1"
+TRIAL_COLUMNS = ["number", "state", "arch", "params", "macs", "num_classes", "step_time_ms", "step_time_method", "S",
+                 "P", "accuracy", "reward", "duration_s", "error"]
+# What every trial row may carry besides: how S was obtained and what it stands for, the reference it
+# was normalised by, measurement provenance, the proxy, timing, and where the trial ran.
+EXTRA_COLUMNS = ["measured_step_time_ms", "step_iqr_ms", "step_image_size", "step_batch_size", "target_image_size",
+                 "target_batch_size", "target_device", "reference_step_time_ms", "reference_params", "device",
+                 "device_name", "torch_version", "threads", "dtype", "memory_format", "proxy_arch", "proxy_params",
+                 "epochs", "time_s", "train_s", "t_start", "t_end", "worker", "hostname", "pid", "node_ip",
+                 "duplicate_of"]
+FINISHED = ("COMPLETE", "PRUNED", "FAIL")
+PLOT_EVERY_S = 30.0
+LOCK_NAME = ".results.lock"
 
 
-def atomic_write(path: Path, write: Callable[[IO], None], *, binary: bool = False) -> None:
-    """Write through ``write(file)`` into a temporary file in the same folder, then ``os.replace``:
-    a kill or crash mid-write leaves the previous file intact, never a half-written one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+@contextlib.contextmanager
+def results_lock(run_dir: Path) -> Iterator[None]:
+    """An exclusive lock for the processes writing one run directory's results (released if one dies)."""
+    fd = os.open(Path(run_dir) / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
     try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"newline": ""})) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text))
+def frame(rows: Iterable[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
+    """Rows as a frame with exactly ``columns`` (missing ones empty), sorted by trial number."""
+    df = pd.DataFrame(list(rows))
+    for col in columns:
+        if col not in df.columns:
+            df[col] = pd.Series([None] * len(df), dtype="object")
+    df = df[columns]
+    if len(df) and "number" in df and df["number"].notna().all():
+        df = df.sort_values("number", kind="stable")
+    return df.reset_index(drop=True)
 
 
-def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, default=_json_default) + "\n")
+def _csv_line(row: dict[str, Any], columns: list[str]) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow(["" if _missing(row.get(c)) else row.get(c) for c in columns])
+    return buf.getvalue()
 
 
-def _json_default(o: Any) -> Any:
-    if hasattr(o, "item"):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+def _missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
 
 
-def read_json(path: Path, what: str) -> Any:
+class ResultsWriter:
+    """Keeps one run directory's result files from rows (see the module docstring)."""
+
+    def __init__(self, run_dir: Path, problem, extra: dict[str, Any], *, shared: bool = False):
+        self.run_dir = Path(run_dir)
+        self.problem = problem
+        self.extra = extra
+        self.columns = problem.columns()
+        self.path = self.run_dir / problem.results_file
+        self.shared = shared  # other processes append too: read the file back before deciding the best
+        self._rows: dict[int, dict[str, Any]] = {}
+        self._best_key: Any = None
+        self.best: dict[str, Any] | None = None
+        self._last_plot = time.monotonic()  # the first plot comes PLOT_EVERY_S into the run, or at its end
+        self._plot_cost = 0.0
+
+    # -- whole files ------------------------------------------------------------------------------
+    def rewrite(self, rows: Iterable[dict[str, Any]], *, plot: bool = True) -> pd.DataFrame:
+        """Write the results file, the best and (``plot``) the plots from every row of the run."""
+        self._rows = {int(r["number"]): dict(r) for r in rows if r.get("number") is not None}
+        with results_lock(self.run_dir):
+            df = self.frame()
+            atomic_write_text(self.path, df.to_csv(index=False), durable=False)
+            self.best = self.problem.write_best(self.run_dir, df, self.extra)
+        self._best_key = self.problem.best_key(self.best) if self.best else None
+        if plot:
+            self.plot(force=True)
+        return df
+
+    def frame(self) -> pd.DataFrame:
+        return self.problem.table(list(self._rows.values()))
+
+    # -- one finished trial -------------------------------------------------------------------------
+    def append(self, row: dict[str, Any]) -> bool:
+        """Add a finished trial's row; rewrite the best when it is the new best (returns True then)."""
+        with results_lock(self.run_dir):
+            if self.shared:
+                self._rows = {int(r["number"]): r for r in read_rows(self.path) if r.get("number") is not None}
+            self._rows[int(row["number"])] = dict(row)
+            if not self.problem.incremental or not self.path.exists():
+                atomic_write_text(self.path, self.frame().to_csv(index=False), durable=False)
+            else:
+                append_line(self.path, _csv_line(row, self.columns))
+            key = self.problem.best_key(row) if row.get("state") == "COMPLETE" else None
+            changed = key is not None and (self._best_key is None or key > self._best_key)
+            if changed:
+                self.best = self.problem.write_best(self.run_dir, self.frame(), self.extra) or self.best
+                self._best_key = self.problem.best_key(self.best) if self.best else self._best_key
+        self.plot()
+        return changed
+
+    def plot(self, *, force: bool = False) -> None:
+        """Redraw the plots at the end of a run (``force``), else at most every PLOT_EVERY_S seconds and
+        never more often than keeps their cost under 2% of the run's time."""
+        now = time.monotonic()
+        if not force and now - self._last_plot < max(PLOT_EVERY_S, 50 * self._plot_cost):
+            return
+        t0 = time.perf_counter()
+        self.problem.plot(self.run_dir, self.frame(), self.extra)
+        self._plot_cost = time.perf_counter() - t0
+        self._last_plot = time.monotonic()
+
+
+def finished_row(row: dict[str, Any]) -> bool:
+    """A trial that counts toward the requested total: complete, pruned, or failed with its own reason
+    (one closed as interrupted does not: it is run again)."""
+    return row.get("state") in ("COMPLETE", "PRUNED") or (
+        row.get("state") == "FAIL" and bool(row.get("error")) and not str(row.get("error")).startswith("interrupted"))
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a results file (missing values as None)."""
     try:
-        return json.loads(Path(path).read_text())
+        df = pd.read_csv(path)
     except FileNotFoundError:
-        raise NasError(f"{what} {str(path)!r} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise NasError(f"{what} {str(path)!r} is unreadable or corrupt: {e}") from None
+        return []
+    except Exception as e:  # pandas raises many types for a damaged file
+        raise NasError(f"{str(path)!r} is unreadable: {e}") from None
+    df = df.astype(object).where(df.notna(), None)
+    return df.to_dict(orient="records")
 
 
-def check_run_config(run_dir: Path, config: dict[str, Any]) -> None:
-    """Store the command's settings in a new run directory, or check that a resumed run has the
-    same ones: rerunning a *different* command in the same directory would mix two experiments."""
-    path = Path(run_dir) / "config.json"
-    if not path.exists():
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, {"format": RUN_FORMAT, **config})
-        return
-    stored = read_json(path, "run configuration")
-    stored.pop("format", None)
-    fresh = json.loads(json.dumps(config, default=_json_default))
-    diffs = [k for k in sorted(set(stored) | set(fresh)) if stored.get(k) != fresh.get(k)]
-    if diffs:
-        k = diffs[0]
-        raise NasError(f"{str(run_dir)!r} holds a run with different settings ({k}: {stored.get(k)!r} there, "
-                       f"{fresh.get(k)!r} now); pass another --out to start a new run")
-
+# -- what every problem's summary uses -------------------------------------------------------------------
 
 def pareto_mask(acc: Iterable[float], cost: Iterable[float]) -> list[bool]:
     """True where no other point has accuracy >= and cost <= with one of them strict."""
@@ -96,113 +174,37 @@ def pareto_mask(acc: Iterable[float], cost: Iterable[float]) -> list[bool]:
     return out
 
 
-def write_trials_csv(run_dir: Path, rows: list[dict[str, Any]]) -> pd.DataFrame:
-    df = pd.DataFrame(rows)
-    for col in TRIAL_COLUMNS:
-        if col not in df.columns:
-            df[col] = pd.Series(dtype="object")
-    df = df[TRIAL_COLUMNS + [c for c in df.columns if c not in TRIAL_COLUMNS]]
-    if len(df):
-        df = df.sort_values("number", kind="stable")
-    atomic_write_text(Path(run_dir) / "trials.csv", df.to_csv(index=False))
-    return df
+def complete(df: pd.DataFrame, objective: str = "reward") -> pd.DataFrame:
+    return df[(df["state"] == "COMPLETE") & df[objective].notna()] if len(df) else df
 
 
-def complete(df: pd.DataFrame) -> pd.DataFrame:
-    ok = df[(df["state"] == "COMPLETE") & df["reward"].notna()] if len(df) else df
-    return ok
-
-
-def write_best(run_dir: Path, df: pd.DataFrame, extra: dict[str, Any], objective: str = "reward") -> dict | None:
-    ok = complete(df)
-    if not len(ok):
-        return None
-    best = ok.loc[ok[objective].astype(float).idxmax()]
-    metrics = {k: _plain(best[k]) for k in best.index if k not in ("arch",) and _plain(best[k]) is not None}
-    data = {"arch": best["arch"], "objective": objective, "metrics": metrics, **extra}
-    front = ok[pareto_mask(ok["accuracy"].astype(float), ok["step_time_ms"].astype(float))]
-    data["pareto_front"] = [int(n) for n in front["number"]]
-    atomic_write_json(Path(run_dir) / "best.json", data)
-    return data
-
-
-def _plain(v: Any) -> Any:
-    if hasattr(v, "item"):
-        v = v.item()
-    if isinstance(v, float) and math.isnan(v):
-        return None
-    return v
-
-
-def plot_pareto(run_dir: Path, df: pd.DataFrame, title: str = "") -> Path | None:
-    """Accuracy against step time for every complete trial, colour = reward, front marked."""
-    ok = complete(df)
-    if not len(ok):
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    acc = ok["accuracy"].astype(float)
-    st = ok["step_time_ms"].astype(float)
-    front = pareto_mask(acc, st)
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    sc = ax.scatter(st, acc, c=ok["reward"].astype(float), cmap="viridis", s=28, label="trials")
-    fig.colorbar(sc, ax=ax, label="reward")
-    f = ok[front].sort_values("step_time_ms")
-    ax.plot(f["step_time_ms"].astype(float), f["accuracy"].astype(float), "r-o", mfc="none", ms=10,
-            label="Pareto front")
-    best = ok.loc[ok["reward"].astype(float).idxmax()]
-    ax.scatter([best["step_time_ms"]], [best["accuracy"]], marker="*", s=220, c="red", label="best reward",
-               zorder=5)
-    ax.set_xlabel("training step time (ms, proxy)")
-    ax.set_ylabel("validation accuracy (proxy)")
-    ax.set_title(title or "nas search")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    path = Path(run_dir) / "pareto.png"
-    tmp = path.with_name(".pareto.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
-
-
-def summary_table(df: pd.DataFrame, top: int = 10, sort_by: str = "reward") -> str:
+def state_counts(df: pd.DataFrame) -> str:
     counts = df["state"].value_counts().to_dict() if len(df) else {}
-    head = "trials: " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())) if counts else "no trials"
-    ok = complete(df)
-    if not len(ok):
-        return head
-    cols = [c for c in ["number", "reward", "accuracy", "step_time_ms", "S", "P", "params", "macs",
-                        "duration_s"] if c in ok.columns]
-    t = ok.sort_values(sort_by, ascending=False).head(top)[cols].copy()
-    for c, fmt in (("reward", "{:.4f}"), ("accuracy", "{:.4f}"), ("step_time_ms", "{:.2f}"), ("S", "{:.3f}"),
-                   ("P", "{:.3f}"), ("duration_s", "{:.1f}")):
-        if c in t:
-            t[c] = t[c].astype(float).map(fmt.format)
-    for c in ("params", "macs"):
-        if c in t:
-            t[c] = t[c].map(lambda v: f"{int(v):,}")
-    return f"{head}\ntop {len(t)} by {sort_by}:\n{t.to_string(index=False)}"
+    return ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())) if counts else "none"
 
 
-def load_run(run_dir: Path) -> tuple[pd.DataFrame, dict | None]:
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise NasError(f"run directory {str(run_dir)!r} does not exist")
-    csv = run_dir / "trials.csv"
-    if not csv.is_file():
-        raise NasError(f"{str(run_dir)!r} has no trials.csv (not a nas run directory, or no trial finished yet)")
-    try:
-        df = pd.read_csv(csv)
-    except Exception as e:  # pandas raises many types for a damaged file
-        raise NasError(f"{str(csv)!r} is unreadable: {e}") from None
-    missing = [c for c in TRIAL_COLUMNS if c not in df.columns]
-    if missing:
-        raise NasError(f"{str(csv)!r} lacks column(s) {', '.join(missing)}")
-    best_path = run_dir / "best.json"
-    best = read_json(best_path, "best architecture file") if best_path.exists() else None
-    return df, best
+def common_error(df: pd.DataFrame) -> str | None:
+    """The most frequent reason among failed trials (what to tell a user when nothing completed)."""
+    if not len(df) or "error" not in df:
+        return None
+    errs = df.loc[df["state"] == "FAIL", "error"].dropna()
+    if not len(errs):
+        return None
+    top = errs.value_counts()
+    return f"{top.index[0]} ({top.iloc[0]} of {len(df)} trials)"
+
+
+def format_table(t: pd.DataFrame, formats: dict[str, str]) -> str:
+    t = t.copy()
+    for c, fmt in formats.items():
+        if c in t:
+            t[c] = t[c].map(lambda v, f=fmt: "-" if _missing(v) else (f"{int(v):,}" if f == "int" else f.format(float(v))))
+    return t.to_string(index=False)
+
+
+def save_figure(fig, path: Path) -> Path:
+    """A matplotlib figure as PNG, through the one atomic write path."""
+    from nas.files import atomic_write
+
+    atomic_write(path, lambda f: fig.savefig(f, format="png"), binary=True, durable=False)
+    return path

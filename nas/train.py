@@ -35,6 +35,7 @@ from torch import nn
 from nas.data import Splits, check_mixup, check_randaugment, make_loader, make_mixup
 from nas.device import SWITCHES, Runtime, check_device
 from nas.ema import ModelEMA
+from nas.interrupt import check as check_interrupt
 from nas.errors import NasError, NasRuntimeError, check_choice, check_int, check_number
 from nas.progressive import ProgressiveSchedule, StageSettings
 
@@ -83,7 +84,7 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         check_int("epochs", self.epochs, 1, 100_000)
-        check_int("batch size", self.batch_size, 1, 1 << 20)
+        check_int("batch size", self.batch_size, 1, 65536)
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         if self.lr is not None:
             check_number("learning rate", self.lr, 0, 100, lo_open=True)
@@ -365,6 +366,7 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, *,
             model.train()
             bar = _progress(loader, progress, f"epoch {epoch + 1}/{cfg.epochs} stage {stage} {s.image_size}px")
             for i, (images, labels) in enumerate(bar):
+                check_interrupt()  # Ctrl-C stops here, between steps (nas.interrupt)
                 t_step = time.perf_counter()
                 if mix is not None:
                     images, labels = mix(images, labels)

@@ -1,7 +1,8 @@
 """Rewards that score a candidate: one file each, selected by name with :func:`get_reward`."""
 
-from rewards.base import Reward, get_reward, register, reward_names
+from rewards.base import Reward, get_reward, param_names, parse_params, register, reward_class, reward_names
 from rewards.mnasnet import MnasNetReward
 from rewards.trainaware import TrainAwareReward
 
-__all__ = ["Reward", "get_reward", "register", "reward_names", "MnasNetReward", "TrainAwareReward"]
+__all__ = ["Reward", "get_reward", "param_names", "parse_params", "register", "reward_class", "reward_names",
+           "MnasNetReward", "TrainAwareReward"]

@@ -1,30 +1,64 @@
-"""The reward interface: a small abstract base and a registry."""
+"""The reward interface: a small abstract base, a parameter declaration per reward, and a registry.
+
+A reward declares its parameters as a frozen dataclass (``Params``), whose ``__post_init__`` checks
+them: the CLI offers every declared field as ``--reward-param KEY=VALUE`` (see
+:func:`parse_params`) without naming any reward in its code, and the run stores ``config()``. A
+reward also says which metrics it reads (``needs``), so the search's pruning hook, which knows the
+accuracy so far and what was measured before training, passes it exactly those.
+"""
 
 from __future__ import annotations
 
 import abc
+import dataclasses
 import math
+import typing
 from typing import Any, Callable
 
 from nas.errors import NasError
 
 
+@dataclasses.dataclass(frozen=True)
+class NoParams:
+    """A reward without parameters."""
+
+
 class Reward(abc.ABC):
-    """Scores one evaluated candidate. ``metrics`` holds at least ``accuracy`` (0..1), ``S`` (step
-    time normalised by the reference), ``P`` (parameters normalised by the reference),
-    ``step_time_ms`` and ``params``."""
+    """Scores one evaluated candidate from its metrics: ``accuracy`` (0..1), ``S`` (step time
+    normalised by the reference), ``P`` (parameters normalised by the reference), ``step_time_ms``,
+    ``params``. Subclasses set ``Params`` and implement ``__call__`` and ``needs``."""
 
     name: str = ""
+    Params: type = NoParams
+
+    def __init__(self, **params: Any):
+        unknown = sorted(set(params) - {f.name for f in dataclasses.fields(self.Params)})
+        if unknown:
+            raise NasError(f"reward {self.name!r} has no parameter {unknown[0]!r}; "
+                           f"its parameters: {', '.join(param_names(type(self))) or 'none'}")
+        self.params = self.Params(**params)
+
+    def __getattr__(self, key: str) -> Any:  # r.w, r.target_ms: the parameters read as attributes
+        params = self.__dict__.get("params")
+        if params is not None and key in {f.name for f in dataclasses.fields(params)}:
+            return getattr(params, key)
+        raise AttributeError(key)
 
     @abc.abstractmethod
     def __call__(self, metrics: dict[str, float]) -> float: ...
 
+    @property
+    @abc.abstractmethod
+    def needs(self) -> tuple[str, ...]:
+        """The metrics this reward reads."""
+
     def config(self) -> dict[str, Any]:
         """The reward's settings, stored with every result so a score can be recomputed."""
-        return {"name": self.name}
+        return {"name": self.name, **dataclasses.asdict(self.params)}
 
 
-def _need(metrics: dict[str, float], key: str, positive: bool = True) -> float:
+def need(metrics: dict[str, float], key: str, positive: bool = True) -> float:
+    """``metrics[key]`` as a finite float (and > 0 when ``positive``), or a NasError naming it."""
     if key not in metrics:
         raise NasError(f"reward needs metric {key!r}")
     try:
@@ -35,6 +69,57 @@ def _need(metrics: dict[str, float], key: str, positive: bool = True) -> float:
         raise NasError(f"metric {key!r} must be a {'positive ' if positive else ''}finite number, got {v}")
     return v
 
+
+def check_exponent(name: str, x: Any) -> float:
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+        raise NasError(f"reward exponent {name} must be a finite number, got {x!r}")
+    return float(x)
+
+
+# -- parameters from the command line -------------------------------------------------------------------
+
+def param_names(cls: type[Reward]) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls.Params)]
+
+
+def parse_params(cls: type[Reward], pairs: list[str], aliases: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``KEY=VALUE`` strings (``--reward-param``) and flag aliases (``{"w": -0.1}``; None = not given)
+    as typed keyword arguments for ``cls``. Values are converted by the declared field type (a
+    number, a string, or None written ``none``); a key the reward does not declare is refused."""
+    hints = typing.get_type_hints(cls.Params)
+    out: dict[str, Any] = {}
+    for flag, value in (aliases or {}).items():
+        if value is None:
+            continue
+        if flag not in hints:
+            raise NasError(f"--{flag.replace('_', '-')} does not apply to reward {cls.name!r} "
+                           f"(its parameters: {', '.join(param_names(cls)) or 'none'})")
+        out[flag] = value
+    for pair in pairs or []:
+        key, sep, text = str(pair).partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise NasError(f"--reward-param takes KEY=VALUE, got {pair!r}")
+        if key not in hints:
+            raise NasError(f"reward {cls.name!r} has no parameter {key!r}; "
+                           f"its parameters: {', '.join(param_names(cls)) or 'none'}")
+        out[key] = _convert(key, text.strip(), hints[key])
+    return out
+
+
+def _convert(key: str, text: str, hint: Any) -> Any:
+    options = typing.get_args(hint) or (hint,)
+    if type(None) in options and text.lower() == "none":
+        return None
+    if float in options or int in options:
+        try:
+            return float(text)
+        except ValueError:
+            raise NasError(f"reward parameter {key} must be a number, got {text!r}") from None
+    return text
+
+
+# -- the registry -----------------------------------------------------------------------------------------
 
 _REGISTRY: dict[str, Callable[..., Reward]] = {}
 
@@ -51,10 +136,15 @@ def reward_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_reward(name: str, **params: Any) -> Reward:
+def reward_class(name: str) -> type[Reward]:
     if name not in _REGISTRY:
         raise NasError(f"unknown reward {name!r}; known: {', '.join(reward_names())}")
+    return _REGISTRY[name]
+
+
+def get_reward(name: str, **params: Any) -> Reward:
+    cls = reward_class(name)
     try:
-        return _REGISTRY[name](**params)
+        return cls(**params)
     except TypeError as e:
         raise NasError(f"reward {name!r}: {e}") from None

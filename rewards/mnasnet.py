@@ -7,40 +7,43 @@ Soft constraint: alpha = beta = -0.07. Hard constraint: alpha = 0, beta = -1.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
-from rewards.base import Reward, _need, register
 from nas.errors import NasError
+from rewards.base import Reward, check_exponent, need, register
 
 CONSTRAINTS = {"soft": (-0.07, -0.07), "hard": (0.0, -1.0)}
 
 
+@dataclass(frozen=True)
+class MnasNetParams:
+    target_ms: float | None = None  # T; None: the reference's own step time (LAT/T == S)
+    constraint: str = "soft"
+    alpha: float | None = None      # None: the constraint's value
+    beta: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.constraint not in CONSTRAINTS:
+            raise NasError(f"unknown constraint {self.constraint!r}; known: {', '.join(CONSTRAINTS)}")
+        t = self.target_ms
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0):
+            raise NasError(f"latency target must be a positive number of ms, got {t!r}")
+        a, b = CONSTRAINTS[self.constraint]
+        object.__setattr__(self, "target_ms", None if t is None else float(t))
+        object.__setattr__(self, "alpha", a if self.alpha is None else check_exponent("alpha", self.alpha))
+        object.__setattr__(self, "beta", b if self.beta is None else check_exponent("beta", self.beta))
+
+
 @register("mnasnet")
 class MnasNetReward(Reward):
-    def __init__(self, target_ms: float | None = None, constraint: str = "soft",
-                 alpha: float | None = None, beta: float | None = None):
-        if constraint not in CONSTRAINTS:
-            raise NasError(f"unknown constraint {constraint!r}; known: {', '.join(CONSTRAINTS)}")
-        if target_ms is not None and (not isinstance(target_ms, (int, float)) or not math.isfinite(target_ms) or target_ms <= 0):
-            raise NasError(f"latency target must be a positive number of ms, got {target_ms!r}")
-        for k, x in (("alpha", alpha), ("beta", beta)):
-            if x is not None and (isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x)):
-                raise NasError(f"reward exponent {k} must be a finite number, got {x!r}")
-        a, b = CONSTRAINTS[constraint]
-        self.alpha = a if alpha is None else float(alpha)
-        self.beta = b if beta is None else float(beta)
-        self.constraint = constraint
-        # Without a target, T is the reference architecture's own latency (LAT/T == S).
-        self.target_ms = None if target_ms is None else float(target_ms)
+    Params = MnasNetParams
+
+    @property
+    def needs(self):
+        return ("accuracy", "S") if self.target_ms is None else ("accuracy", "step_time_ms")
 
     def __call__(self, metrics):
-        acc = _need(metrics, "accuracy", positive=False)
-        if self.target_ms is None:
-            ratio = _need(metrics, "S")
-        else:
-            ratio = _need(metrics, "step_time_ms") / self.target_ms
+        acc = need(metrics, "accuracy", positive=False)
+        ratio = need(metrics, "S") if self.target_ms is None else need(metrics, "step_time_ms") / self.target_ms
         w = self.alpha if ratio <= 1.0 else self.beta
         return acc * ratio ** w
-
-    def config(self):
-        return {"name": self.name, "target_ms": self.target_ms, "constraint": self.constraint,
-                "alpha": self.alpha, "beta": self.beta}

@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,44 +25,7 @@ import pytest
 
 from nas.errors import NasError
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = ["--dataset", "fake", "--epochs", "1", "--image-size", "16", "--measure-time", "0.05", "--width-mult", "0.1",
-        "--depth-mult", "0.1", "--batch-size", "32"]
-
-# A plugin the way a user writes one: a module that registers a space and a reward. It is written
-# to a directory that is on the driver's PYTHONPATH only, so the Ray workers can import it only if
-# nas ships it to them (runtime_env py_modules). Trial 1's architecture is marked so the reward
-# returns NaN for it; trial 2's so the reward raises: two failures, by trial number, deterministic.
-PLUGIN = '''
-"""Test plugin: trainaware, with trials 1 and 2 failing on purpose."""
-import math
-
-from rewards import register as register_reward
-from rewards.trainaware import TrainAwareReward
-from search_spaces.base import register as register_space
-from search_spaces.trainaware import TrainAwareSpace
-
-MARKS = {1: 0.111, 2: 0.222}  # dropout values no built-in architecture uses
-
-
-@register_space("test-marked")
-class MarkedSpace(TrainAwareSpace):
-    def sample(self, chooser):
-        arch = super().sample(chooser)
-        n = getattr(chooser, "number", None)  # the Optuna trial's number
-        return arch.replace(dropout=MARKS[n]) if n in MARKS else arch
-
-
-@register_reward("test-failing")
-class FailingReward(TrainAwareReward):
-    def __call__(self, metrics):
-        if "drop0.111" in metrics["arch"]:
-            return math.nan
-        if "drop0.222" in metrics["arch"]:
-            raise RuntimeError("deliberate failure of trial 2")
-        return super().__call__(metrics)
-'''
-
+from conftest import FAILING, REPO, STANDIN, TINY, write_plugin
 
 @dataclass
 class Cluster:
@@ -121,25 +83,43 @@ def _kill(pids: list[int], grace: float = 5) -> None:
             time.sleep(0.2)
 
 
+def _start(args: list[str], env: dict, temp_dir: Path) -> None:
+    ray = Path(sys.executable).with_name("ray")
+    p = subprocess.run([str(ray), "start", *args, "--temp-dir", str(temp_dir), "--disable-usage-stats"], env=env,
+                       capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0, f"ray start failed:\n{p.stdout}\n{p.stderr}"
+
+
 @pytest.fixture(scope="module")
 def cluster():
     # Short path: Ray's unix socket paths live under it and are limited to ~107 characters.
     temp_dir = Path(tempfile.mkdtemp(prefix="nasray-", dir="/tmp"))
     port = _free_port()
-    # Token authentication with a token of our own: clients without it cannot use the cluster,
-    # and nothing is read from or written to ~/.ray.
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-    ray = Path(sys.executable).with_name("ray")
-    cmd = [str(ray), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "2",
-           "--num-gpus", "0", "--include-dashboard", "false", "--temp-dir", str(temp_dir), "--disable-usage-stats",
-           "--object-store-memory", str(200 * 1024 ** 2)]
+    # Token authentication with a token of our own: clients without it cannot use the cluster, and
+    # nothing is read from or written to ~/.ray. A dead node is noticed within seconds, not 30.
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
+           "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3",
+           "RAY_health_check_initial_delay_ms": "1000"}
     try:
-        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
-        assert p.returncode == 0, f"ray start failed:\n{p.stdout}\n{p.stderr}"
+        _start(["--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "2", "--num-gpus", "0",
+                "--include-dashboard", "false", "--object-store-memory", str(200 * 1024 ** 2)], env, temp_dir)
         yield Cluster(address=f"127.0.0.1:{port}", temp_dir=temp_dir, env=env)
     finally:
         _kill(_processes_under(str(temp_dir)))
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def slow_standin(seconds: float) -> str:
+    """The stand-in plugin with ``seconds`` per epoch built in: Ray's workers do not see our environment."""
+    return STANDIN.replace('os.environ.get("NAS_STANDIN_SLEEP", "0")', f'os.environ.get("NAS_STANDIN_SLEEP", "{seconds}")')
+
+
+def _is_trial_worker(pid: int) -> bool:
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+    return "ray::ImplicitFunc" in cmd  # a Tune function trainable's actor (not an agent, not an idle worker)
 
 
 def _nas_cmd(*args) -> list[str]:
@@ -147,15 +127,12 @@ def _nas_cmd(*args) -> list[str]:
 
 
 def _env(cluster: Cluster, plugin_dir: Path) -> dict:
-    path = os.pathsep.join([str(plugin_dir), str(REPO), os.environ.get("PYTHONPATH", "")])
+    path = os.pathsep.join(filter(None, [str(plugin_dir), str(REPO), os.environ.get("PYTHONPATH", "")]))
     return {**cluster.env, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
 
 
 def _write_plugin(tmp_path: Path) -> Path:
-    d = tmp_path / "plugins"
-    d.mkdir()
-    (d / "nas_test_plugin.py").write_text(textwrap.dedent(PLUGIN))
-    return d
+    return write_plugin(tmp_path / "plugins", "nas_test_plugin", FAILING)
 
 
 @pytest.mark.slow
@@ -171,7 +148,7 @@ def test_search_on_cluster_records_results_failures_and_placement(cluster, tmp_p
     assert sorted(df["number"]) == [0, 1, 2]
     by_n = df.set_index("number")
     assert list(by_n["state"]) == ["COMPLETE", "FAIL", "FAIL"]
-    assert by_n.loc[1, "error"] == "TrialFailed: reward is nan"
+    assert by_n.loc[1, "error"] == "TrialFailed: reward is nan" and by_n.loc[1, "step_time_ms"] > 0
     assert by_n.loc[2, "error"] == "RuntimeError: deliberate failure of trial 2"
     assert pd.isna(by_n.loc[0, "error"])
     # Where each trial ran, and on what.
@@ -191,18 +168,19 @@ def test_search_on_cluster_records_results_failures_and_placement(cluster, tmp_p
     assert best["metrics"]["reward"] == pytest.approx(ok["reward"])
     assert best["backend"] == "ray"
     [ref] = best["reference"].values()
-    assert ref["device"] == "cpu"
+    assert ref["device"] == "cpu" and ref["step_time_ms"] == ok["reference_step_time_ms"]
     assert (out / "pareto.png").stat().st_size > 0
     assert "trials: 1 complete, 2 fail" in p.stdout
 
 
 @pytest.mark.slow
 def test_killed_driver_is_restored_and_keeps_finished_trials(cluster, tmp_path):
-    plugin_dir = _write_plugin(tmp_path)
+    plugin_dir = write_plugin(tmp_path / "plugins", "nas_standin", slow_standin(1.0))
     out = tmp_path / "run"
-    # The plugin is not needed here, but passing it exercises the same path on restore.
-    cmd = _nas_cmd("search", "--backend", "ray", "--address", cluster.address, "--trials", 3,
-                   "--plugin", "nas_test_plugin", "--scheduler", "asha", "--max-concurrent", 2, "--out", out, *TINY)
+    # Stand-in trials of 3 epochs x 1 s: slow enough to kill the driver between them (the plugin
+    # also exercises the shipping of a plugin on restore).
+    cmd = _nas_cmd("search", *TINY, "--backend", "ray", "--address", cluster.address, "--trials", 4, "--epochs", 3,
+                   "--plugin", "nas_standin", "--scheduler", "asha", "--max-concurrent", 2, "--out", out)
     env = _env(cluster, plugin_dir)
     first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
     before = None
@@ -230,7 +208,7 @@ def test_killed_driver_is_restored_and_keeps_finished_trials(cluster, tmp_path):
     assert p.returncode in (0, 1), p.stdout + p.stderr  # 1: every trial pruned by ASHA (unlikely, allowed)
     assert "restoring the Ray Tune experiment" in p.stdout
     df = pd.read_csv(out / "trials.csv")
-    assert sorted(df["number"]) == [0, 1, 2]
+    assert sorted(df["number"]) == [0, 1, 2, 3]
     assert set(df["state"]) <= {"COMPLETE", "PRUNED", "FAIL"}, df[["number", "state", "error"]]
     after = df.set_index("number")
     # A trial finished before the kill was not run again: same process, same measurement.
@@ -243,21 +221,92 @@ def test_killed_driver_is_restored_and_keeps_finished_trials(cluster, tmp_path):
 
 
 def test_bad_resources_are_one_line_errors(tmp_path, capsys):
+    from nas.backends.ray import RayOptions
     from nas.cli import main
-    from nas.ray_backend import RayOptions
 
-    with pytest.raises(NasError, match="whole number of GPUs"):
-        RayOptions(gpus_per_trial=0.5).validate()
+    with pytest.raises(NasError, match="fraction of one GPU .* or a whole number"):
+        RayOptions(gpus_per_trial=1.5)
+    assert RayOptions(gpus_per_trial=0.25).resources == {"cpu": 1.0, "gpu": 0.25}  # four trials per GPU
     with pytest.raises(NasError, match="positive number"):
-        RayOptions(cpus_per_trial=0).validate()
+        RayOptions(cpus_per_trial=0)
     with pytest.raises(NasError, match="unknown scheduler"):
-        RayOptions(scheduler="pbt").validate()
-    assert main(["search", "--backend", "ray", "--gpus-per-trial", "0.5", "--out", str(tmp_path / "r"), *TINY]) == 2
+        RayOptions(scheduler="pbt")
+    assert main(["search", "--backend", "ray", "--gpus-per-trial", "2.5", "--out", str(tmp_path / "r"), *TINY]) == 2
     assert capsys.readouterr().err.splitlines() == [
-        "nas: error: --gpus-per-trial must be a whole number of GPUs (0, 1, 2, ...), got 0.5"]
+        "nas: error: --gpus-per-trial must be a fraction of one GPU (e.g. 0.25: four trials per GPU) or a whole "
+        "number of GPUs, got 2.5"]
     assert main(["search", "--scheduler", "asha", "--out", str(tmp_path / "r"), *TINY]) == 2
     assert "are for --backend ray" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_an_address_that_does_not_answer_fails_within_30_s_in_one_line(tmp_path, capsys):
+    from nas.cli import main
+
+    t0 = time.monotonic()
+    assert main(["search", "--backend", "ray", "--address", f"127.0.0.1:{_free_port()}", "--out", str(tmp_path / "r"),
+                 "--trials", "1", *TINY]) == 2
+    assert time.monotonic() - t0 < 30
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("nas: error: cannot reach Ray at 127.0.0.1:") and "nothing answered" in line
+    # Nothing of a run that never started is left behind.
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_ray_produces_the_same_trials_as_the_embedded_backend(cluster, tmp_path, standin):
+    """The backend contract (tests/test_backends.py) on Ray: same seed, same stand-in evaluations,
+    one trial at a time: the same trials and results."""
+    from test_backends import SEARCH, contract_frame, embedded_reference
+
+    ref = embedded_reference(tmp_path, standin)
+    plugins = write_plugin(tmp_path / "plugins", "nas_standin", STANDIN)
+    out = tmp_path / "ray"
+    p = subprocess.run(_nas_cmd(*SEARCH, "--backend", "ray", "--address", cluster.address, "--max-concurrent", 1,
+                                "--plugin", "nas_standin", "--out", out),
+                       env=_env(cluster, plugins), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    pd.testing.assert_frame_equal(contract_frame(out), contract_frame(ref))
+    a, b = (json.loads((d / "best.json").read_text()) for d in (ref, out))
+    assert a["arch"] == b["arch"] and a["pareto_front"] == b["pareto_front"]
+
+
+@pytest.mark.slow
+def test_a_lost_worker_node_costs_its_trial_a_retry_nothing_more(cluster, tmp_path):
+    """A second Ray node (its own raylet) joins the loopback head; while it runs a trial it is killed by
+    process id. Tune retries that trial elsewhere and the run ends with exactly the requested trials."""
+    node_dir = Path(tempfile.mkdtemp(prefix="nasnode-", dir="/tmp"))
+    plugins = write_plugin(tmp_path / "plugins", "nas_standin", slow_standin(1.5))
+    out = tmp_path / "run"
+    env = _env(cluster, plugins)
+    try:
+        # Two trials of 2 CPUs at a time: one on the head (2 CPUs), one on the extra node (2 CPUs).
+        _start(["--address", cluster.address, "--node-ip-address", "127.0.0.1", "--num-cpus", "2", "--num-gpus", "0",
+                "--object-store-memory", str(100 * 1024 ** 2)], cluster.env, node_dir)
+        search = subprocess.Popen(_nas_cmd("search", *TINY, "--backend", "ray", "--address", cluster.address,
+                                           "--trials", 4, "--sampler", "random", "--plugin", "nas_standin", "--epochs",
+                                           3, "--cpus-per-trial", 2, "--max-concurrent", 2, "--out", out),
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+        # Wait until a trial runs on the extra node: a worker process under its temp dir.
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and search.poll() is None:
+            if any(_is_trial_worker(pid) for pid in _processes_under(str(node_dir))):
+                break
+            time.sleep(0.5)
+        assert search.poll() is None, search.stdout.read()
+        time.sleep(1.0)  # well inside the trial (3 epochs of 1.5 s)
+        _kill(_processes_under(str(node_dir)), grace=0)
+        output, _ = search.communicate(timeout=300)
+        assert search.returncode == 0, output
+    finally:
+        _kill(_processes_under(str(node_dir)), grace=0)
+        shutil.rmtree(node_dir, ignore_errors=True)
+    df = pd.read_csv(out / "trials.csv")
+    assert sorted(df["number"]) == [0, 1, 2, 3] and set(df["state"]) == {"COMPLETE"}, df[["number", "state", "error"]]
+    from ray import tune
+
+    retried = [t.config["number"] for t in tune.ExperimentAnalysis(str(out / "ray")).trials if t.num_failures]
+    assert len(retried) == 1, "exactly the trial on the lost node was retried"
 
 
 @pytest.mark.slow

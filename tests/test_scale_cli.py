@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from nas.cli import main
-from nas.grid import Candidate, scale_candidate
+from nas.scaling.grid import Candidate, scale_candidate
 from nas.resolve import resolve_arch
 from search_spaces import Architecture, compound
 
@@ -85,7 +85,7 @@ def test_scale_json_and_v2_rules(capsys, tmp_path):
     (["grid-scale", "--base", TINY, "--phi", "-1"], "--phi must be a positive number, got -1"),
     (["grid-scale", "--base", TINY, "--min", "0.9"], "--min must be >= 1.*0.9"),
     (["grid-scale", "--base", TINY, "--max-candidates", "0"], "--max-candidates .* got 0"),
-    (["grid-scale", "--base", TINY, "--objective", "speed"], "unknown objective 'speed'"),
+    (["grid-scale", "--base", TINY, "--objective", "speed"], "--objective must be one of accuracy, reward; got 'speed'"),
     (["grid-scale", "--base", "no-such-net"], "no-such-net"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, args, word):
@@ -133,30 +133,31 @@ def test_grid_scale_end_to_end_then_resume_then_scale(capsys, tmp_path, one_thre
         assert r["arch"] == scale_candidate(base, c, 1.0).to_string()
         assert r["resolution"] == round(32 * c.gamma) and r["proxy_image_size"] == round(16 * c.gamma)
         # The proxy trains at the candidate's resolution: the timed batch had that size.
-        assert r["measure_image_size"] == r["proxy_image_size"]
+        assert r["step_image_size"] == r["proxy_image_size"]
     coef = json.loads((run / "coefficients.json").read_text())
     chosen = df[df["candidate"] != "base"].sort_values(["accuracy", "macs"], ascending=[False, True]).iloc[0]
     assert (coef["alpha"], coef["beta"], coef["gamma"]) == (chosen["alpha"], chosen["beta"], chosen["gamma"])
     assert coef["objective"] == "accuracy" and coef["objective_value"] == chosen["accuracy"]
     assert coef["runner_up"] is not None and coef["base"]["accuracy"] == df.loc[0, "accuracy"]
-    assert coef["settings"]["proxy"]["image_size"] == 16 and coef["n_feasible"] == 109
+    assert coef["settings"]["proxy"]["train"]["image_size"] == 16 and coef["n_feasible"] == 109
     assert (run / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert resolve_arch(str(run)).to_string() == chosen["arch"]  # best.json: the chosen scaled network
 
     # Rerunning the same command evaluates nothing: same rows, same durations, no new trial.
     rc, out, err = cli(capsys, *args)
     assert rc == 0, err
-    assert "4 of 4 candidates already evaluated" in out
+    assert "4 of 4 candidates already finished" in out
     pd.testing.assert_frame_equal(pd.read_csv(run / "grid.csv"), df)
     study = optuna.load_study(study_name="nas-grid", storage=f"sqlite:///{run / 'study.db'}")
     assert len(study.trials) == 4
 
     # Bad input against the finished run directory: refused, nothing in it changed.
-    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    results = lambda: {p.name: p.read_bytes() for p in run.iterdir() if not p.name.startswith((".", "study.db"))}  # noqa: E731
+    before = results()
     for bad in (["--max", "1.05"], ["--phi", "-1"], ["--min", "0.5"], ["--tolerance", "0.2"]):
         rc, _, err = cli(capsys, *args, *bad)
         assert rc == 2 and len(err.splitlines()) == 1, (bad, err)
-    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    assert results() == before
 
     # Step 2 from the run directory: the base comes from coefficients.json.
     rc, out, err = cli(capsys, "scale", "--phi", "2", "--coefficients", run, "--out", tmp_path / "fam")

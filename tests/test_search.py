@@ -1,9 +1,12 @@
-"""`nas search` end to end, as a user runs it (subprocess), on the synthetic `fake` data set."""
+"""`nas search` end to end, as a user runs it (subprocess), and as a hostile tester stops it: kills,
+interrupts, a second driver, a lost study, bad data. Trials are real where the test is about what a
+trial computes, stand-ins (tests/conftest.py STANDIN) where it is about what schedules and stores them."""
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -13,12 +16,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from nas.results import TRIAL_COLUMNS, pareto_mask
+from nas.results import TRIAL_COLUMNS
 from search_spaces import Architecture, get_space
 
-from conftest import REPO
-
-TINY = ["--dataset", "fake", "--image-size", "16", "--epochs", "2", "--measure-time", "0.05", "--no-progress"]
+from conftest import FAILING, REPO, STANDIN, TINY, nas_env, run_nas, write_plugin
 
 
 def _finished(df: pd.DataFrame) -> pd.DataFrame:
@@ -26,14 +27,40 @@ def _finished(df: pd.DataFrame) -> pd.DataFrame:
                                                           & ~df["error"].astype(str).str.startswith("interrupted"))]
 
 
+def _standin_cmd(out: Path, trials: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "nas.cli", "search", "--plugin", "nas_standin", "--trials", str(trials), "--out",
+            str(out), "--sampler", "random", *TINY, *extra]
+
+
+@pytest.fixture
+def standin_env(tmp_path):
+    return nas_env(write_plugin(tmp_path / "plugins", "nas_standin", STANDIN))
+
+
+def _consistent(out: Path, trials: int) -> pd.DataFrame:
+    """The run's end state a user must always find: exactly ``trials`` finished trials, unique numbers, none
+    RUNNING, the same rows in the storage and in trials.csv, no SQLite journal left behind."""
+    df = pd.read_csv(out / "trials.csv")
+    assert len(_finished(df)) == trials, df[["number", "state", "error"]]
+    assert df["number"].is_unique and "RUNNING" not in set(df["state"])
+    assert not (out / "study.db-journal").exists()
+    import optuna
+
+    study = optuna.load_study(study_name="nas-search", storage=f"sqlite:///{out / 'study.db'}")
+    stored = {t.number: t.state.name for t in study.get_trials()}
+    assert stored == dict(zip(df["number"], df["state"])), (stored, df[["number", "state"]])
+    return df
+
+
 @pytest.mark.slow
-def test_search_writes_results_a_user_can_act_on(tmp_path, run_nas):
+def test_search_writes_results_a_user_can_act_on(tmp_path):
     out = tmp_path / "run"
-    rc, stdout, stderr = run_nas("search", "--trials", "4", "--out", out, "--seed", "3", *TINY)
+    rc, stdout, stderr = run_nas("search", "--trials", "3", "--out", out, "--seed", "3", "--step-time", "measure",
+                                 "--target-image-size", "32", "--target-batch-size", "4", *TINY)
     assert rc == 0, stderr
     df = pd.read_csv(out / "trials.csv")
     assert list(df.columns[: len(TRIAL_COLUMNS)]) == TRIAL_COLUMNS
-    assert len(df) == 4 and sorted(df["number"]) == [0, 1, 2, 3]
+    assert len(df) == 3 and sorted(df["number"]) == [0, 1, 2]
     assert set(df["state"]) <= {"COMPLETE", "PRUNED"}
     done = df[df["state"] == "COMPLETE"]
     assert len(done) >= 1
@@ -41,19 +68,23 @@ def test_search_writes_results_a_user_can_act_on(tmp_path, run_nas):
     for _, row in done.iterrows():
         arch = Architecture.from_string(row["arch"])
         assert len(arch.stages) == len(space.reference().stages)
-        assert 0.0 <= row["accuracy"] <= 1.0
+        assert 0.0 <= row["accuracy"] <= 1.0 and row["num_classes"] == 10
         assert row["step_time_ms"] > 0 and row["params"] > 0 and row["macs"] > 0
+        # S is the full-size candidate's step at the target setting, over the reference's.
+        assert (row["step_time_method"], row["target_image_size"], row["target_batch_size"]) == ("measure", 32, 4)
+        assert row["S"] == pytest.approx(row["step_time_ms"] / row["reference_step_time_ms"])
         # The reward is exactly A * S**w * P**v with the paper's exponents.
         assert row["reward"] == pytest.approx(row["accuracy"] * row["S"] ** -0.07 * row["P"] ** -0.05, rel=1e-9)
     best = json.loads((out / "best.json").read_text())
     top = done.loc[done["reward"].idxmax()]
-    assert best["arch"] == top["arch"]
+    assert best["arch"] == top["arch"] and best["num_classes"] == 10
     assert best["metrics"]["reward"] == pytest.approx(top["reward"])
     for key in ("device", "device_name", "torch_version", "threads", "memory_format", "dtype"):
         assert key in best["metrics"], key
-    assert best["reference"], "the reference measurement is part of the provenance"
+    assert best["reference"] and best["target"] == {"method": "measure", "image_size": 32, "batch_size": 4,
+                                                    "device": "auto"}
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "best architecture" in stdout and best["arch"] in stdout
+    assert "best architecture" in stdout and best["arch"] in stdout and "at 10 classes" in stdout
 
     # The best architecture feeds straight into the other commands.
     rc, stdout, stderr = run_nas("show", out, "--json")
@@ -64,68 +95,175 @@ def test_search_writes_results_a_user_can_act_on(tmp_path, run_nas):
     assert best["arch"] in stdout and "top" in stdout
 
     # Rerunning the finished command runs nothing new.
-    rc, stdout, stderr = run_nas("search", "--trials", "4", "--out", out, "--seed", "3", *TINY)
+    rc, stdout, stderr = run_nas("search", "--trials", "3", "--out", out, "--seed", "3", "--step-time", "measure",
+                                 "--target-image-size", "32", "--target-batch-size", "4", *TINY)
     assert rc == 0, stderr
-    assert "4 of 4 trials already finished" in stdout
+    assert "3 of 3 trials already finished" in stdout
     assert pd.read_csv(out / "trials.csv")["number"].tolist() == df["number"].tolist()
 
 
 @pytest.mark.slow
-def test_sigkill_then_rerun_resumes_without_losing_a_trial(tmp_path):
+def test_sigkill_mid_trial_keeps_the_appended_rows_and_the_rerun_closes_the_killed_trial(tmp_path, standin_env):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "nas.cli", "search", "--trials", "4", "--out", str(out), "--pruner", "none", *TINY]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
+    env = {**standin_env, "NAS_STANDIN_SLEEP": "0.5"}
+    cmd = _standin_cmd(out, 4, "--pruner", "none", "--epochs", "2")
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = None
+    deadline = time.time() + 120
     try:
-        while time.time() < deadline:
+        while time.time() < deadline and proc.poll() is None:
             if (out / "trials.csv").exists():
-                first = pd.read_csv(out / "trials.csv")
-                if (first["state"] == "COMPLETE").sum() >= 1:
+                first = pd.read_csv(out / "trials.csv")  # appended row by row while the search runs
+                if (first["state"] == "COMPLETE").sum() >= 2:
                     break
-            if proc.poll() is not None:
-                break
-            time.sleep(0.2)
+            time.sleep(0.1)
+        time.sleep(0.3)  # into the next trial
     finally:
         proc.send_signal(signal.SIGKILL)  # no cleanup: the hardest kind of stop
         proc.wait()
-    assert first is not None and (first["state"] == "COMPLETE").sum() >= 1, "no trial finished before the kill"
+    assert first is not None and (first["state"] == "COMPLETE").sum() >= 2, "no trial finished before the kill"
     kept = first[first["state"] == "COMPLETE"].set_index("number")
 
-    p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    t0 = time.time()
+    p = subprocess.run(cmd, cwd=tmp_path, env={**env, "NAS_STANDIN_SLEEP": "0"}, capture_output=True, text=True,
+                       timeout=300)
     assert p.returncode == 0, p.stderr
-    assert "resuming" in p.stdout
-    df = pd.read_csv(out / "trials.csv")
-    assert len(_finished(df)) == 4
-    # Completed trials survive untouched: same architecture, same reward, not rerun.
+    assert "resuming" in p.stdout and "closed 1 trial(s) left running" in p.stdout
+    assert time.time() - t0 < 60, "the killed trial was closed at once, not after a heartbeat grace"
+    df = _consistent(out, 4)
     after = df.set_index("number")
-    for n, row in kept.iterrows():
-        assert after.loc[n, "state"] == "COMPLETE"
-        assert after.loc[n, "arch"] == row["arch"]
+    for n, row in kept.iterrows():  # finished trials survive untouched: same architecture, same reward
+        assert after.loc[n, "state"] == "COMPLETE" and after.loc[n, "arch"] == row["arch"]
         assert after.loc[n, "reward"] == pytest.approx(row["reward"])
-    assert df["number"].is_unique
+
+
+@pytest.mark.slow
+def test_sigint_always_ends_a_search_within_seconds_and_leaves_the_storage_consistent(tmp_path, standin_env):
+    out = tmp_path / "run"
+    env = {**standin_env, "NAS_STANDIN_SLEEP": "0.05"}
+    cmd = _standin_cmd(out, 60, "--pruner", "median", "--epochs", "3")
+    rng = random.Random(11)
+    for i in range(5):
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 90
+        while time.time() < deadline and not (out / "trials.csv").exists():
+            time.sleep(0.1)
+        time.sleep(rng.uniform(0.0, 2.0))  # anywhere: training, storage writes, result files
+        proc.send_signal(signal.SIGINT)
+        t0 = time.time()
+        try:
+            _, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail(f"round {i}: still running 10 s after SIGINT")
+        assert proc.returncode in (0, 130), err
+        assert time.time() - t0 < 10
+        assert "Traceback" not in err, err
+        df = pd.read_csv(out / "trials.csv")
+        assert "RUNNING" not in set(df["state"]) and df["number"].is_unique
+    p = subprocess.run(cmd, cwd=tmp_path, env={**env, "NAS_STANDIN_SLEEP": "0"}, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr
+    _consistent(out, 60)
+
+
+@pytest.mark.slow
+def test_killed_at_random_points_a_search_always_ends_with_exactly_the_requested_trials(tmp_path, standin_env):
+    """Fault injection: SIGKILL at random moments (between trials, inside one, while results are
+    written), rerun after each; the end state is always exact."""
+    out = tmp_path / "run"
+    env = {**standin_env, "NAS_STANDIN_SLEEP": "0.02"}
+    cmd = _standin_cmd(out, 12, "--pruner", "none", "--epochs", "2")
+    rng = random.Random(5)
+    for _ in range(4):
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 90
+        while time.time() < deadline and proc.poll() is None and not (out / "study.db").exists():
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 3.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    p = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    _consistent(out, 12)
+
+
+@pytest.mark.slow
+def test_a_second_search_on_the_same_directory_is_refused_up_front(tmp_path, standin_env):
+    out = tmp_path / "run"
+    env = {**standin_env, "NAS_STANDIN_SLEEP": "0.1"}
+    first = subprocess.Popen(_standin_cmd(out, 500), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline and not (out / "trials.csv").exists():
+            time.sleep(0.1)
+        p = subprocess.run(_standin_cmd(out, 500), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert first.poll() is None, "the first search ended before the second started"
+        assert p.returncode == 2, p.stdout + p.stderr
+        [line] = p.stderr.strip().splitlines()
+        assert f"is in use by nas search (pid {first.pid} on" in line and "nas worker" in line, line
+    finally:
+        first.send_signal(signal.SIGINT)
+        assert first.wait(timeout=60) == 130
+    df = pd.read_csv(out / "trials.csv")
+    assert df["number"].is_unique and "RUNNING" not in set(df["state"])
+    assert df["pid"].nunique() == 1, "only the first search ran trials"
+
+
+@pytest.mark.slow
+def test_a_lost_study_never_replaces_the_results(tmp_path, standin_env):
+    out = tmp_path / "run"
+    assert subprocess.run(_standin_cmd(out, 3), cwd=tmp_path, env=standin_env, capture_output=True).returncode == 0
+    saved = {n: (out / n).read_bytes() for n in ("trials.csv", "best.json")}
+    for damage in ("delete", "truncate"):
+        if damage == "delete":
+            (out / "study.db").unlink()
+        else:
+            (out / "study.db").write_bytes(b"")
+        p = subprocess.run(_standin_cmd(out, 2), cwd=tmp_path, env=standin_env, capture_output=True, text=True)
+        assert p.returncode == 2, p.stdout + p.stderr
+        [line] = p.stderr.strip().splitlines()
+        assert "records 3 finished trials but the run's storage holds 0" in line and "--restart" in line
+        assert {n: (out / n).read_bytes() for n in saved} == saved
+    p = subprocess.run(_standin_cmd(out, 2, "--restart"), cwd=tmp_path, env=standin_env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    [old] = [d for d in out.iterdir() if d.name.startswith("replaced-")]
+    assert (old / "trials.csv").read_bytes() == saved["trials.csv"]
+    assert len(pd.read_csv(out / "trials.csv")) == 2
 
 
 @pytest.mark.slow
 def test_failing_trials_are_recorded_with_their_reason_and_the_search_goes_on(tmp_path):
     # The test plugin (a user-style --plugin module) makes trial 1's reward NaN and trial 2 raise.
-    from test_ray import PLUGIN
-
-    plugin_dir = tmp_path / "plugins"
-    plugin_dir.mkdir()
-    (plugin_dir / "nas_failing_plugin.py").write_text(PLUGIN)
+    plugin_dir = write_plugin(tmp_path / "plugins", "nas_failing_plugin", FAILING)
     out = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin_dir), str(REPO)])}
     p = subprocess.run([sys.executable, "-m", "nas.cli", "search", "--plugin", "nas_failing_plugin",
                         "--space", "test-marked", "--reward", "test-failing", "--trials", "4", "--out", str(out),
-                        "--pruner", "none", *TINY], cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+                        "--pruner", "none", *TINY], cwd=REPO, env=nas_env(plugin_dir), capture_output=True, text=True,
+                       timeout=400)
     assert p.returncode == 0, p.stderr
     df = pd.read_csv(out / "trials.csv").set_index("number")
     assert df.loc[1, "state"] == "FAIL" and "reward is nan" in df.loc[1, "error"]
     assert df.loc[2, "state"] == "FAIL" and "deliberate failure of trial 2" in df.loc[2, "error"]
     assert set(df.loc[[0, 3], "state"]) == {"COMPLETE"}, "the search went on after the failures"
+    # What was measured before the failure stays in the row.
+    assert df.loc[1, "step_time_ms"] > 0 and df.loc[1, "params"] > 0
     assert "Traceback" not in p.stderr
+
+
+def test_when_every_trial_fails_the_reason_is_said_and_no_best_is_claimed(tmp_path, capsys, monkeypatch, standin):
+    from nas.cli import main
+    from nas.trial import Evaluator
+
+    def broken(self, arch, **kw):
+        raise RuntimeError("CUDA error: device-side assert")
+
+    monkeypatch.setattr(Evaluator, "evaluate", broken)
+    assert main(["search", "--trials", "3", "--out", str(tmp_path / "run"), *TINY]) == 1
+    out = capsys.readouterr().out
+    assert "most common error: RuntimeError: CUDA error: device-side assert (3 of 3 trials)" in out
+    assert "best architecture" not in out and not (tmp_path / "run" / "best.json").exists()
 
 
 @pytest.mark.slow
@@ -157,11 +295,22 @@ def test_nsga2_reports_a_pareto_front(tmp_path, run_nas):
     (["--width-mult", "-1"], "-1"),
     (["--sampler", "nsga2", "--pruner", "median"], "median"),
     (["--reward", "mnasnet", "--w", "-0.1"], "--w"),
+    (["--reward-param", "gamma=2"], "'gamma'"),
+    (["--reward-param", "w"], "KEY=VALUE"),
     (["--optimizer", "lion"], "lion"),
     (["--progressive", "xl"], "xl"),
     (["--backend", "spark"], "spark"),
+    (["--step-time", "guess"], "'guess'"),
+    (["--target-image-size", "64"], "--step-time measure or table"),
+    (["--step-time", "measure", "--target-batch-size", "0"], "--target-batch-size"),
+    (["--trials-per-device", "0"], "--trials-per-device"),
+    (["--workers", "2", "--trials-per-device", "2"], "one of --workers N or --trials-per-device N"),
+    (["--device", "cuda:x"], "'cuda:x'"),
+    (["--compile", "sometimes"], "'sometimes'"),
+    (["--batch-size", "100000"], "[1, 65536], got 100000"),
+    (["--dataset", "imagefolder:/no/such/folder"], "/no/such/folder"),
 ])
-def test_bad_input_is_one_line_and_exit_2_before_any_trial(tmp_path, capsys, args, bad):
+def test_bad_input_is_one_line_and_exit_2_and_leaves_no_trace(tmp_path, capsys, args, bad):
     # In-process (main() is the console script) to keep the suite fast; the subprocess test below
     # checks the same through a real interpreter.
     from nas.cli import main
@@ -172,7 +321,7 @@ def test_bad_input_is_one_line_and_exit_2_before_any_trial(tmp_path, capsys, arg
     assert rc == 2
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("nas: error:") and bad in lines[0], stderr
-    assert not (out / "study.db").exists()
+    assert not out.exists()
 
 
 def test_bad_input_through_a_real_interpreter(tmp_path, run_nas):
@@ -182,18 +331,49 @@ def test_bad_input_through_a_real_interpreter(tmp_path, run_nas):
     assert "Traceback" not in stderr
 
 
-@pytest.mark.slow
-def test_a_different_command_in_the_same_run_dir_is_refused(tmp_path, run_nas):
+@pytest.mark.parametrize("make, word", [
+    (lambda d: (d / "one").mkdir(parents=True), "has 1 class(es)"),
+    (lambda d: [(d / c).mkdir(parents=True) for c in "ab"], "Found no valid file for the classes a, b"),
+])
+def test_bad_image_folders_are_named_before_anything_is_written(tmp_path, capsys, make, word):
+    from nas.cli import main
+
+    data = tmp_path / "data"
+    make(data)
+    if word == "has 1 class(es)":
+        from PIL import Image
+
+        Image.new("RGB", (8, 8)).save(data / "one" / "x.png")
+    rc = main(["search", "--dataset", f"imagefolder:{data}", "--out", str(tmp_path / "run"), *TINY[2:]])
+    err = capsys.readouterr().err
+    assert rc == 2 and word in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_corrupt_images_are_named_in_one_line(tmp_path, capsys):
+    from PIL import Image
+
+    from nas.cli import main
+
+    for c in "ab":
+        (tmp_path / "data" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / "data" / c / f"{i}.png")
+    (tmp_path / "data" / "b" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\nthis is not a png")
+    rc = main(["search", "--dataset", f"imagefolder:{tmp_path / 'data'}", "--out", str(tmp_path / "run"), *TINY[2:]])
+    err = capsys.readouterr().err
+    assert rc == 2 and "cannot be decoded" in err and "1.png" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_different_command_in_the_same_run_dir_is_refused(tmp_path, capsys, standin):
+    from nas.cli import main
+
     out = tmp_path / "run"
-    rc, _, stderr = run_nas("search", "--trials", "1", "--out", out, *TINY)
-    assert rc == 0, stderr
+    assert main(["search", "--trials", "1", "--out", str(out), *TINY]) == 0
     before = (out / "trials.csv").read_bytes()
-    rc, _, stderr = run_nas("search", "--trials", "1", "--out", out, "--space", "mnasnet", *TINY)
-    assert rc == 2 and "different settings" in stderr and len(stderr.strip().splitlines()) == 1
+    capsys.readouterr()
+    assert main(["search", "--trials", "1", "--out", str(out), "--space", "mnasnet", *TINY]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "different settings (settings.space: 'trainaware' there, 'mnasnet' now)" in line
     assert (out / "trials.csv").read_bytes() == before
-
-
-def test_pareto_mask():
-    acc = [0.9, 0.8, 0.95, 0.7, 0.9]
-    cost = [10, 5, 20, 6, 12]
-    assert pareto_mask(acc, cost) == [True, True, True, False, False]

@@ -3,60 +3,27 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from nas.backends.workers import Claims, plan_workers
 from nas.errors import NasError
-from nas.workers import import_plugins, plan_workers
+from nas.plugins import import_plugins
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = ["--dataset", "fake", "--epochs", "1", "--image-size", "16", "--measure-time", "0.05", "--width-mult", "0.1",
-        "--depth-mult", "0.1", "--batch-size", "32"]
-
-# A space of exactly two architectures: four trials must propose some architecture twice, so the
-# test sees the claim at work (each architecture trained once, the other trials reuse the result).
-PLUGIN = '''
-from search_spaces import Architecture, Stage
-from search_spaces.base import SearchSpace, register
-
-
-@register("test-two")
-class TwoArchitectures(SearchSpace):
-    description = "two tiny networks: kernel 3 or 5"
-
-    def decisions(self):
-        return [("kernel", [3, 5])]
-
-    def make(self, choice):
-        stage = Stage("mbconv", choice["kernel"], 1, 1, 16, 1, 0.0, "id")
-        return Architecture(stem=16, stages=(stage,), head=64, resolution=32)
-
-    def reference(self):
-        return self.make({"kernel": 3})
-'''
-
-
-def _env(plugin_dir: Path | None = None) -> dict:
-    path = os.pathsep.join(filter(None, [str(plugin_dir or ""), str(REPO), os.environ.get("PYTHONPATH")]))
-    return {**os.environ, "PYTHONPATH": path}
+from conftest import TINY, TWO_SPACE, nas_env, write_plugin
 
 
 def _nas(*args, cwd: Path, plugin_dir: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nas.cli", *map(str, args)], env=_env(plugin_dir), cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "nas.cli", *map(str, args)], env=nas_env(*filter(None, [plugin_dir])),
+                          cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
 def _plugin(tmp_path: Path) -> Path:
-    d = tmp_path / "plugins"
-    d.mkdir()
-    (d / "nas_two_space.py").write_text(textwrap.dedent(PLUGIN))
-    return d
+    return write_plugin(tmp_path / "plugins", "nas_two_space", TWO_SPACE)
 
 
 def _check_no_double_work(df: pd.DataFrame) -> None:
@@ -77,7 +44,7 @@ def test_workers_share_one_study_without_double_work(tmp_path, monkeypatch, caps
     plugin_dir = _plugin(tmp_path)
     run = tmp_path / "run"
     p = _nas("search", "--space", "test-two", "--plugin", "nas_two_space", "--workers", 2, "--trials", 4,
-             "--no-progress", "--out", run, *TINY, cwd=tmp_path, plugin_dir=plugin_dir)
+             "--out", run, *TINY, cwd=tmp_path, plugin_dir=plugin_dir)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "starting 2 workers for 4 trials (2, 2)" in p.stdout
     df = pd.read_csv(run / "trials.csv")
@@ -89,7 +56,7 @@ def test_workers_share_one_study_without_double_work(tmp_path, monkeypatch, caps
 
     # Two more workers started by hand, at the same time: N workers x k trials = N*k more trials.
     procs = [subprocess.Popen([sys.executable, "-m", "nas.cli", "worker", str(run), "--trials", "1", "--plugin",
-                               "nas_two_space"], env=_env(plugin_dir), cwd=tmp_path, stdout=subprocess.PIPE,
+                               "nas_two_space"], env=nas_env(plugin_dir), cwd=tmp_path, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     outs = [pr.communicate(timeout=300)[0] for pr in procs]
     assert [pr.returncode for pr in procs] == [0, 0], outs
@@ -103,93 +70,61 @@ def test_workers_share_one_study_without_double_work(tmp_path, monkeypatch, caps
     from nas.cli import main
 
     monkeypatch.syspath_prepend(str(plugin_dir))
-    assert main(["search", "--space", "test-two", "--plugin", "nas_two_space", "--trials", "6", "--no-progress",
+    assert main(["search", "--space", "test-two", "--plugin", "nas_two_space", "--trials", "6",
                  "--out", str(run), *TINY]) == 0
     assert "6 of 6 trials already finished" in capsys.readouterr().out
     best = json.loads((run / "best.json").read_text())
     assert best["arch"] in set(df["arch"])
 
 
-def _tiny(stem: int):
-    from search_spaces import Architecture, Stage
 
-    return Architecture(stem=stem, stages=(Stage("mbconv", 3, 1, 1, 16, 1, 0.0, "id"),), head=64, resolution=32)
-
-
-class _StubEvaluator:
-    """Stands in for nas.trial.Evaluator: returns fixed metrics and counts evaluations."""
-
-    def __init__(self):
-        self.space = self
-        self.reward = self.settings = None
-        self.next_arch = None
-        self.evaluated: list[str] = []
-
-    def sample(self, trial):
-        return self.next_arch
-
-    def evaluate(self, arch, *, seed=0, report=None, report_metric="accuracy"):
-        self.evaluated.append(arch.to_string())
-        return {"arch": arch.to_string(), "reward": 0.5, "step_time_ms": 12.0}
-
-
-@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 def test_claims_make_each_architecture_evaluated_once(tmp_path):
-    """Two workers' claims, interleaved by hand: a duplicate of a failed owner fails with its reason;
-    a duplicate of a killed owner takes over; a duplicate of a complete owner copies its result."""
+    """Two workers' claims, interleaved by hand: a duplicate of a failed owner fails with its reason; a
+    duplicate of a killed owner takes over; a duplicate of a complete owner copies its row."""
     import optuna
 
-    from nas.search import make_storage
-    from nas.trial import TrialFailed
-    from nas.workers import ClaimingEvaluator
+    from nas.storage import make_storage
 
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     storage = make_storage(None, tmp_path)
     optuna.create_study(storage=storage, study_name="s", direction="maximize")
-    studies = [optuna.load_study(study_name="s", storage=storage) for _ in range(2)]  # one per "worker"
-    stubs = [_StubEvaluator(), _StubEvaluator()]
-    a, b = (ClaimingEvaluator(stub, st, tmp_path, i) for i, (stub, st) in enumerate(zip(stubs, studies)))
-    x, y, z = _tiny(8), _tiny(16), _tiny(24)
+    a, b = (Claims(optuna.load_study(study_name="s", storage=storage), tmp_path) for _ in range(2))
+    x, y, z = ({"arch": name} for name in ("x", "y", "z"))
 
-    def claim(ce, stub, arch):
-        t = ce.study.ask()
-        stub.next_arch = arch
-        assert ce.space.sample(t) == arch
-        return t, ce.study.get_trials(deepcopy=False)[t.number].user_attrs["duplicate_of"]
-
-    # Owner fails (its reason recorded): the duplicate fails with that reason, untrained.
-    t0, dup = claim(a, stubs[0], x)
-    assert dup is None
-    t1, dup = claim(b, stubs[1], x)
-    assert dup == t0.number
+    # The owner fails with its reason recorded: the duplicate fails with that reason, untrained.
+    t0 = a.study.ask()
+    assert a.evaluate(t0, x) is None  # t0 owns x: evaluate it
+    t1 = b.study.ask()
+    assert b.claim(t1, "x@1.0") == t0.number
     t0.set_user_attr("error", "TrialFailed: boom")
+    t0.set_user_attr("row", {"arch": "x", "error": "TrialFailed: boom"})
     a.study.tell(t0, state=optuna.trial.TrialState.FAIL)
-    with pytest.raises(TrialFailed, match=f"same architecture as trial {t0.number}, which failed: TrialFailed: boom"):
-        b.evaluate(x)
+    row = b.evaluate(t1, x)
+    assert row["number"] == t1.number and row["duplicate_of"] == t0.number and row["state"] == "FAIL"
+    assert row["error"] == f"same architecture as trial {t0.number}, which failed: TrialFailed: boom"
     b.study.tell(t1, state=optuna.trial.TrialState.FAIL)
 
-    # Owner killed (FAIL without a reason, as the heartbeat leaves it): the duplicate takes over.
-    t2, dup = claim(a, stubs[0], y)
-    t3, dup = claim(b, stubs[1], y)
-    assert dup == t2.number
+    # The owner is killed (FAIL without a reason): the duplicate takes the architecture over.
+    t2 = a.study.ask()
+    assert a.evaluate(t2, y) is None
+    t3 = b.study.ask()
+    assert b.claim(t3, "y@1.0") == t2.number
     a.study.tell(t2, state=optuna.trial.TrialState.FAIL)
-    assert b.evaluate(y)["reward"] == 0.5
-    assert stubs[1].evaluated == [y.to_string()]
+    assert b.evaluate(t3, y) is None  # t3 evaluates y itself now
     assert b.study.get_trials(deepcopy=False)[t3.number].user_attrs["duplicate_of"] is None
+    t3.set_user_attr("row", {"arch": "y", "reward": 0.5})
     b.study.tell(t3, 0.5)
 
-    # Owner completes: the duplicate returns its metrics, marked, without evaluating.
-    t4, _ = claim(a, stubs[0], z)
-    m = a.evaluate(z)
-    for k, v in m.items():
-        t4.set_user_attr(k, v)
-    a.study.tell(t4, m["reward"])
-    t5, dup = claim(b, stubs[1], z)
-    assert dup == t4.number
-    assert b.evaluate(z) == {**m, "duplicate_of": t4.number}
-    assert stubs[0].evaluated == [z.to_string()] and stubs[1].evaluated == [y.to_string()]
+    # The owner completes: the duplicate returns its row, marked, without evaluating.
+    t4 = a.study.ask()
+    assert a.evaluate(t4, z) is None
+    t4.set_user_attr("row", {"arch": "z", "reward": 0.7, "step_time_ms": 3.0})
+    a.study.tell(t4, 0.7)
+    t5 = b.study.ask()
+    row = b.evaluate(t5, z)
+    assert (row["reward"], row["step_time_ms"], row["duplicate_of"], row["number"]) == (0.7, 3.0, t4.number, t5.number)
     # A later claim of y finds t3, which took it over, as the owner.
-    _, dup = claim(a, stubs[0], y)
-    assert dup == t3.number
+    assert a.claim(a.study.ask(), "y@1.0") == t3.number
 
 
 def test_plan_splits_trials_and_divides_cores():
@@ -201,8 +136,25 @@ def test_plan_splits_trials_and_divides_cores():
     assert plan.trials == (1, 1)
     plan = plan_workers(3, 9, "cpu", cpu_count=2)
     assert plan.envs[0]["OMP_NUM_THREADS"] == "1" and "contention" in plan.note
-    with pytest.raises(NasError, match="--workers must be a positive integer"):
+    with pytest.raises(NasError, match="--workers must be an integer in"):
         plan_workers(0, 4, "cpu")
+    with pytest.raises(NasError, match="one of --workers N or --trials-per-device N"):
+        plan_workers(2, 4, "cpu", per_device=2)
+    plan = plan_workers(None, 9, "cpu", per_device=3, cpu_count=6)
+    assert plan.trials == (3, 3, 3) and all(e["NAS_DEVICE_LOCK"] == "cpu" for e in plan.envs)
+
+
+def test_plan_spreads_workers_over_gpus(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    plan = plan_workers(None, 8, "cuda", per_device=2, gpu_count=2)  # two per GPU on both GPUs
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in plan.envs] == ["0", "0", "1", "1"] and plan.trials == (2, 2, 2, 2)
+    plan = plan_workers(None, 8, "cuda:1", per_device=3, gpu_count=2)  # only the named GPU
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in plan.envs] == ["1", "1", "1"]
+    plan = plan_workers(3, 3, "cuda", gpu_count=2)  # round-robin
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in plan.envs] == ["0", "1", "0"] and "side by side" in plan.note
 
 
 def test_plugin_errors_are_one_line(tmp_path, monkeypatch):
@@ -229,4 +181,4 @@ def test_worker_refuses_what_it_cannot_join(tmp_path, capsys):
     assert main(["worker", str(ray_run)]) == 2
     assert "holds a 'ray' backend run" in capsys.readouterr().err
     assert main(["search", "--backend", "ray", "--workers", "2", "--out", str(tmp_path / "r"), *TINY]) == 2
-    assert "--workers is for the embedded backend" in capsys.readouterr().err
+    assert "--workers and --trials-per-device are for the embedded backend" in capsys.readouterr().err

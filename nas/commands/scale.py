@@ -2,18 +2,16 @@
 
 ``grid-scale`` is step 1 (fix phi, grid-search alpha, beta, gamma on the base network);
 ``scale`` is step 2 (fix alpha, beta, gamma, write the family for phi = 1..N). The engine is
-:mod:`nas.grid`.
+:mod:`nas.scaling`.
 """
 
 from __future__ import annotations
 
 import json
 
-BACKENDS = ("embedded", "ray")
-
 
 def add_parser(sub) -> None:
-    from nas.commands.search import add_proxy_arguments, add_reward_arguments
+    from nas.commands.search import add_run_arguments, add_trial_arguments
 
     p = sub.add_parser("grid-scale", help="grid-search compound scaling coefficients alpha, beta, gamma",
                        description="Enumerate (alpha, beta, gamma) on a grid under |alpha*beta**2*gamma**2 - 2| "
@@ -39,17 +37,8 @@ def add_parser(sub) -> None:
     p.add_argument("--objective", default="accuracy",
                    help="accuracy (default, the paper's choice) or reward: how the coefficients are chosen")
     p.add_argument("--out", default=None, help="run directory (default runs/grid-BASE-phiPHI)")
-    p.add_argument("--storage", default=None, help="Optuna storage URL (default: OUT/study.db, SQLite)")
-    p.add_argument("--study-name", default=None, help="study name inside --storage (default nas-grid)")
-    p.add_argument("--backend", default="embedded", help="embedded (Optuna in this process, default) or ray")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_reward_arguments(p)
-    add_proxy_arguments(p)
-    g = p.add_argument_group("ray backend (--backend ray)")
-    g.add_argument("--address", default=None, help="Ray cluster address: auto or HOST:PORT (default: start a local Ray)")
-    g.add_argument("--cpus-per-trial", type=float, default=1.0)
-    g.add_argument("--gpus-per-trial", type=float, default=0.0)
-    g.add_argument("--max-concurrent", type=int, default=None)
+    add_run_arguments(p, study="nas-grid")
+    add_trial_arguments(p)
     p.set_defaults(func=run_grid_scale)
 
     p = sub.add_parser("scale", help="write the compound-scaled family of an architecture for phi = 1..N",
@@ -73,32 +62,35 @@ def add_parser(sub) -> None:
 
 
 def run_grid_scale(args) -> int:
-    from nas.commands.search import trial_settings
-    from nas.errors import NasError
-    from nas.grid import STUDY_NAME, GridOptions, GridSpec, default_out, run_grid
+    from nas.commands.search import backend_options, trial_settings
+    from nas.driver import Job, run as run_job
+    from nas.plugins import import_plugins
     from nas.resolve import resolve_arch
+    from nas.scaling.grid import STUDY_NAME, GridOptions, GridSpec, default_out, proxy_duplicates
+    from nas.scaling.problem import GridProblem
 
-    if args.backend not in BACKENDS:
-        raise NasError(f"unknown backend {args.backend!r} for grid-scale; known: {', '.join(BACKENDS)}")
-    spec = GridSpec(phi=args.phi, step=args.step, lo=args.grid_min, hi=args.grid_max,
-                    tolerance=args.tolerance).validate()
+    import_plugins(args.plugin)
+    backend, options = backend_options(args)
+    spec = GridSpec(phi=args.phi, step=args.step, lo=args.grid_min, hi=args.grid_max, tolerance=args.tolerance)
     base = resolve_arch(args.base)
     # The space only names the settings' default reference; grid-scale normalises by the base.
     settings = trial_settings(args, "trainaware")
-    opts = GridOptions(spec=spec, max_candidates=args.max_candidates, objective=args.objective,
-                       storage=args.storage, study_name=args.study_name or STUDY_NAME,
-                       out=args.out or default_out(args.base, base, spec.phi)).validate()
-    if args.backend == "ray":
-        from nas.ray_backend import RayOptions, run_grid_ray
-
-        if opts.storage is not None:
-            raise NasError("--storage is for the embedded backend; the ray backend keeps its state in OUT/ray-grid")
-        data = run_grid_ray(settings, base, opts, RayOptions.from_args(args))
-        return 0 if data else 1
-    if args.address is not None or args.max_concurrent is not None:
-        raise NasError("--address and --max-concurrent are for --backend ray")
-    data = run_grid(settings, base, opts, progress=not args.no_progress)
-    return 0 if data else 1
+    opts = GridOptions(spec=spec, max_candidates=args.max_candidates, objective=args.objective, storage=args.storage,
+                       study_name=args.study_name or STUDY_NAME, out=args.out or default_out(args.base, base, spec.phi))
+    problem = GridProblem(settings, base, opts)
+    plan = problem.plan
+    print(f"{plan.n_feasible} of {spec.grid_points} grid points (alpha, beta, gamma in [{spec.lo:g}, {spec.hi:g}] "
+          f"step {spec.step:g}) satisfy |alpha*beta**2*gamma**2 - 2| <= {spec.tolerance:g}; evaluating "
+          f"{len(plan.selected)} of them (evenly spread, --max-candidates {opts.max_candidates}) and the base")
+    same = proxy_duplicates(base, settings, plan)
+    if same:
+        print(f"note: at proxy scale (--width-mult {settings.proxy.width:g}, --depth-mult {settings.proxy.depth:g}) "
+              f"{'; '.join(' = '.join(c.label() for c in g) for g in same)} train the same network at the same "
+              "image size; raise --width-mult/--depth-mult to tell them apart")
+    job = Job(problem=problem, n_trials=len(plan.candidates), out=opts.out, backend=backend, sampler="random",
+              pruner="none", storage=opts.storage, options=options, plugins=tuple(args.plugin),
+              restart=args.restart, progress=not args.no_progress)
+    return 0 if run_job(job) else 1
 
 
 def run(args) -> int:
@@ -107,9 +99,10 @@ def run(args) -> int:
     import pandas as pd
 
     from nas.errors import NasError
-    from nas.grid import base_slug, check_phi, parse_coefficients, scale_family
+    from nas.scaling.family import parse_coefficients, scale_family
+    from nas.scaling.grid import base_slug, check_phi
     from nas.resolve import resolve_arch
-    from nas.results import atomic_write_text
+    from nas.files import atomic_write_text
 
     n = check_phi(args.phi, integer=True)
     if args.num_classes < 1:

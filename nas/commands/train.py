@@ -29,7 +29,7 @@ import json
 from pathlib import Path
 
 from nas.errors import NasError
-from nas.results import atomic_write_text
+from nas.files import atomic_write_text
 
 SMALL_DATASETS = ("digits", "fake")
 SMALL_DEFAULT_MULT = 0.25

@@ -13,12 +13,16 @@ def add_parser(sub) -> None:
     p.add_argument("--trials", type=int, default=1, help="trials this worker runs (default 1)")
     p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                    help="import MODULE first (it may register search spaces or rewards); repeatable")
+    p.add_argument("--quiet", action="store_true", help="no line per trial (nas search --workers follows progress)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from nas.workers import import_plugins, run_worker
+    from nas.backends.workers import run_worker
+    from nas.interrupt import handle_interrupts
+    from nas.plugins import import_plugins
 
     import_plugins(args.plugin)
-    run_worker(args.run_dir, args.trials)
+    with handle_interrupts():
+        run_worker(args.run_dir, args.trials, echo=(lambda line: None) if args.quiet else print)
     return 0

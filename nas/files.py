@@ -1,0 +1,103 @@
+"""Writing and reading the files a run leaves: one atomic write path for all of them.
+
+Every file ``nas`` writes (results, plots, configurations, checkpoints, step-time tables) goes through
+:func:`atomic_write`: a temporary file in the same folder, flushed, then ``os.replace``d over the
+target, so a kill at any moment leaves either the old file or the new one, never half of one. Files
+that are the only copy of something (checkpoints, configurations, tables) are also fsynced before the
+rename (``durable``), so even a power cut leaves one or the other; result files, which the driver
+rebuilds from the run's storage, skip that (an fsync costs tens of milliseconds on a busy disk).
+Files get the permissions a plain ``open()`` would give them (0666 minus the umask), not the 0600 of a
+temporary file. :func:`append_line` appends one line with a single ``write`` system call, which a kill
+cannot cut in two.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Callable
+
+from nas.errors import NasError
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: Path, write: Callable[[IO], None], *, binary: bool = False, durable: bool = True) -> None:
+    """Write through ``write(file)`` into a temporary file in the same folder, then replace ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"newline": ""})) as f:
+            write(f)
+            f.flush()
+            if durable:
+                os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str, *, durable: bool = True) -> None:
+    atomic_write(path, lambda f: f.write(text), durable=durable)
+
+
+def to_json(data: Any) -> str:
+    """Strict JSON (``NaN`` and infinities become null: other JSON readers refuse them)."""
+    return json.dumps(_strict(data), indent=2, default=_json_default, allow_nan=False) + "\n"
+
+
+def atomic_write_json(path: Path, data: Any, *, durable: bool = True) -> None:
+    atomic_write_text(path, to_json(data), durable=durable)
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append ``line`` (a newline is added) in one ``write`` call on an ``O_APPEND`` descriptor:
+    concurrent appenders never interleave inside a line, and a kill leaves whole lines only."""
+    data = (line.rstrip("\n") + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _strict(o: Any) -> Any:
+    if isinstance(o, float) and (o != o or o in (float("inf"), float("-inf"))):
+        return None
+    if isinstance(o, dict):
+        return {k: _strict(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_strict(v) for v in o]
+    if hasattr(o, "item") and not isinstance(o, (str, bytes)):
+        return _strict(o.item())
+    return o
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def read_json(path: Path, what: str) -> Any:
+    """A JSON file's data, or one NasError line naming the file and what is wrong with it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise NasError(f"{what} {str(path)!r} does not exist") from None
+    except IsADirectoryError:
+        raise NasError(f"{what} {str(path)!r} is a directory, not a file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise NasError(f"{what} {str(path)!r} is unreadable or corrupt: {e}") from None

@@ -1,0 +1,168 @@
+"""The Optuna side of a run: storage, samplers, pruners, and a study's trials as result rows.
+
+The study lives in ``RUN_DIR/study.db`` (SQLite) unless ``--storage`` names another Optuna storage URL
+(PostgreSQL, MySQL). A trial's row (every figure it produced) is stored as one user attribute, so the
+result files can always be rebuilt from the study, which is the run's truth.
+
+A trial counts toward the requested total once it is *finished*: complete, pruned, or failed with a
+recorded reason. A trial that was running when its process died is not: a rerun closes it
+(:func:`close_dead_trials`: at once when its process is gone from this machine, else when its
+heartbeat, a ``heartbeat`` user attribute renewed every :data:`HEARTBEAT_S` seconds, is older than
+:data:`GRACE_S`) and runs a replacement.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from nas.errors import NasError
+
+SAMPLERS = ("tpe", "random", "nsga2")
+PRUNERS = ("median", "hyperband", "none")
+# A running trial renews its heartbeat every HEARTBEAT_S; one silent for GRACE_S is taken as killed
+# (needed only for trials of processes on other machines: this machine's are checked by process id).
+HEARTBEAT_S, GRACE_S = 30, 120
+DONE_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+INTERRUPTED = "interrupted (the process running it stopped)"
+
+
+def storage_url(url: str | None, run_dir: Path) -> str:
+    return url or f"sqlite:///{(Path(run_dir) / 'study.db').resolve()}"
+
+
+def check_storage_url(url: str | None) -> None:
+    """Open a connection to a user-given storage without writing to it (the default SQLite file
+    lives in the run directory, which is checked with it)."""
+    if url is None:
+        return
+    try:
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(url)
+        with engine.connect():
+            pass
+        engine.dispose()
+    except Exception as e:  # SQLAlchemy raises a zoo of types for a bad URL or unreachable server
+        raise NasError(f"cannot open storage {url!r}: {str(e).splitlines()[0]}") from None
+
+
+def make_storage(url: str | None, run_dir: Path) -> optuna.storages.BaseStorage:
+    """The run's Optuna storage. SQLite gets a long lock timeout (its 5 s default is short for a busy
+    machine with parallel workers) and write-ahead logging with ``synchronous=NORMAL``: a commit then
+    costs no fsync (about 17 ms each on a busy disk, 15 commits a trial), readers never block the
+    writer, and a killed process still leaves a consistent database (a power cut may lose the last
+    commits, never corrupt it). WAL needs a local disk: put a SQLite run directory on a network file
+    system and use ``--storage`` with a database server instead."""
+    url = storage_url(url, run_dir)
+    try:
+        if not url.startswith("sqlite"):
+            return optuna.storages.RDBStorage(url)
+        storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
+        import sqlalchemy
+
+        def pragmas(conn, _record) -> None:
+            cur = conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        sqlalchemy.event.listen(storage.engine, "connect", pragmas)
+        storage.engine.dispose()  # connections opened while Optuna set the schema up get the pragmas too
+        return storage
+    except Exception as e:
+        raise NasError(f"cannot open storage {url!r}: {str(e).splitlines()[0]}") from None
+
+
+def make_sampler(name: str, seed: int, *, parallel: bool = False) -> optuna.samplers.BaseSampler:
+    """``parallel``: trials run at the same time elsewhere; TPE's ``constant_liar`` counts them as bad
+    results, so parallel workers spread out instead of piling on one region."""
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5, constant_liar=parallel)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=8)
+    raise NasError(f"unknown sampler {name!r}; known: {', '.join(SAMPLERS)}")
+
+
+def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
+    if name == "median":
+        # One check, halfway through the proxy training: a proxy's per-epoch figures are noisy, and a
+        # trial checked at every epoch has to beat the median every time (all but 5 of 20 pruned).
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=max(1, epochs // 2),
+                                           interval_steps=max(1, epochs))
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(1, epochs), reduction_factor=3)
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise NasError(f"unknown pruner {name!r}; known: {', '.join(PRUNERS)}")
+
+
+def finished(trial: optuna.trial.FrozenTrial) -> bool:
+    """A trial that counts toward the requested total (an interrupted one does not: it is rerun)."""
+    return trial.state in DONE_STATES or (trial.state == optuna.trial.TrialState.FAIL and "error" in trial.user_attrs)
+
+
+def load_study(storage, name: str) -> optuna.Study | None:
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie has exited
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def close_dead_trials(study: optuna.Study) -> list[int]:
+    """Fail (without a reason, so they are rerun) the RUNNING trials whose process is gone: at once
+    for this machine's trials (by process id), by heartbeat for other machines'. Returns their numbers."""
+    host, now = socket.gethostname(), time.time()
+    closed = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        pid, where = t.user_attrs.get("pid"), t.user_attrs.get("hostname")
+        if where == host and isinstance(pid, int):
+            dead = pid != os.getpid() and not _alive(pid)
+        else:  # another machine's, or one that never said where it runs: its heartbeat decides
+            beat = t.user_attrs.get("heartbeat") or (t.datetime_start.timestamp() if t.datetime_start else now)
+            dead = now - float(beat) > GRACE_S
+        if dead:
+            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+            closed.append(t.number)
+    return closed
+
+
+def trial_row(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """The result row of one stored trial (its recorded row, or what is known of an unfinished one)."""
+    row: dict[str, Any] = dict(t.user_attrs.get("row") or {})
+    row.update({"number": t.number, "state": t.state.name})
+    for k in ("arch", "hostname", "pid", "worker", "duplicate_of"):
+        if k not in row and k in t.user_attrs:
+            row[k] = t.user_attrs[k]
+    if t.state == optuna.trial.TrialState.FAIL and not row.get("error"):
+        row["error"] = t.user_attrs.get("error") or INTERRUPTED
+    if row.get("duration_s") is None and t.duration is not None:
+        row["duration_s"] = t.duration.total_seconds()
+    row.update({f"param_{k}": v for k, v in t.params.items()})
+    return row
+
+
+def study_rows(study: optuna.Study) -> list[dict[str, Any]]:
+    """Rows of every trial that started (enqueued, never started ones are not trials yet)."""
+    return [trial_row(t) for t in study.get_trials(deepcopy=False)
+            if t.state != optuna.trial.TrialState.WAITING]

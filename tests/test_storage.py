@@ -1,0 +1,57 @@
+"""nas.storage: a study's trials as rows, and trials of dead processes closed at once."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+
+import optuna
+import pytest
+
+from nas.storage import GRACE_S, INTERRUPTED, close_dead_trials, finished, make_storage, study_rows
+
+
+@pytest.fixture
+def study(tmp_path):
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    return optuna.create_study(storage=make_storage(None, tmp_path), study_name="s", direction="maximize")
+
+
+def _running(study, **attrs):
+    t = study.ask()
+    for k, v in attrs.items():
+        t.set_user_attr(k, v)
+    return t
+
+
+def test_trials_of_dead_processes_are_closed_at_once_and_live_ones_kept(study):
+    host = socket.gethostname()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    alive = subprocess.Popen(["sleep", "30"])
+    try:
+        t_dead = _running(study, pid=dead.pid, hostname=host)
+        t_alive = _running(study, pid=alive.pid, hostname=host)
+        t_remote_old = _running(study, pid=1, hostname="elsewhere", heartbeat=time.time() - GRACE_S - 5)
+        t_remote_new = _running(study, pid=1, hostname="elsewhere", heartbeat=time.time())
+        assert close_dead_trials(study) == [t_dead.number, t_remote_old.number]
+    finally:
+        alive.kill()
+        alive.wait()
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states[t_alive.number] == states[t_remote_new.number] == optuna.trial.TrialState.RUNNING
+    rows = {r["number"]: r for r in study_rows(study)}
+    assert rows[t_dead.number]["state"] == "FAIL" and rows[t_dead.number]["error"] == INTERRUPTED
+    # Closed without a reason: it does not count toward the requested trials, so it is run again.
+    assert not finished(study.get_trials()[t_dead.number])
+
+
+def test_rows_come_from_the_stored_row(study):
+    t = study.ask({"x": optuna.distributions.CategoricalDistribution([1, 2])})
+    t.set_user_attr("row", {"arch": "a", "reward": 0.5, "state": "stale"})
+    study.tell(t, 0.5)
+    [row] = study_rows(study)
+    assert row["state"] == "COMPLETE" and row["reward"] == 0.5 and row["param_x"] in (1, 2)
+    study.enqueue_trial({"x": 1})  # waiting trials are not rows
+    assert len(study_rows(study)) == 1
