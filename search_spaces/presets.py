@@ -8,6 +8,7 @@ equals live in :mod:`search_spaces.reference`.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import NamedTuple
 
 from search_spaces.arch import Architecture
 from nas.errors import NasError
@@ -213,11 +214,22 @@ _PRESETS = {
     "mobilenetv2": lambda: MOBILENETV2,
 }
 
-# Published coefficient tables a family can be scaled with (``nas scale --coefficients NAME``):
-# the members after the base, and whether they were made with EfficientNetV2's rules.
+class Family(NamedTuple):
+    """A published coefficient table: each member is the base scaled by (width, depth, resolution,
+    dropout), resolution given for the base's ``base_resolution``; ``v2_rules`` says which rules."""
+
+    base: str
+    base_resolution: int
+    members: dict[str, tuple[float, float, int, float]]
+    v2_rules: bool
+
+
+# The tables a family can be scaled with (``nas scale --coefficients NAME``).
 FAMILIES = {
-    "efficientnet": ({f"efficientnet-{k}": c for k, c in EFFICIENTNET_COEFFICIENTS.items() if k != "b0"}, False),
-    "efficientnetv2": ({f"efficientnetv2-{k}": c for k, c in EFFICIENTNETV2_COEFFICIENTS.items() if k != "b0"}, True),
+    "efficientnet": Family("efficientnet-b0", 224, {k: c for k, c in EFFICIENTNET_COEFFICIENTS.items() if k != "b0"},
+                           False),
+    "efficientnetv2": Family("efficientnetv2-b0", 224,
+                             {k: c for k, c in EFFICIENTNETV2_COEFFICIENTS.items() if k != "b0"}, True),
 }
 
 
