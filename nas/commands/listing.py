@@ -33,6 +33,7 @@ def run_presets(args) -> int:
                      "GMACs": round(count_macs(arch) / 1e9, 3), "px": arch.resolution,
                      "equals": ", ".join(str(cp) for cp in counterparts(name))})
     left = {c: max(len(r[c]) for r in rows) for c in ("preset", "equals")}  # text columns read left-aligned
-    print(pd.DataFrame(rows).to_string(index=False, justify="left",
-                                       formatters={c: (lambda v, w=w: v.ljust(w)) for c, w in left.items()}))
+    text = pd.DataFrame(rows).to_string(index=False, justify="left",
+                                        formatters={c: (lambda v, w=w: v.ljust(w)) for c, w in left.items()})
+    print("\n".join(line.rstrip() for line in text.splitlines()))
     return 0
