@@ -13,7 +13,7 @@ share: expand, depthwise, SE, project):
 our block              timm (EfficientNet class)    torchvision EfficientNet    torchvision MobileNetV2 / MNASNet
 =====================  ===========================  ==========================  ==============================
 MBConv, expansion > 1  InvertedResidual             MBConv (same keys as ours)  InvertedResidual / _InvertedResidual
-MBConv, expansion 1    DepthwiseSeparableConv       MBConv                      InvertedResidual / the stem's sepconv
+MBConv, expansion 1    DepthwiseSeparableConv       MBConv                      InvertedResidual / MNASNet's first sepconv
 Fused-MBConv, e > 1    EdgeResidual                 FusedMBConv                 -
 Fused-MBConv, e 1      ConvBnAct                    FusedMBConv                 -
 =====================  ===========================  ==========================  ==============================
@@ -25,22 +25,23 @@ from typing import Any, Iterator, Mapping
 
 import torch
 from torch import nn
+from torchvision.ops import SqueezeExcitation
 
 from nas.errors import NasError, check_choice
+from search_spaces.blocks import MBConv
 from search_spaces.builder import Network
+from search_spaces.reference import SOURCES
 
-SOURCES = ("torchvision", "timm")
 _BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 # Optional on the public side: BatchNorm's step counter is not needed to evaluate or fine-tune (and
 # several published checkpoints drop it); ours then keeps its own.
 _OPTIONAL = ("num_batches_tracked",)
 
+
 def _units(block: nn.Module) -> list[tuple[str, str, str]]:
     """(role, our path inside the block, "cna" or "se") for each layer of one of our blocks, in order;
     roles are "expand", "dw", "project" (MBConv), "expand", "project" (Fused-MBConv) or "conv"
     (Fused-MBConv with expansion 1)."""
-    from search_spaces.blocks import MBConv
-
     if getattr(block, "shortcut", None) is not None:
         raise NasError("a block with MnasNet's pooling skip has no torchvision or timm counterpart")
     layers = list(block.block)
@@ -60,15 +61,11 @@ def _units(block: nn.Module) -> list[tuple[str, str, str]]:
 
 
 def _is_se(m: nn.Module) -> bool:
-    from torchvision.ops import SqueezeExcitation
-
     return isinstance(m, SqueezeExcitation)
 
 
 def _kind(block: nn.Module) -> str:
     """timm's class name for one of our blocks."""
-    from search_spaces.blocks import MBConv
-
     roles = {r for r, _, _ in _units(block)}
     if isinstance(block, MBConv):
         return "ir" if "expand" in roles else "ds"
@@ -212,15 +209,13 @@ def load_weights(model: nn.Module, state_dict: Mapping[str, Any], source: str = 
     bad = next((k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)), None)
     if bad is not None:
         raise NasError(f"state dict entry {bad!r} is not a tensor ({type(state_dict[bad]).__name__})")
-    mapping = key_map(model, state_dict, source)
+    full = key_map(model, state_dict, source)
     ours = model.state_dict()
-    if set(mapping) != set(ours):  # a bug in the translation, not the user's input
-        raise RuntimeError(f"key map misses {sorted(set(ours) - set(mapping))[:3]}")
-    if not classifier:
-        mapping = {k: v for k, v in mapping.items() if not k.startswith("classifier.")}
-    used = set(mapping.values())
-    ignored = {v for k, v in key_map(model, state_dict, source).items() if k not in mapping}
-    extra = sorted(k for k in state_dict if k not in used and k not in ignored)
+    if set(full) != set(ours):  # a bug in the translation, not the user's input
+        raise RuntimeError(f"key map misses {sorted(set(ours) - set(full))[:3]}")
+    mapping = full if classifier else {k: v for k, v in full.items() if not k.startswith("classifier.")}
+    known = set(full.values())  # the public classifier is known even where it is not loaded
+    extra = [k for k in state_dict if k not in known]
     missing = [(k, v) for k, v in mapping.items() if v not in state_dict and not v.endswith(_OPTIONAL)]
     if missing:
         k, v = missing[0]

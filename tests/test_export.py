@@ -15,7 +15,7 @@ from nas.data import Splits, TensorImages, load_dataset
 from nas.errors import NasError
 from nas.export import calibrate_random, check, export, load_source
 from nas.train import TrainConfig, fit
-from search_spaces import Architecture, build, preset
+from search_spaces import Architecture, build
 
 TINY = "stem8,r1_k3_s2_e1_i8_o8_c1,r1_k3_s2_e4_i8_o16_se0.25,head32,res32"
 # TF "same" padding (computed per call), ReLU6, a nominal input width, BatchNorm eps 1e-5.
