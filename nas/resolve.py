@@ -19,10 +19,11 @@ def resolve_arch(spec: str) -> Architecture:
         return preset(spec)
     path = Path(spec)
     if path.is_dir():
-        best = path / "best.json"
-        if not best.is_file():
-            raise NasError(f"{spec!r} is a directory without best.json (not a finished nas run directory)")
-        return _from_json_file(best)
+        # A search or grid-scale run: its best.json; a nas train run: the architecture it trained.
+        for name in ("best.json", "final.json"):
+            if (path / name).is_file():
+                return _from_json_file(path / name)
+        raise NasError(f"{spec!r} is a directory without best.json or final.json (not a finished nas run directory)")
     if path.suffix.lower() == ".json" or path.is_file():
         if not path.is_file():
             raise NasError(f"architecture file {spec!r} does not exist")

@@ -15,9 +15,11 @@ _EXPORTS = {
     "get_space": "base", "space_names": "base",
     "Network": "builder", "build": "builder", "count_macs": "builder", "count_params": "builder",
     "NasError": "nas.errors",
-    "REFERENCE": "presets", "preset": "presets", "preset_names": "presets",
+    "REFERENCE": "reference", "Counterpart": "reference", "counterpart": "reference", "counterparts": "reference",
+    "preset": "presets", "preset_names": "presets",
     "compound": "scaling", "round_filters": "scaling", "round_repeats": "scaling", "scale": "scaling",
     "scale_v2": "scaling",
+    "load_weights": "weights",
 }
 
 __all__ = sorted(_EXPORTS)

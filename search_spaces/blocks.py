@@ -1,20 +1,57 @@
 """The building blocks: MBConv and Fused-MBConv (EfficientNet V1 section 4, V2 section 3.2).
 
 Layer order, channel rounding and squeeze sizes follow torchvision's ``efficientnet.py`` so that the
-published networks have exactly torchvision's parameter counts. The pieces are torchvision ops
-(``Conv2dNormActivation``, ``SqueezeExcitation``, ``StochasticDepth``).
+published networks have exactly torchvision's parameter counts and its state-dict layout. The pieces
+are torchvision ops (``ConvNormActivation``, ``SqueezeExcitation``, ``StochasticDepth``).
 """
 
 from __future__ import annotations
 
-from functools import partial
+import math
 from typing import Callable
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torchvision.ops import Conv2dNormActivation, SqueezeExcitation, StochasticDepth
+from torchvision.ops.misc import ConvNormActivation
 
-ACTIVATION_LAYERS: dict[str, Callable[..., nn.Module]] = {"silu": nn.SiLU, "relu": nn.ReLU}
+ACTIVATION_LAYERS: dict[str, Callable[..., nn.Module]] = {"silu": nn.SiLU, "relu": nn.ReLU, "relu6": nn.ReLU6}
+# Activations whose backward reads their own output: a residual must not be added in place after them.
+_OUTPUT_SAVING = (nn.ReLU, nn.Hardtanh)  # ReLU6 is a Hardtanh
+
+
+class Conv2dSame(nn.Conv2d):
+    """TensorFlow's "same" padding: ``ceil(size / stride)`` outputs, the padding split with the extra
+    pixel at the bottom / right. It depends on the input size, so it is computed per call; for
+    stride 1 and odd kernels it equals the symmetric ``kernel // 2``, which :func:`conv_norm_act`
+    uses instead (the layout of timm's ``tf_*`` ports, ``timm.layers.Conv2dSame``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads = []
+        for size, k, s, d in zip(x.shape[-2:], self.kernel_size, self.stride, self.dilation):
+            total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
+            pads.append((total // 2, total - total // 2))
+        (top, bottom), (left, right) = pads
+        x = F.pad(x, [left, right, top, bottom])
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+class Conv2dSameNormActivation(ConvNormActivation):
+    """``Conv2dNormActivation`` with a :class:`Conv2dSame` convolution (same layout and keys)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, conv_layer=Conv2dSame, **kwargs)
+
+
+def conv_norm_act(cin: int, cout: int, kernel: int, stride: int = 1, *, groups: int = 1,
+                  norm: Callable[..., nn.Module], act: Callable[..., nn.Module] | None,
+                  padding: str = "symmetric") -> nn.Module:
+    """Conv, BatchNorm, activation: torchvision's ``Conv2dNormActivation`` layout (keys ``0`` conv,
+    ``1`` norm), with TensorFlow's asymmetric "same" padding where it differs from the symmetric one."""
+    if padding == "same" and stride > 1:
+        return Conv2dSameNormActivation(cin, cout, kernel, stride, 0, groups, norm_layer=norm, activation_layer=act)
+    return Conv2dNormActivation(cin, cout, kernel, stride, groups=groups, norm_layer=norm, activation_layer=act)
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
@@ -44,7 +81,7 @@ class _Shortcut(nn.Module):
         if stride > 1:
             layers.append(nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False))
         if cin != cout:
-            layers.append(Conv2dNormActivation(cin, cout, 1, norm_layer=norm, activation_layer=None))
+            layers.append(conv_norm_act(cin, cout, 1, norm=norm, act=None))
         self.body = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -62,7 +99,7 @@ class _Block(nn.Module):
         # ReLU's backward reads its own output, so the residual must not be added in place into a block
         # that ends in ReLU (MnasNet's regular conv: Fused-MBConv e1 without SE, with ReLU).
         last = self.block[-1]
-        self.inplace_add = not (isinstance(last, nn.Sequential) and isinstance(last[-1], nn.ReLU))
+        self.inplace_add = not (isinstance(last, nn.Sequential) and isinstance(last[-1], _OUTPUT_SAVING))
 
     def _add(self, out: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         if self.inplace_add:
@@ -80,19 +117,25 @@ class _Block(nn.Module):
 
 
 class MBConv(_Block):
-    """Inverted residual: 1x1 expand, kxk depthwise, SE, 1x1 project (linear)."""
+    """Inverted residual: 1x1 expand, kxk depthwise, SE, 1x1 project (linear).
+
+    ``nominal_in`` (TF's nominal ``i``, see :mod:`search_spaces.arch`) replaces ``cin`` in the
+    expanded and SE widths; the convolutions still read the ``cin`` channels they are given.
+    """
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int, expansion: int, se: float,
-                 skip: str, drop_path: float, act: Callable[..., nn.Module], norm: Callable[..., nn.Module]):
+                 skip: str, drop_path: float, act: Callable[..., nn.Module], norm: Callable[..., nn.Module],
+                 *, padding: str = "symmetric", nominal_in: int | None = None):
         super().__init__()
-        mid = expanded_channels(cin, expansion)
+        width_in = nominal_in or cin
+        mid = expanded_channels(width_in, expansion) if expansion != 1 else cin
         layers: list[nn.Module] = []
         if expansion != 1:
-            layers.append(Conv2dNormActivation(cin, mid, 1, norm_layer=norm, activation_layer=act))
-        layers.append(Conv2dNormActivation(mid, mid, kernel, stride, groups=mid, norm_layer=norm, activation_layer=act))
+            layers.append(conv_norm_act(cin, mid, 1, norm=norm, act=act))
+        layers.append(conv_norm_act(mid, mid, kernel, stride, groups=mid, norm=norm, act=act, padding=padding))
         if se > 0:
-            layers.append(SqueezeExcitation(mid, squeeze_channels(cin, se), activation=act))
-        layers.append(Conv2dNormActivation(mid, cout, 1, norm_layer=norm, activation_layer=None))
+            layers.append(SqueezeExcitation(mid, squeeze_channels(width_in, se), activation=act))
+        layers.append(conv_norm_act(mid, cout, 1, norm=norm, act=None))
         self.block = nn.Sequential(*layers)
         self._init_skip(cin, cout, stride, skip, drop_path, norm)
 
@@ -101,28 +144,27 @@ class FusedMBConv(_Block):
     """EfficientNetV2's Fused-MBConv: one regular kxk conv replaces expand + depthwise.
 
     With expansion 1 it is a single kxk conv + BN + activation (no projection), which is also
-    MnasNet's "regular convolution" op.
+    MnasNet's "regular convolution" op. ``nominal_in`` as for :class:`MBConv`.
     """
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int, expansion: int, se: float,
-                 skip: str, drop_path: float, act: Callable[..., nn.Module], norm: Callable[..., nn.Module]):
+                 skip: str, drop_path: float, act: Callable[..., nn.Module], norm: Callable[..., nn.Module],
+                 *, padding: str = "symmetric", nominal_in: int | None = None):
         super().__init__()
+        width_in = nominal_in or cin
         layers: list[nn.Module] = []
         if expansion != 1:
-            mid = expanded_channels(cin, expansion)
-            layers.append(Conv2dNormActivation(cin, mid, kernel, stride, norm_layer=norm, activation_layer=act))
+            mid = expanded_channels(width_in, expansion)
+            layers.append(conv_norm_act(cin, mid, kernel, stride, norm=norm, act=act, padding=padding))
             if se > 0:
-                layers.append(SqueezeExcitation(mid, squeeze_channels(cin, se), activation=act))
-            layers.append(Conv2dNormActivation(mid, cout, 1, norm_layer=norm, activation_layer=None))
+                layers.append(SqueezeExcitation(mid, squeeze_channels(width_in, se), activation=act))
+            layers.append(conv_norm_act(mid, cout, 1, norm=norm, act=None))
         else:
-            layers.append(Conv2dNormActivation(cin, cout, kernel, stride, norm_layer=norm, activation_layer=act))
+            layers.append(conv_norm_act(cin, cout, kernel, stride, norm=norm, act=act, padding=padding))
             if se > 0:
-                layers.append(SqueezeExcitation(cout, squeeze_channels(cin, se), activation=act))
+                layers.append(SqueezeExcitation(cout, squeeze_channels(width_in, se), activation=act))
         self.block = nn.Sequential(*layers)
         self._init_skip(cin, cout, stride, skip, drop_path, norm)
 
 
 BLOCK_CLASSES = {"mbconv": MBConv, "fused": FusedMBConv}
-
-# BatchNorm as in the reference implementations (TF's epsilon 1e-3).
-default_norm = partial(nn.BatchNorm2d, eps=1e-3)

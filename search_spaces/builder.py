@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 from torch import nn
-from torchvision.ops import Conv2dNormActivation
 
 from search_spaces.arch import Architecture
-from search_spaces.blocks import ACTIVATION_LAYERS, BLOCK_CLASSES, default_norm
+from search_spaces.blocks import ACTIVATION_LAYERS, BLOCK_CLASSES, conv_norm_act
 from nas.errors import NasError
 
 
@@ -23,10 +23,8 @@ class Network(nn.Module):
         self.arch = arch
         self.num_classes = num_classes
         act = ACTIVATION_LAYERS[arch.activation]
-        norm = default_norm
-        layers: list[nn.Module] = [
-            Conv2dNormActivation(in_channels, arch.stem, 3, 2, norm_layer=norm, activation_layer=act)
-        ]
+        norm = partial(nn.BatchNorm2d, eps=arch.bn_eps, momentum=arch.bn_momentum)
+        layers: list[nn.Module] = [conv_norm_act(in_channels, arch.stem, 3, 2, norm=norm, act=act, padding=arch.padding)]
         total, idx, cin = arch.num_blocks, 0, arch.stem
         for stage in arch.stages:
             blocks = []
@@ -35,11 +33,12 @@ class Network(nn.Module):
                 drop = arch.drop_path * idx / total
                 blocks.append(BLOCK_CLASSES[stage.block](
                     cin, stage.out, stage.kernel, stage.stride if r == 0 else 1, stage.expansion,
-                    stage.se, stage.skip, drop, act, norm))
+                    stage.se, stage.skip, drop, act, norm, padding=arch.padding,
+                    nominal_in=stage.nominal_in if r == 0 else None))
                 cin = stage.out
                 idx += 1
             layers.append(nn.Sequential(*blocks))
-        layers.append(Conv2dNormActivation(cin, arch.head, 1, norm_layer=norm, activation_layer=act))
+        layers.append(conv_norm_act(cin, arch.head, 1, norm=norm, act=act))
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(arch.dropout)

@@ -5,11 +5,12 @@ Every function here is pure: it returns a new :class:`Architecture` and leaves i
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
-from search_spaces.arch import Architecture, Stage
+from search_spaces.arch import MAX_RESOLUTION, MIN_RESOLUTION, Architecture, Stage
 from search_spaces.blocks import make_divisible
-from nas.errors import NasError, check_positive
+from nas.errors import NasError, check_int, check_positive
 
 ROUNDINGS = ("v1", "v2")
 
@@ -45,24 +46,33 @@ def round_repeats(repeats: int, depth: float, rounding: str = "ceil") -> int:
 
 def scale(arch: Architecture, *, width: float = 1.0, depth: float = 1.0, resolution: int | None = None,
           resolution_mult: float = 1.0, rounding: str = "v1", dropout: float | None = None,
-          depth_rounding: str = "ceil") -> Architecture:
+          depth_rounding: str = "ceil", fix_head_stem: bool = False) -> Architecture:
     """Scale width (channels), depth (repeats) and resolution; returns a new architecture.
 
     ``resolution`` sets the new native resolution directly (EfficientNet-B2 is B0 at 260 px);
-    otherwise it is ``round(arch.resolution * resolution_mult)``.
+    otherwise it is ``round(arch.resolution * resolution_mult)``. A stage's nominal input channels
+    (``fc``) are rounded like every channel count, as the TF builders round ``input_filters``.
+    ``fix_head_stem`` is the EfficientNet-Lite rule (TF ``efficientnet_lite_builder``,
+    ``fix_head_stem``): stem and head channels and the first and last stages' layers stay as they are.
     """
     width, depth = check_positive("width multiplier", width), check_positive("depth multiplier", depth)
     resolution_mult = check_positive("resolution multiplier", resolution_mult)
+    last = len(arch.stages) - 1
+
+    def repeats(k: int, s: Stage) -> int:
+        return s.repeats if fix_head_stem and k in (0, last) else round_repeats(s.repeats, depth, depth_rounding)
+
     stages = tuple(
-        Stage(s.block, s.kernel, s.stride, s.expansion, round_filters(s.out, width, rounding),
-              round_repeats(s.repeats, depth, depth_rounding), s.se, s.skip)
-        for s in arch.stages
+        dataclasses.replace(
+            s, out=round_filters(s.out, width, rounding), repeats=repeats(k, s),
+            nominal_in=None if s.nominal_in is None else round_filters(s.nominal_in, width, rounding))
+        for k, s in enumerate(arch.stages)
     )
     res = resolution if resolution is not None else int(round(arch.resolution * resolution_mult))
     return arch.replace(
-        stem=round_filters(arch.stem, width, rounding),
+        stem=arch.stem if fix_head_stem else round_filters(arch.stem, width, rounding),
         stages=stages,
-        head=round_filters(arch.head, width, rounding),
+        head=arch.head if fix_head_stem else round_filters(arch.head, width, rounding),
         resolution=res,
         dropout=arch.dropout if dropout is None else dropout,
     )
@@ -80,23 +90,31 @@ def compound(arch: Architecture, phi: float, alpha: float, beta: float, gamma: f
                  depth_rounding=depth_rounding)
 
 
-def scale_v2(arch: Architecture, *, width: float = 1.0, depth: float = 1.0, resolution_mult: float = 1.0,
-             max_resolution: int = 480, late_stages: int = 2, dropout: float | None = None) -> Architecture:
-    """EfficientNetV2's scaling rules on top of compound scaling (V2 section 4.3):
+def scale_v2(arch: Architecture, *, width: float = 1.0, depth: float = 1.0, resolution: int | None = None,
+             resolution_mult: float = 1.0, max_resolution: int = 480, depth_rounding: str = "ceil",
+             late_stages: int = 0, dropout: float | None = None) -> Architecture:
+    """EfficientNetV2's scaling (V2 section 4.3, and the authors' ``effnetv2_model.py``):
 
-    1. the inference image size is capped at ``max_resolution`` (480), and
-    2. extra layers go to the later stages: the layers that ``ceil(repeats * depth)`` would add over
-       the whole network are all given to the last ``late_stages`` stages (V2's stages 5 and 6),
-       in proportion to their current repeats (largest remainder), earlier stages keep theirs.
+    * channels are rounded the V2 way (nearest multiple of 8, no 90% rule), layers per stage
+      ``ceil(repeats * depth)`` (``depth_rounding``): this gives EfficientNetV2-B1..B3 from B0;
+    * the inference image size is capped at ``max_resolution`` (480);
+    * ``late_stages = N > 0`` is the paper's heuristic for scaling V2-S to M and L ("gradually add
+      more layers to later stages"): the layers that the rounding would add over the whole network
+      all go to the last N stages (V2's stages 5 and 6 for N = 2), in proportion to their current
+      repeats (largest remainder); earlier stages keep theirs.
     """
     width, depth = check_positive("width multiplier", width), check_positive("depth multiplier", depth)
-    if late_stages < 1:
-        raise NasError(f"late_stages must be >= 1, got {late_stages}")
-    scaled = scale(arch, width=width, resolution_mult=resolution_mult, rounding="v2", dropout=dropout)
+    late_stages = check_int("late stages", late_stages, 0, len(arch.stages))
+    max_resolution = check_int("maximum resolution", max_resolution, MIN_RESOLUTION, MAX_RESOLUTION)
+    per_stage = depth if not late_stages else 1.0
+    scaled = scale(arch, width=width, depth=per_stage, resolution=resolution, resolution_mult=resolution_mult,
+                   rounding="v2", dropout=dropout, depth_rounding=depth_rounding)
     scaled = scaled.replace(resolution=min(scaled.resolution, max_resolution))
+    if not late_stages:
+        return scaled
     repeats = [s.repeats for s in arch.stages]
-    extra = sum(round_repeats(r, depth) for r in repeats) - sum(repeats)
-    late = list(range(max(0, len(repeats) - late_stages), len(repeats)))
+    extra = sum(round_repeats(r, depth, depth_rounding) for r in repeats) - sum(repeats)
+    late = list(range(len(repeats) - late_stages, len(repeats)))
     if extra > 0:
         weights = [repeats[i] for i in late]
         shares = [extra * w / sum(weights) for w in weights]
@@ -106,6 +124,5 @@ def scale_v2(arch: Architecture, *, width: float = 1.0, depth: float = 1.0, reso
             alloc[j] += 1
         for j, i in enumerate(late):
             repeats[i] += alloc[j]
-    stages = tuple(s.__class__(s.block, s.kernel, s.stride, s.expansion, s.out, r, s.se, s.skip)
-                   for s, r in zip(scaled.stages, repeats))
+    stages = tuple(dataclasses.replace(s, repeats=r) for s, r in zip(scaled.stages, repeats))
     return scaled.replace(stages=stages)

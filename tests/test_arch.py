@@ -79,21 +79,54 @@ def test_mnasnet_tokens_parse():
     assert a.activation == "relu"
 
 
-def test_stage_string_i_must_match_previous_out():
+def test_stage_string_i_must_match_previous_out_or_is_nominal():
     ok = "stem24,r1_k3_s1_e1_i24_o16,r1_k3_s2_e6_i16_o32"
     assert Architecture.from_string(ok).stage_inputs() == [24, 16]
-    with pytest.raises(NasError, match="i24"):
-        Architecture.from_string("stem24,r1_k3_s1_e1_i24_o16,r1_k3_s2_e6_i24_o32")
-    with pytest.raises(NasError, match="i16"):
-        Architecture.from_string("stem32,r1_k3_s1_e1_i16_o16")
+    # The TF decoders' nominal i: it sets the expanded width (24 * 6) of the stage's first block and
+    # is kept as fc24; the canonical form writes the real input as i.
+    a = Architecture.from_string("stem24,r1_k3_s1_e1_i24_o16,r2_k3_s2_e6_i24_o32")
+    assert a.stages[1].nominal_in == 24
+    assert a.to_string().startswith("stem24,r1_k3_s1_e1_i24_o16,r2_k3_s2_e6_i16_o32_fc24,head")
+    _roundtrips(a)
+    # Where it changes no width (expansion 1, no SE) a nominal i is dropped (MnasNet-small's i16).
+    b = Architecture.from_string("stem32,r1_k3_s1_e1_i16_o16")
+    assert b == Architecture.from_string("stem32,r1_k3_s1_e1_i32_o16") and b.stages[0].nominal_in is None
+    # fc equal to the real input says nothing either.
+    assert Architecture.from_string(ok.replace("o32", "o32_fc16")) == Architecture.from_string(ok)
+    with pytest.raises(NasError, match="i24 and fc8"):
+        Architecture.from_string("stem24,r1_k3_s1_e1_i24_o16,r1_k3_s2_e6_i24_o32_fc8")
+
+
+def test_nominal_input_sets_the_first_blocks_widths():
+    from search_spaces import build
+    from torch import nn
+
+    a = Architecture.from_string("stem32,r2_k3_s2_e4_i24_o24_se0.25,head64,res32")
+    first, second = build(a).features[1]
+    convs = [m for m in first.modules() if isinstance(m, nn.Conv2d)]
+    # expand 32 -> 96 (24 * 4, not 32 * 4), SE squeeze int(24 * 0.25) = 6; the second block is ordinary
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(32, 96), (96, 96), (96, 6), (6, 96), (96, 24)]
+    assert [m.out_channels for m in second.modules() if isinstance(m, nn.Conv2d)][0] == 96  # 24 * 4
 
 
 BAD_STRINGS = [
     # (text, a piece of the message that names the bad value)
     ("stem32,r1_k3_s1_e1_i32_o16_zz", "'zz'"),
     ("stem32,r1_k3_s1_e1_i32_o16,bogus7", "'bogus7'"),
-    ("stem32,r1_k7_s1_e1_i32_o16", "got 7"),
+    ("stem32,r1_k9_s1_e1_i32_o16", "got 9"),
     ("stem32,r1_k3_s1_e0_i32_o16", "got 0"),
+    ("stem32,r1_k3_s1_e10_i32_o16", "got 10"),
+    ("stem32,r1_k3_s1_e6_i32_o16_fc0", "got 0"),
+    ("stem32,r1_k3_s1_e6_i32_o16_fc8_fc16", "'fc16'"),
+    ("stem32,r1_k3_s1_e1_i32_o16,bneps0", "BatchNorm epsilon must be in (0, 0.1], got 0.0"),
+    ("stem32,r1_k3_s1_e1_i32_o16,bneps0.5", "got 0.5"),
+    ("stem32,r1_k3_s1_e1_i32_o16,bneps-1", "'bneps-1'"),
+    ("stem32,r1_k3_s1_e1_i32_o16,bnmom0", "BatchNorm momentum must be in (0, 1], got 0.0"),
+    ("stem32,r1_k3_s1_e1_i32_o16,bnmom1.5", "got 1.5"),
+    ("stem32,r1_k3_s1_e1_i32_o16,bneps1e-05,bneps0.001", "'bneps0.001'"),
+    ("stem32,r1_k3_s1_e1_i32_o16,pad_valid", "padding must be one of symmetric, same; got 'valid'"),
+    ("stem32,r1_k3_s1_e1_i32_o16,pad_same,pad_same", "duplicate token 'pad_same'"),
+    ("stem32,r1_k3_s1_e1_i32_o16,act_relu7", "'relu7'"),
     ("stem32,r1_k3_s3_e1_i32_o16", "got 3"),
     ("stem32,r1_k3_s33_e1_i32_o16", "got 3"),
     ("stem32,r1_k3_s12_e1_i32_o16", "'s12'"),
@@ -151,7 +184,13 @@ BAD_JSON = [
     (_with(["drop_path"], 1.5), "got 1.5"),
     (_with(["colour"], "red"), "'colour'"),
     (_with(["stages", 0, "colour"], "red"), "'colour'"),
-    (_with(["stages", 0, "kernel"], 7), "got 7"),
+    (_with(["stages", 0, "kernel"], 9), "got 9"),
+    (_with(["stages", 0, "nominal_in"], 0), "got 0"),
+    (_with(["stages", 0, "nominal_in"], "24"), "got '24'"),
+    (_with(["bn_eps"], -1e-5), "got -1e-05"),
+    (_with(["bn_eps"], "1e-5"), "got '1e-5'"),
+    (_with(["bn_momentum"], 0), "got 0"),
+    (_with(["padding"], "valid"), "'valid'"),
     (_with(["stages", 0, "kernel"], 3.0), "got 3.0"),  # a float would print as k3.0, which does not parse
     (_with(["stages", 0, "stride"], "2"), "got '2'"),
     (_with(["stages", 0, "expansion"], 0), "got 0"),
@@ -187,8 +226,8 @@ def test_json_format_tag_is_written_and_optional():
 
 
 def test_constructors_validate_too():
-    with pytest.raises(NasError, match="got 7"):
-        Stage("mbconv", 7, 1, 1, 16, 1)
+    with pytest.raises(NasError, match="got 9"):
+        Stage("mbconv", 9, 1, 1, 16, 1)
     with pytest.raises(NasError, match="got -0.1"):
         Architecture(stem=32, stages=(Stage("mbconv", 3, 1, 1, 16, 1),), dropout=-0.1)
     with pytest.raises(NasError, match="Stage objects"):
@@ -212,3 +251,88 @@ def test_stages_given_as_list_become_a_tuple():
     a = Architecture(stem=32, stages=[Stage("mbconv", 3, 1, 1, 16, 1)])
     assert isinstance(a.stages, tuple)
     hash(a)
+
+
+# -- the format's extensions: conventions, kernel 7, large expansions, nominal inputs ----------------
+
+def random_architecture(rng: np.random.Generator) -> Architecture:
+    """Any architecture the format can hold, well beyond what the search spaces sample."""
+    stages = []
+    for _ in range(int(rng.integers(1, 8))):
+        expansion = int(rng.integers(1, 10))
+        se = float(rng.choice([0.0, 0.25, 0.125, 1 / 3]))
+        stages.append(Stage(str(rng.choice(["mbconv", "fused"])), int(rng.choice([3, 5, 7])), int(rng.choice([1, 2])),
+                            expansion, int(rng.integers(1, 400)), int(rng.integers(1, 20)), se,
+                            str(rng.choice(["id", "none", "pool"])),
+                            int(rng.integers(1, 400)) if rng.random() < 0.3 else None))
+    return Architecture(
+        stem=int(rng.integers(1, 100)), stages=tuple(stages), head=int(rng.integers(1, 3000)),
+        resolution=int(rng.integers(8, 1000)), dropout=float(rng.random() * 0.9), drop_path=float(rng.random() * 0.5),
+        activation=str(rng.choice(["silu", "relu", "relu6"])),
+        bn_eps=float(rng.choice([1e-3, 1e-5, 1.001e-3, 0.1])), bn_momentum=float(rng.choice([0.1, 0.01, 0.0003, 1.0])),
+        padding=str(rng.choice(["symmetric", "same"])))
+
+
+def test_every_format_feature_roundtrips():
+    rng = np.random.default_rng(7)
+    seen = set()
+    for _ in range(SAMPLES_PER_SPACE):
+        a = random_architecture(rng)
+        _roundtrips(a)
+        seen.add(a)
+    assert len(seen) == SAMPLES_PER_SPACE
+    assert {a.padding for a in seen} == {"symmetric", "same"} and any(s.nominal_in for a in seen for s in a.stages)
+
+
+def test_new_tokens_appear_only_when_used():
+    b0 = preset("efficientnet-b0")
+    assert b0.to_string() == (
+        "stem32,r1_k3_s1_e1_i32_o16_se0.25,r2_k3_s2_e6_i16_o24_se0.25,r2_k5_s2_e6_i24_o40_se0.25,"
+        "r3_k3_s2_e6_i40_o80_se0.25,r3_k5_s1_e6_i80_o112_se0.25,r4_k5_s2_e6_i112_o192_se0.25,"
+        "r1_k3_s1_e6_i192_o320_se0.25,head1280,res224,drop0.2,sd0.2,act_silu")
+    for name in preset_names():
+        text = preset(name).to_string()
+        assert not re.search(r"bneps|bnmom|pad_", text), name
+        assert ("_fc" in text) == (name == "efficientnet-edgetpu-s"), name
+    tv = preset("mobilenetv2").replace(bn_eps=1e-5, bn_momentum=0.01, padding="same", activation="relu6")
+    assert tv.to_string().endswith(",act_relu6,bneps1e-05,bnmom0.01,pad_same")
+    # Old JSON files (without the new fields) still load, with the defaults.
+    d = json.loads(b0.to_json())
+    for k in ("bn_eps", "bn_momentum", "padding"):
+        del d[k]
+    for st in d["stages"]:
+        del st["nominal_in"]
+    assert Architecture.from_dict(d) == b0
+    assert Architecture.from_string(tv.to_string().replace("pad_same", "pad_symmetric")) == tv.replace(padding="symmetric")
+
+
+# The TF decoders' definitions that the format used to refuse (tensorflow/tpu mnasnet_models.py and
+# efficientnet/edgetpu/efficientnet_edgetpu_builder.py): kernel 7, expansion 9, nominal i values.
+TF_DEFINITIONS = {
+    "mnasnet-d1": "stem32,r1_k3_s11_e9_i32_o24,r3_k3_s22_e9_i24_o36,r5_k3_s22_e9_i36_o48,r4_k5_s22_e9_i48_o96,"
+                  "r5_k7_s11_e3_i96_o96,r3_k3_s22_e9_i96_o80,r1_k7_s11_e6_i80_o320_noskip,act_relu",
+    "mnasnet-d1-320": "stem32,r3_k5_s11_e6_i32_o24,r4_k7_s22_e9_i24_o36,r5_k5_s22_e9_i36_o48,r5_k7_s22_e6_i48_o96,"
+                      "r5_k3_s11_e9_i96_o144,r5_k5_s22_e6_i144_o160,r1_k7_s11_e9_i160_o320,act_relu",
+    "mnasnet-small": "stem8,r1_k3_s11_e1_i16_o8,r1_k3_s22_e3_i8_o16,r2_k3_s22_e6_i16_o16,r4_k5_s22_e6_i16_o32_se0.25,"
+                     "r3_k3_s11_e6_i32_o32_se0.25,r3_k5_s22_e6_i32_o88_se0.25,r1_k3_s11_e6_i88_o144,act_relu",
+    "efficientnet-edgetpu-s": "stem32,r1_k3_s11_e4_i24_o24_c1_noskip,r2_k3_s22_e8_i24_o32_c1,r4_k3_s22_e8_i32_o48_c1,"
+                              "r5_k5_s22_e8_i48_o96,r4_k5_s11_e8_i96_o144,r2_k5_s22_e8_i144_o192,act_relu",
+}
+
+
+@pytest.mark.parametrize("name", sorted(TF_DEFINITIONS))
+def test_tf_definitions_are_accepted(name):
+    from search_spaces import build
+    from torch import nn
+    import torch
+
+    a = Architecture.from_string(TF_DEFINITIONS[name])
+    _roundtrips(a)
+    with torch.device("meta"):
+        convs = [m for m in build(a).modules() if isinstance(m, nn.Conv2d)]
+    kernels = {c.kernel_size[0] for c in convs}
+    if name.startswith("mnasnet-d1"):
+        assert 7 in kernels and 9 in {s.expansion for s in a.stages}
+        assert any(c.out_channels == 24 * 9 for c in convs)  # e9 on the 24-channel stage
+    if name in preset_names():  # the presets (checked against timm) are these strings
+        assert a.stages == preset(name).stages and a.stem == preset(name).stem

@@ -27,13 +27,13 @@ MEASURE = ("--device", "cpu", "--batch-size", "2", "--image-size", "32", "--min-
 BAD = {
     "unknown_preset": (["show", "nope"], "'nope'"),
     "malformed_string": (["show", "stem32,r1_k3_s1_e1_i32_o16_zz"], "'zz'"),
-    "kernel_7": (["show", "stem32,r1_k7_s1_e1_i32_o16"], "got 7"),
+    "kernel_9": (["show", "stem32,r1_k9_s1_e1_i32_o16"], "got 9"),
     "expansion_0": (["show", "stem32,r1_k3_s1_e0_i32_o16"], "got 0"),
     "not_json": (["show", "{tmp}/not-an-arch.json"], "not-an-arch.json"),
 }
 # More bad input, through nas.cli.main in this process (a fresh interpreter costs seconds).
 BAD_IN_PROCESS = {
-    "inconsistent_i": (["show", "stem32,r1_k3_s1_e1_i16_o16"], "i16"),
+    "inconsistent_i_fc": (["show", "stem32,r1_k3_s1_e6_i16_o16_fc8"], "i16 and fc8"),
     "not_json_other_suffix": (["show", "{tmp}/notes.txt"], "notes.txt"),
     "bad_field_json": (["show", "{tmp}/bad-field.json"], "'colour'"),
     "missing_file": (["show", "{tmp}/missing.json"], "missing.json"),
@@ -141,9 +141,35 @@ def test_spaces_lists_every_space(runs):
 @subprocess_runs
 def test_presets_lists_every_preset(runs):
     out = _ok(runs["presets"])
+    assert "params (1000 classes)" in out.splitlines()[0]
     rows = [line.split() for line in out.splitlines()[1:] if line.strip()]
     assert [r[0] for r in rows] == preset_names()
     assert rows[0][:2] == ["efficientnet-b0", "5288548"]
+    assert out.splitlines()[1].rstrip().endswith("torchvision efficientnet_b0, timm tf_efficientnet_b0")
+
+
+def test_show_states_the_class_count_a_run_records(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best.json").write_text(json.dumps({"arch": TINY, "num_classes": 10}))
+    arch = Architecture.from_string(TINY)
+    out = _ok(main_in_process(["show", str(run)], capsys))
+    assert f"params      {count_params(arch, 10):,}  (at 10 classes, as recorded in {run / 'best.json'})" in out
+    info = json.loads(_ok(main_in_process(["show", str(run), "--json"], capsys)))
+    assert (info["num_classes"], info["params"]) == (10, count_params(arch, 10))
+    assert info["num_classes_from"] == str(run / "best.json")
+    # --num-classes wins; a run that records none is counted at 1000 classes, and says so.
+    assert json.loads(_ok(main_in_process(["show", str(run), "--json", "--num-classes", "3"], capsys)))["params"] \
+        == count_params(arch, 3)
+    (run / "best.json").write_text(json.dumps({"arch": TINY}))
+    assert "(at 1000 classes)" in _ok(main_in_process(["show", str(run)], capsys))
+
+
+def test_show_prints_the_conventions_and_nominal_inputs(capsys):
+    out = _ok(main_in_process(["show", "efficientnet-edgetpu-s"], capsys))
+    assert "nominal in" in out and "BatchNorm   eps 0.001   momentum 0.1   padding symmetric" in out
+    out = _ok(main_in_process(["show", preset("mobilenetv2", "torchvision").to_string()], capsys))
+    assert "nominal in" not in out and "eps 1e-05" in out and "activation  relu6" in out
 
 
 @subprocess_runs

@@ -17,7 +17,7 @@ import pytest
 from nas.cli import main
 from nas.scaling.grid import Candidate, scale_candidate
 from nas.resolve import resolve_arch
-from search_spaces import Architecture, compound
+from search_spaces import REFERENCE, Architecture, compound, preset
 
 SMALL = ("stem16,r1_k3_s1_e1_i16_o16,r2_k3_s2_e6_i16_o24,r2_k5_s2_e6_i24_o40_se0.25,"
          "r3_k3_s2_e6_i40_o80_se0.25,head320,res64")
@@ -63,16 +63,66 @@ def test_scale_writes_one_json_per_phi_and_the_family_table(run_nas, tmp_path):
     assert "alpha*beta**2*gamma**2 = 1.920" in out and "macs_ratio" in out
 
 
+def strict_json(text: str):
+    """json.loads that refuses NaN / Infinity (Python's accepts them; JSON does not)."""
+    def refuse(token):
+        raise AssertionError(f"not strict JSON: {token}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
 def test_scale_json_and_v2_rules(capsys, tmp_path):
     rc, out, err = cli(capsys, "scale", "--phi", "2", "--coefficients", "1.2,1.1,1.15", "--base", SMALL,
-                       "--out", tmp_path, "--v2-rules", "--json", "--num-classes", "10")
+                       "--out", tmp_path, "--v2-rules", "--late-stages", "2", "--json", "--num-classes", "10")
     assert rc == 0, err
-    data = json.loads(out)
+    data = strict_json(out)
     assert data["rules"] == "v2" and [r["phi"] for r in data["family"]] == [0, 1, 2]
+    assert data["num_classes"] == 10 and all(r["num_classes"] == 10 for r in data["family"])
+    assert data["family"][0]["file"] is None and data["family"][1]["file"] == "phi1.json"
     phi2 = Architecture.from_json((tmp_path / "phi2.json").read_text())
     assert phi2.to_string() == data["family"][2]["arch"]
-    # V2 rule: added layers go to the last two stages only.
+    # --late-stages 2: added layers go to the last two stages only.
     assert [s.repeats for s in phi2.stages[:2]] == [1, 2]
+    # Without it, the V2 rules scale every stage (ceil, the authors' rule), and --depth-rounding is honoured.
+    rc, out, _ = cli(capsys, "scale", "--phi", "2", "--coefficients", "1.2,1.1,1.15", "--base", SMALL,
+                     "--out", tmp_path / "b", "--v2-rules", "--json")
+    assert [s.repeats for s in Architecture.from_string(strict_json(out)["family"][2]["arch"]).stages] == \
+        [math.ceil(r * 1.44) for r in (1, 2, 2, 3)]
+    assert strict_json(out)["depth_rounding"] == "ceil"
+    rc, out, _ = cli(capsys, "scale", "--phi", "2", "--coefficients", "1.2,1.1,1.15", "--base", SMALL,
+                     "--out", tmp_path / "c", "--v2-rules", "--depth-rounding", "round", "--json")
+    assert [s.repeats for s in Architecture.from_string(strict_json(out)["family"][2]["arch"]).stages] == \
+        [1, 3, 3, 4]  # round(r * 1.44)
+
+
+def test_scale_reproduces_efficientnetv2_b1_to_b3(capsys, tmp_path):
+    """EfficientNetV2-B1..B3 are V2-B0 scaled by the published coefficients with the V2 rules; their
+    parameter counts are timm's tf_efficientnetv2_b1..b3 (search_spaces.reference)."""
+    rc, out, err = cli(capsys, "scale", "--coefficients", "efficientnetv2", "--base", "efficientnetv2-b0",
+                       "--v2-rules", "--out", tmp_path, "--json")
+    assert rc == 0, err
+    data = strict_json(out)
+    assert data["published"] == "efficientnetv2" and data["alpha"] is None and data["rules"] == "v2"
+    fam = data["family"]
+    assert [r["member"] for r in fam] == ["base", "b1", "b2", "b3"]
+    assert [r["params"] for r in fam[1:]] == [8_141_052, 10_096_086, 14_358_406]
+    for r in fam[1:]:
+        name = f"efficientnetv2-{r['member']}"
+        assert r["params"] == REFERENCE[name]["params"] and r["macs"] == REFERENCE[name]["macs"]
+        assert Architecture.from_json((tmp_path / r["file"]).read_text()) == preset(name)
+    # The table implies its rules and base: the same without --v2-rules and --base.
+    rc, out, err = cli(capsys, "scale", "--coefficients", "efficientnetv2", "--out", tmp_path / "again", "--phi", "2")
+    assert rc == 0, err
+    assert "b1: " + preset("efficientnetv2-b1").to_string() in out and "b3:" not in out
+    assert "EfficientNetV2" in out and "at 1000 classes" in out
+
+
+def test_scale_reproduces_efficientnet_b1_to_b3(capsys, tmp_path):
+    rc, out, err = cli(capsys, "scale", "--coefficients", "efficientnet", "--phi", "3", "--out", tmp_path, "--json")
+    assert rc == 0, err
+    fam = strict_json(out)["family"]
+    assert [Architecture.from_string(r["arch"]) for r in fam[1:]] == [preset(f"efficientnet-b{k}") for k in (1, 2, 3)]
+    assert strict_json(out)["depth_rounding"] == "ceil"
 
 
 @pytest.mark.parametrize("args, word", [
@@ -82,6 +132,17 @@ def test_scale_json_and_v2_rules(capsys, tmp_path):
     (["scale", "--phi", "2", "--coefficients", "0.9,1.1,1.15", "--base", TINY], "alpha .* >= 1.*got 0.9"),
     (["scale", "--phi", "2", "--coefficients", "1.2,x,1.15", "--base", TINY], "'x' is not a number"),
     (["scale", "--phi", "2", "--coefficients", "1.2,1.1,1.15"], "--base is needed"),
+    # conflicting flags
+    (["scale", "--coefficients", "1.2,1.1,1.15", "--base", TINY], "--phi is needed with compound coefficients"),
+    (["scale", "--phi", "1", "--coefficients", "1.2,1.1,1.15", "--base", TINY, "--late-stages", "1"],
+     "--late-stages is EfficientNetV2's heuristic .*: add --v2-rules"),
+    (["scale", "--coefficients", "efficientnet", "--v2-rules"],
+     "published efficientnet coefficients were made with EfficientNet V1's rules: drop --v2-rules"),
+    (["scale", "--coefficients", "efficientnetv2", "--phi", "4"], "--phi 4: .* have 3 members \\(b1, b2, b3\\)"),
+    (["scale", "--phi", "1", "--coefficients", "1.2,1.1,1.15", "--base", TINY, "--v2-rules", "--late-stages", "9"],
+     "--late-stages must be an integer in \\[0, 2\\], got 9"),
+    (["scale", "--phi", "1", "--coefficients", "1.2,1.1,1.15", "--base", TINY, "--num-classes", "0"],
+     "--num-classes must be an integer in \\[1, 1000000\\], got 0"),
     (["grid-scale", "--base", TINY, "--phi", "-1"], "--phi must be a positive number, got -1"),
     (["grid-scale", "--base", TINY, "--min", "0.9"], "--min must be >= 1.*0.9"),
     (["grid-scale", "--base", TINY, "--max-candidates", "0"], "--max-candidates .* got 0"),

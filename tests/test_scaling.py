@@ -10,7 +10,8 @@ import torchvision
 from torch import nn
 
 from search_spaces import (
-    Architecture, NasError, compound, count_macs, preset, round_filters, round_repeats, scale, scale_v2,
+    REFERENCE, Architecture, NasError, compound, count_macs, count_params, preset, round_filters, round_repeats,
+    scale, scale_v2,
 )
 
 # The official B0..B7 coefficients (REFERENCE.md): width, depth, resolution, dropout.
@@ -120,7 +121,7 @@ def test_scale_v2_caps_resolution_at_480():
 def test_scale_v2_gives_extra_layers_to_the_last_stages():
     v2s = preset("efficientnetv2-s")
     assert [s.repeats for s in v2s.stages] == V2S_REPEATS
-    scaled = scale_v2(v2s, depth=1.5)
+    scaled = scale_v2(v2s, depth=1.5, late_stages=2)
     # ceil(r * 1.5) over all stages would add 1+2+2+3+5+8 = 21 layers. They all go to stages 5 and 6,
     # split 9:15: 7.875 and 13.125 -> 7 + 13, and the one left over to the larger remainder (stage 5).
     assert [s.repeats for s in scaled.stages] == [2, 4, 4, 6, 9 + 8, 15 + 13]
@@ -129,7 +130,42 @@ def test_scale_v2_gives_extra_layers_to_the_last_stages():
     # late_stages=1: everything to the last stage.
     assert [s.repeats for s in scale_v2(v2s, depth=1.5, late_stages=1).stages] == [2, 4, 4, 6, 9, 15 + 21]
     # No extra depth, no change in repeats.
-    assert [s.repeats for s in scale_v2(v2s, width=1.2).stages] == V2S_REPEATS
+    assert [s.repeats for s in scale_v2(v2s, width=1.2, late_stages=2).stages] == V2S_REPEATS
+    # The total follows the depth rounding: at 1.02 nearest adds nothing, ceil one layer per stage.
+    assert scale_v2(v2s, depth=1.02, late_stages=2, depth_rounding="round").num_blocks == sum(V2S_REPEATS)
+    assert scale_v2(v2s, depth=1.02, late_stages=2).num_blocks == sum(V2S_REPEATS) + 6
+
+
+def test_scale_v2_without_late_stages_is_automls_rule():
+    """Without the late-stage heuristic every stage gets ceil(repeats * depth), as the authors'
+    effnetv2_model.round_repeats; with V2's channel rounding this makes V2-B1..B3 from V2-B0."""
+    b0 = preset("efficientnetv2-b0")
+    for k, (w, d, r, p) in {1: (1.0, 1.1, 240, 0.2), 2: (1.1, 1.2, 260, 0.3), 3: (1.2, 1.4, 300, 0.3)}.items():
+        scaled = scale_v2(b0, width=w, depth=d, resolution=r, dropout=p)
+        assert scaled == preset(f"efficientnetv2-b{k}")
+        assert [s.repeats for s in scaled.stages] == [math.ceil(s.repeats * d) for s in b0.stages]
+        assert count_params(scaled) == REFERENCE[f"efficientnetv2-b{k}"]["params"]  # timm's tf_efficientnetv2_bK
+    # V1's channel rounding (the 90% rule) or nearest depth give other networks (the issue's figures).
+    assert count_params(scale(b0, width=1.2, depth=1.4, resolution=300, dropout=0.3)) == 14_377_062
+    assert count_params(scale(b0, width=1.2, depth=1.4, resolution=300, dropout=0.3, depth_rounding="round")) \
+        == 13_412_496
+    assert count_params(scale_v2(b0, width=1.2, depth=1.4, resolution=300, late_stages=2)) == 16_962_192
+
+
+def test_lite_family_keeps_stem_head_and_end_stages():
+    lite0 = preset("efficientnet-lite0")
+    lite4 = scale(lite0, width=1.4, depth=1.8, resolution=300, dropout=0.3, fix_head_stem=True)
+    assert lite4 == preset("efficientnet-lite4")
+    assert (lite4.stem, lite4.head) == (32, 1280)
+    assert [s.repeats for s in lite4.stages] == [1, 4, 4, 6, 6, 8, 1]  # ceil(r * 1.8), first and last fixed
+    assert count_params(lite4) == REFERENCE["efficientnet-lite4"]["params"]
+
+
+def test_scaling_rounds_the_nominal_input_too():
+    es = preset("efficientnet-edgetpu-s")
+    assert es.stages[0].nominal_in == 24
+    wide = scale(es, width=1.2)
+    assert (wide.stem, wide.stages[0].nominal_in) == (40, 32)  # 38.4 -> 40, 28.8 -> 32: V1 rounding
 
 
 def test_scale_v2_rounds_channels_the_v2_way():
@@ -210,7 +246,8 @@ def test_compound_rejects_bad_coefficients(args):
         compound(preset("efficientnet-b0"), *args)
 
 
-@pytest.mark.parametrize("kwargs", [{"width": 0}, {"depth": -1}, {"resolution_mult": 0}, {"late_stages": 0}])
+@pytest.mark.parametrize("kwargs", [{"width": 0}, {"depth": -1}, {"resolution_mult": 0}, {"late_stages": -1},
+                                    {"late_stages": 7}, {"depth_rounding": "floor"}, {"max_resolution": 4}])
 def test_scale_v2_rejects_bad_arguments(kwargs):
     with pytest.raises(NasError):
         scale_v2(preset("efficientnetv2-s"), **kwargs)

@@ -47,14 +47,15 @@ def test_macs_grow_by_the_product_per_phi_step(b0_family):
 def test_v2_rules_cap_resolution_and_add_layers_late():
     base = Architecture.from_string("stem16,r1_k3_s1_e1_i16_o16_c1,r2_k3_s2_e4_i16_o24_c1,"
                                     "r2_k3_s2_e4_i24_o32,r3_k3_s2_e6_i32_o48,r4_k3_s1_e6_i48_o64,head128,res384")
-    rows = scale_family(base, PAPER, 3, v2_rules=True, num_classes=10)
+    rows = scale_family(base, PAPER, 3, v2_rules=True, num_classes=10, late_stages=2)
     for r in rows[1:]:
         a = Architecture.from_string(r["arch"])
         v1 = compound(base, r["phi"], *(PAPER.alpha, PAPER.beta, PAPER.gamma))
         assert a.resolution == min(480, v1.resolution)
         assert [s.repeats for s in a.stages[:3]] == [1, 2, 2]  # early stages keep their layers
         assert a.num_blocks == v1.num_blocks  # the same number of layers is added, only later
-        assert a == scale_v2(base, width=1.1 ** r["phi"], depth=1.2 ** r["phi"], resolution_mult=1.15 ** r["phi"])
+        assert a == scale_v2(base, width=1.1 ** r["phi"], depth=1.2 ** r["phi"], resolution_mult=1.15 ** r["phi"],
+                             late_stages=2)
     assert rows[3]["resolution"] == 480 < round(384 * 1.15 ** 3)
 
 

@@ -10,4 +10,5 @@ COMMANDS = [
     "nas.commands.train",
     "nas.commands.scale",
     "nas.commands.worker",
+    "nas.commands.export",
 ]

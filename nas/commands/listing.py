@@ -6,7 +6,7 @@ from __future__ import annotations
 def add_parser(sub) -> None:
     p = sub.add_parser("spaces", help="list the search spaces")
     p.set_defaults(func=run_spaces)
-    p = sub.add_parser("presets", help="list the published networks")
+    p = sub.add_parser("presets", help="list the published networks, their sizes and the public models they equal")
     p.set_defaults(func=run_presets)
 
 
@@ -22,14 +22,18 @@ def run_spaces(args) -> int:
 def run_presets(args) -> int:
     import pandas as pd
 
-    from search_spaces import REFERENCE, count_macs, count_params, preset, preset_names
+    from search_spaces import count_macs, count_params, counterparts, preset, preset_names
 
     rows = []
     for name in preset_names():
         arch = preset(name)
-        ref = REFERENCE.get(name, {})
-        rows.append({"preset": name, "params": count_params(arch), "GMACs": round(count_macs(arch) / 1e9, 3),
-                     "resolution": arch.resolution, "published params": ref.get("params", ""),
-                     "published GMACs": ref.get("gmacs", "")})
-    print(pd.DataFrame(rows).to_string(index=False))
+        # Equal in parameters, MACs and layers, and output for output with the same weights
+        # (tests/test_presets.py, tests/test_weights.py).
+        rows.append({"preset": name, "params (1000 classes)": count_params(arch, 1000),
+                     "GMACs": round(count_macs(arch) / 1e9, 3), "px": arch.resolution,
+                     "equals": ", ".join(str(cp) for cp in counterparts(name))})
+    left = {c: max(len(r[c]) for r in rows) for c in ("preset", "equals")}  # text columns read left-aligned
+    text = pd.DataFrame(rows).to_string(index=False, justify="left",
+                                        formatters={c: (lambda v, w=w: v.ljust(w)) for c, w in left.items()})
+    print("\n".join(line.rstrip() for line in text.splitlines()))
     return 0

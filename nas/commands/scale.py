@@ -41,21 +41,31 @@ def add_parser(sub) -> None:
     add_trial_arguments(p)
     p.set_defaults(func=run_grid_scale)
 
-    p = sub.add_parser("scale", help="write the compound-scaled family of an architecture for phi = 1..N",
-                       description="Depth alpha**phi, width beta**phi, resolution gamma**phi with EfficientNet's "
-                                   "rounding rules (or EfficientNetV2's with --v2-rules), one JSON per phi and "
-                                   "family.csv.")
-    p.add_argument("--phi", type=float, required=True, help="largest compound coefficient N (phi = 1..N)")
+    p = sub.add_parser("scale", help="write the scaled family of an architecture: compound (phi = 1..N) or a "
+                                     "published table",
+                       description="Compound scaling (depth alpha**phi, width beta**phi, resolution gamma**phi) "
+                                   "with EfficientNet's rounding rules, or EfficientNetV2's with --v2-rules; or "
+                                   "the members of a published table (--coefficients efficientnet: B1..B8, L2; "
+                                   "efficientnetv2: V2-B1..B3). One JSON per member and family.csv.")
+    p.add_argument("--phi", type=float, default=None,
+                   help="largest compound coefficient N (phi = 1..N); with a published table, its first N members "
+                        "(default: all)")
     p.add_argument("--coefficients", required=True,
-                   help="A,B,G (e.g. 1.2,1.1,1.15), a coefficients.json or a grid-scale run directory")
+                   help="A,B,G (e.g. 1.2,1.1,1.15), a coefficients.json, a grid-scale run directory, or a published "
+                        "table: efficientnet (V1 rules) or efficientnetv2 (V2 rules)")
     p.add_argument("--base", default=None,
-                   help="the network to scale (default: the base stored in the coefficients.json)")
+                   help="the network to scale (default: the base stored in the coefficients.json, or the table's B0)")
     p.add_argument("--out", default=None, help="output directory (default runs/scale-BASE)")
-    p.add_argument("--depth-rounding", choices=["round", "ceil"], default="round",
-                   help="layers per stage: round(repeats*alpha**phi) (default: keeps MACs on the "
-                        "(alpha*beta**2*gamma**2)**phi target) or ceil (the rule of the published B1..B7)")
-    p.add_argument("--v2-rules", action="store_true",
-                   help="EfficientNetV2's rules: inference size capped at 480, extra layers to the last stages")
+    p.add_argument("--depth-rounding", choices=["round", "ceil"], default=None,
+                   help="layers per stage: round(repeats*depth) (default for V1 compound scaling: keeps MACs on "
+                        "the (alpha*beta**2*gamma**2)**phi target) or ceil (the papers' rule; default with "
+                        "--v2-rules and for the published tables)")
+    p.add_argument("--v2-rules", action="store_true", default=None,
+                   help="EfficientNetV2's rules: channels rounded without V1's 90%% rule, inference size capped "
+                        "at 480 (the published efficientnetv2 table implies them)")
+    p.add_argument("--late-stages", type=int, default=0, metavar="N",
+                   help="with --v2-rules: give the added layers to the last N stages (V2 section 4.3's heuristic "
+                        "for V2-S to M and L; default 0, every stage scales)")
     p.add_argument("--num-classes", type=int, default=1000, help="classes for params / MACs (default 1000)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
@@ -103,46 +113,75 @@ def run(args) -> int:
     from nas.scaling.grid import base_slug, check_phi
     from nas.resolve import resolve_arch
     from nas.files import atomic_write_text
+    from search_spaces import Architecture, preset
+    from search_spaces.presets import FAMILIES
 
-    n = check_phi(args.phi, integer=True)
-    if args.num_classes < 1:
-        raise NasError(f"--num-classes must be positive, got {args.num_classes}")
-    coeffs, stored_base = parse_coefficients(args.coefficients)
+    n = None if args.phi is None else check_phi(args.phi, integer=True)
+    table = args.coefficients.strip().lower() if args.coefficients.strip().lower() in FAMILIES else None
+    if table:
+        coeffs, stored_base = table, FAMILIES[table].base
+    else:
+        coeffs, stored_base = parse_coefficients(args.coefficients)
     if args.base is not None:
         base, spec = resolve_arch(args.base), args.base
     elif stored_base is not None:
-        from search_spaces import Architecture
-
-        base, spec = Architecture.from_string(stored_base), stored_base
+        base, spec = (preset(stored_base), stored_base) if table else (Architecture.from_string(stored_base), stored_base)
     else:
         raise NasError(f"--base is needed: {args.coefficients!r} does not name the base it was searched on")
     rows = scale_family(base, coeffs, n, v2_rules=args.v2_rules, num_classes=args.num_classes,
-                        depth_rounding=args.depth_rounding)
+                        depth_rounding=args.depth_rounding, late_stages=args.late_stages)
     out = Path(args.out or f"runs/scale-{base_slug(spec, base)}")
     out.mkdir(parents=True, exist_ok=True)
-    for r in rows[1:]:
-        r["file"] = f"phi{r['phi']}.json"
-        atomic_write_text(out / r["file"], r["architecture"].to_json(indent=2) + "\n")
-    table = pd.DataFrame([{k: v for k, v in r.items() if k != "architecture"} for r in rows])
-    atomic_write_text(out / "family.csv", table.to_csv(index=False))
-    rules = "EfficientNetV2 (section 4.3)" if args.v2_rules else "EfficientNet V1 (section 3.3)"
+    for r in rows:
+        r["file"] = f"{r['member']}.json" if r["phi"] else None
+        if r["file"]:
+            atomic_write_text(out / r["file"], r["architecture"].to_json(indent=2) + "\n")
+    _remove_stale_members(out, {r["file"] for r in rows if r["file"]})
+    records = [{k: v for k, v in r.items() if k != "architecture"} for r in rows]
+    table_df = pd.DataFrame(records)
+    atomic_write_text(out / "family.csv", table_df.to_csv(index=False))
+    rules, depth_rounding = rows[0]["rules"], rows[0]["depth_rounding"]
+    rules_text = "EfficientNetV2 (section 4.3)" if rules == "v2" else "EfficientNet V1 (section 3.3)"
+    if args.late_stages:
+        rules_text += f", added layers to the last {args.late_stages} stages"
+    compound = not table
     if args.json:
-        print(json.dumps({"alpha": coeffs.alpha, "beta": coeffs.beta, "gamma": coeffs.gamma,
-                          "product": coeffs.product, "rules": "v2" if args.v2_rules else "v1",
-                          "depth_rounding": args.depth_rounding, "out": str(out),
-                          "family": table.to_dict(orient="records")}, indent=2))
+        # Strict JSON (allow_nan=False): the base row's file is null, never NaN.
+        print(json.dumps({"coefficients": args.coefficients, "published": table,
+                          "alpha": coeffs.alpha if compound else None, "beta": coeffs.beta if compound else None,
+                          "gamma": coeffs.gamma if compound else None,
+                          "product": coeffs.product if compound else None, "rules": rules,
+                          "depth_rounding": depth_rounding, "late_stages": args.late_stages,
+                          "num_classes": args.num_classes, "base": base.to_string(), "out": str(out),
+                          "family": records}, indent=2, allow_nan=False))
         return 0
-    shown = table.drop(columns=["arch", "file"], errors="ignore").copy()
+    shown = table_df.drop(columns=["arch", "file", "rules", "depth_rounding", "num_classes"], errors="ignore").copy()
     for c, fmt in (("depth_mult", "{:.3f}"), ("width_mult", "{:.3f}"), ("macs_ratio", "{:.2f}"),
                    ("target_macs_ratio", "{:.2f}")):
         shown[c] = shown[c].map(fmt.format)
     for c in ("params", "macs"):
         shown[c] = shown[c].map(lambda v: f"{int(v):,}")
-    print(f"compound scaling alpha={coeffs.alpha:g} beta={coeffs.beta:g} gamma={coeffs.gamma:g} "
-          f"(alpha*beta**2*gamma**2 = {coeffs.product:.3f}), {rules} rules, {args.num_classes} classes")
+    if compound:
+        print(f"compound scaling alpha={coeffs.alpha:g} beta={coeffs.beta:g} gamma={coeffs.gamma:g} "
+              f"(alpha*beta**2*gamma**2 = {coeffs.product:.3f}), {rules_text} rules, depth {depth_rounding}; "
+              f"params and MACs at {args.num_classes} classes")
+    else:
+        print(f"published {table} coefficients (width, depth, resolution, dropout per member), {rules_text} rules, "
+              f"depth {depth_rounding}; params and MACs at {args.num_classes} classes")
     print(shown.to_string(index=False))
     print()
     for r in rows:
-        print(f"phi {r['phi']}: {r['arch']}")
+        print(f"{'phi ' + str(r['phi']) if compound else r['member']}: {r['arch']}")
     print(f"\nwrote {', '.join(r['file'] for r in rows[1:])} and family.csv to {out}/")
     return 0
+
+
+def _remove_stale_members(out, keep: set[str]) -> None:
+    """A rerun with fewer members (``--phi 2`` after ``--phi 3``) removes the files the earlier family.csv
+    listed and this one does not, so the directory holds one family; nothing else is touched."""
+    from nas.results import read_rows
+
+    for r in read_rows(out / "family.csv") if (out / "family.csv").exists() else []:
+        name = r.get("file")
+        if isinstance(name, str) and name not in keep and "/" not in name and (out / name).is_file():
+            (out / name).unlink()

@@ -14,10 +14,33 @@ def add_parser(sub) -> None:
                        description="ARCH is a preset name (nas presets), an architecture string, "
                                    "an architecture JSON file or a run directory.")
     p.add_argument("arch", metavar="ARCH")
-    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="count parameters for this many classes (default: the class count a run directory or "
+                        "result file records, else 1000)")
     p.add_argument("--resolution", type=int, default=None, help="count MACs at this size (default: native)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
+
+
+def recorded_num_classes(spec: str) -> tuple[int | None, str | None]:
+    """The class count a run directory (its best.json or final.json) or a result JSON file records,
+    and the file it was read from; (None, None) when it records none (a preset, a string, a bare
+    architecture, a run written before num_classes was recorded)."""
+    from pathlib import Path
+
+    path = Path(spec.strip()) if isinstance(spec, str) else None
+    if path is None:
+        return None, None
+    candidates = [path / "best.json", path / "final.json"] if path.is_dir() else [path] if path.is_file() else []
+    for f in candidates:
+        try:
+            data = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue  # unreadable: resolve_arch names the problem where it matters
+        n = data.get("num_classes") if isinstance(data, dict) else None
+        if isinstance(n, int) and not isinstance(n, bool) and n >= 1:
+            return n, str(f)
+    return None, None
 
 
 def summary(arch: "Architecture", num_classes: int = 1000, resolution: int | None = None) -> dict:
@@ -36,28 +59,35 @@ def stage_table(arch: "Architecture") -> str:
     for k, (s, cin) in enumerate(zip(arch.stages, arch.stage_inputs()), start=1):
         rows.append({"stage": k, "op": "Fused-MBConv" if s.block == "fused" else "MBConv", "kernel": s.kernel,
                      "stride": s.stride, "expansion": s.expansion, "in": cin, "out": s.out, "layers": s.repeats,
-                     "se": s.se or "", "skip": s.skip})
+                     "se": s.se or "", "skip": s.skip, "nominal in": s.nominal_in or ""})
     rows.append({"stage": len(arch.stages) + 1, "op": "conv1x1 (head)", "kernel": 1, "stride": 1, "expansion": "",
                  "in": arch.stages[-1].out, "out": arch.head, "layers": 1, "se": "", "skip": ""})
-    return pd.DataFrame(rows).to_string(index=False)
+    df = pd.DataFrame(rows)
+    if not any(s.nominal_in for s in arch.stages):  # TF's nominal input (fc): shown only where used
+        df = df.drop(columns=["nominal in"])
+    return df.fillna("").to_string(index=False)
 
 
 def run(args) -> int:
     from nas.errors import NasError
     from nas.resolve import resolve_arch
 
-    if args.num_classes < 1:
+    if args.num_classes is not None and args.num_classes < 1:
         raise NasError(f"--num-classes must be positive, got {args.num_classes}")
     if args.resolution is not None and not 8 <= args.resolution <= 2048:
         raise NasError(f"--resolution must be in [8, 2048], got {args.resolution}")
     arch = resolve_arch(args.arch)
-    info = summary(arch, args.num_classes, args.resolution)
+    num_classes, source = (args.num_classes, "--num-classes") if args.num_classes else recorded_num_classes(args.arch)
+    num_classes, source = (num_classes, source) if num_classes else (1000, "default")
+    info = {**summary(arch, num_classes, args.resolution), "num_classes_from": source}
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
     print(stage_table(arch))
+    where = {"default": "", "--num-classes": ""}.get(source, f", as recorded in {source}")
     print(f"\narch        {info['arch']}")
-    print(f"params      {info['params']:,}  ({info['num_classes']} classes)")
+    print(f"params      {info['params']:,}  (at {num_classes} classes{where})")
     print(f"MACs        {info['macs']:,}  ({info['macs'] / 1e9:.3f} G at {info['resolution']} px)")
     print(f"activation  {arch.activation}   dropout {arch.dropout}   stochastic depth {arch.drop_path}")
+    print(f"BatchNorm   eps {arch.bn_eps:g}   momentum {arch.bn_momentum:g}   padding {arch.padding}")
     return 0

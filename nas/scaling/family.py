@@ -46,8 +46,9 @@ def parse_coefficients(spec: str) -> tuple[Candidate, str | None]:
             try:
                 values.append(float(p))
             except ValueError:
-                raise NasError(f"--coefficients {text!r}: {p!r} is not a number "
-                               "(expected A,B,G, e.g. 1.2,1.1,1.15, or a coefficients.json)") from None
+                raise NasError(f"--coefficients {text!r}: {p!r} is not a number (expected A,B,G, e.g. "
+                               "1.2,1.1,1.15, a coefficients.json or a published table: efficientnet, "
+                               "efficientnetv2)") from None
         where = f"in --coefficients {text!r}"
     if len(values) != 3:
         raise NasError(f"expected three coefficients alpha,beta,gamma {where}, got {len(values)}")
@@ -61,33 +62,77 @@ def parse_coefficients(spec: str) -> tuple[Candidate, str | None]:
     return Candidate(*out), base
 
 
-def scale_family(base: Architecture, coeffs: Candidate, n: int, *, v2_rules: bool = False,
-                 num_classes: int = 1000, depth_rounding: str = DEPTH_ROUNDING) -> list[dict[str, Any]]:
-    """The base (phi = 0) and its compound-scaled models for phi = 1..n (V1 section 3.3, step 2).
+def scale_family(base: Architecture, coeffs: "Candidate | str", n: int | None = None, *,
+                 v2_rules: bool | None = None, num_classes: int = 1000, depth_rounding: str | None = None,
+                 late_stages: int = 0) -> list[dict[str, Any]]:
+    """The base (phi = 0) and its scaled models: phi = 1..n with compound coefficients
+    (V1 section 3.3, step 2), or the members of a published table (``coeffs`` a name of
+    :data:`search_spaces.presets.FAMILIES`: "efficientnet" gives B1..B8 and L2, "efficientnetv2"
+    V2-B1..B3; all of them, or the first ``n``).
 
-    ``v2_rules`` applies EfficientNetV2's scaling rules instead (V2 section 4.3, ``scale_v2``):
-    inference size capped at 480 and the added layers given to the last stages.
+    ``v2_rules`` applies EfficientNetV2's rules instead of V1's (:func:`search_spaces.scale_v2`: V2
+    channel rounding, inference size capped at 480), ``late_stages`` its heuristic of giving the
+    added layers to the last stages. ``depth_rounding`` defaults to ``round`` for V1 compound
+    scaling (see :data:`DEPTH_ROUNDING`) and to ``ceil``, the authors' rule, for the V2 rules and
+    the published tables. A table brings its own rules: V1 rules with the V2 table's coefficients or
+    the reverse are refused, as is ``late_stages`` without the V2 rules.
     """
-    n = check_phi(n, integer=True)
+    from nas.errors import check_int
+    from search_spaces import scale
+    from search_spaces.presets import FAMILIES
+
+    num_classes = check_int("--num-classes", num_classes, 1, 1_000_000)
+    if isinstance(coeffs, str):
+        if coeffs not in FAMILIES:
+            raise NasError(f"unknown published coefficients {coeffs!r}; known: {', '.join(FAMILIES)}")
+        fam = FAMILIES[coeffs]
+        if v2_rules is not None and v2_rules != fam.v2_rules:
+            rules = "EfficientNetV2's" if fam.v2_rules else "EfficientNet V1's"
+            raise NasError(f"the published {coeffs} coefficients were made with {rules} rules: "
+                           f"{'add' if fam.v2_rules else 'drop'} --v2-rules")
+        v2_rules = fam.v2_rules
+        if n is not None and not 1 <= check_phi(n, integer=True) <= len(fam.members):
+            raise NasError(f"--phi {n}: the published {coeffs} coefficients have {len(fam.members)} members "
+                           f"({', '.join(fam.members)})")
+        members = list(fam.members.items())[: n or len(fam.members)]
+        steps = [(k, w, d, r / fam.base_resolution, p) for k, (w, d, r, p) in members]
+    else:
+        if n is None:
+            raise NasError("--phi is needed with compound coefficients alpha,beta,gamma")
+        n = check_phi(n, integer=True)
+        steps = [(f"phi{phi}", coeffs.beta ** phi, coeffs.alpha ** phi, coeffs.gamma ** phi, None)
+                 for phi in range(1, n + 1)]
+    v2_rules = bool(v2_rules)
+    late_stages = check_int("--late-stages", late_stages, 0, len(base.stages))
+    if late_stages and not v2_rules:
+        raise NasError("--late-stages is EfficientNetV2's heuristic (section 4.3): add --v2-rules")
+    if depth_rounding is None:
+        depth_rounding = "ceil" if v2_rules or isinstance(coeffs, str) else DEPTH_ROUNDING
     base_macs = count_macs(base, num_classes=num_classes)
     rows = []
-    for phi in range(0, n + 1):
+    for phi, (member, width, depth, res_mult, dropout) in enumerate([("base", 1.0, 1.0, 1.0, None), *steps]):
         if v2_rules:
-            arch = scale_v2(base, width=coeffs.beta ** phi, depth=coeffs.alpha ** phi,
-                            resolution_mult=coeffs.gamma ** phi)
+            arch = scale_v2(base, width=width, depth=depth, resolution_mult=res_mult, dropout=dropout,
+                            depth_rounding=depth_rounding, late_stages=late_stages) if phi else base
         else:
-            arch = scale_candidate(base, coeffs, phi, depth_rounding)
+            arch = scale(base, width=width, depth=depth, resolution_mult=res_mult, dropout=dropout,
+                         depth_rounding=depth_rounding) if phi else base
         macs = count_macs(arch, num_classes=num_classes)
         rows.append({
             "phi": phi,
-            "depth_mult": coeffs.alpha ** phi,
-            "width_mult": coeffs.beta ** phi,
+            "member": member,
+            "depth_mult": depth,
+            "width_mult": width,
             "resolution": arch.resolution,
             "layers": arch.num_blocks,
             "params": count_params(arch, num_classes),
+            "num_classes": num_classes,
             "macs": macs,
             "macs_ratio": macs / base_macs,
-            "target_macs_ratio": coeffs.product ** phi,
+            # The FLOPs law of V1 section 3.3: depth counts once, width and resolution twice.
+            "target_macs_ratio": depth * width ** 2 * res_mult ** 2,
+            "rules": "v2" if v2_rules else "v1",
+            "depth_rounding": depth_rounding,
             "arch": arch.to_string(),
             "architecture": arch,
         })
