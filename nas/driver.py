@@ -126,10 +126,13 @@ def run(job: Job) -> dict[str, Any] | None:
             run_.writer.extra = {**extra, **backend.extra()}
             df = run_.writer.rewrite(rows, plot=True)
         best = run_.writer.best
-        fidelity = write_fidelity(rundir.path, df)
+        sections = step_time_fidelity(df)
+        if not interrupted and problem.pending(rows, job.n_trials)[1] == 0:
+            sections.update(problem.finish(rundir.path, df, echo))
+        write_fidelity(rundir.path, sections)
     echo(problem.summary(df))
-    if fidelity:
-        echo(fidelity_line(fidelity))
+    for line in fidelity_lines(sections):
+        echo(line)
     for w in run_.warnings:
         echo(f"warning: {w}")
     if interrupted:
@@ -194,32 +197,40 @@ def fidelity(predicted, measured) -> dict[str, Any] | None:
     return out
 
 
-def write_fidelity(run_dir: Path, df) -> dict[str, Any] | None:
-    """``fidelity.json``: the step-time model checked against the direct timings of the run's sample."""
-    from nas.files import atomic_write_json
-
+def step_time_fidelity(df) -> dict[str, Any]:
+    """The step-time model checked against the direct timings of the run's sampled trials."""
     if "step_time_method" not in df or not len(df):
-        return None
+        return {}
     table = df[(df["step_time_method"] == "table") & df["measured_step_time_ms"].notna()]
     f = fidelity(table["step_time_ms"], table["measured_step_time_ms"]) if len(table) else None
-    if f is None:
-        return None
-    data = {"step_time": {**f, "trials": [int(n) for n in table["number"]]}}
-    path = Path(run_dir) / "fidelity.json"
-    if path.exists():  # keep what --validate-top wrote
-        from nas.files import read_json
+    return {"step_time": {**f, "trials": [int(n) for n in table["number"]]}} if f else {}
 
+
+def write_fidelity(run_dir: Path, sections: dict[str, Any]) -> None:
+    """``fidelity.json``: what the run's figures were checked against (sections kept from earlier runs)."""
+    from nas.files import atomic_write_json, read_json
+
+    if not sections:
+        return
+    path = Path(run_dir) / "fidelity.json"
+    old: dict[str, Any] = {}
+    if path.exists():
         try:
             old = read_json(path, "fidelity file")
-            data = {**old, **data} if isinstance(old, dict) else data
         except NasError:
-            pass
-    atomic_write_json(path, data)
-    return data
+            old = {}
+    atomic_write_json(path, {**(old if isinstance(old, dict) else {}), **sections})
 
 
-def fidelity_line(data: dict[str, Any]) -> str:
-    f = data["step_time"]
-    rank = "" if f["spearman"] is None else f"Spearman {f['spearman']:.2f}, Kendall tau {f['kendall_tau']:.2f}, "
-    return (f"step-time model vs direct timing on {f['n']} trials: {rank}mean error {100 * f['mape']:.1f}%, "
-            f"{100 * f['within_10pct']:.0f}% within +-10% (fidelity.json)")
+def fidelity_lines(data: dict[str, Any]) -> list[str]:
+    out = []
+    if "step_time" in data:
+        f = data["step_time"]
+        rank = "" if f["spearman"] is None else f"Spearman {f['spearman']:.2f}, Kendall tau {f['kendall_tau']:.2f}, "
+        out.append(f"step-time model vs direct timing on {f['n']} trials: {rank}mean error {100 * f['mape']:.1f}%, "
+                   f"{100 * f['within_10pct']:.0f}% within +-10% (fidelity.json)")
+    if "accuracy" in data:
+        from nas.validate import line
+
+        out.append(line(data["accuracy"]))
+    return out

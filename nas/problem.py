@@ -89,6 +89,10 @@ class Problem(abc.ABC):
     @abc.abstractmethod
     def summary(self, df: pd.DataFrame) -> str: ...
 
+    def finish(self, run_dir: Path, df: pd.DataFrame, echo) -> dict[str, Any]:
+        """Work after every trial finished; returns sections for ``fidelity.json``."""
+        return {}
+
     def files(self) -> str:
         """The result files, for the closing line."""
         return "trials.csv, best.json"

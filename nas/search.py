@@ -33,9 +33,14 @@ class SearchOptions:
     storage: str | None = None
     study_name: str = STUDY_NAME
     out: str = "runs/search-trainaware"
+    validate_top: int = 0          # retrain the top K and K random trials (nas.validate); 0: off
+    validate_epochs: int | None = None  # None: 4x the proxy's epochs
 
     def __post_init__(self) -> None:
         check_int("--trials", self.n_trials, 1, 1_000_000)
+        check_int("--validate-top", self.validate_top, 0, 10_000)
+        if self.validate_epochs is not None:
+            check_int("--validate-epochs", self.validate_epochs, 1, 100_000)
         check_choice("--sampler", self.sampler, SAMPLERS)
         check_choice("--pruner", self.pruner, PRUNERS)
         if self.sampler == "nsga2" and self.pruner != "none":
@@ -63,14 +68,15 @@ class SearchProblem(Problem):
 
     def config(self) -> dict[str, Any]:
         return {"kind": self.kind, "settings": self.settings.to_dict(), "sampler": self.opts.sampler,
-                "pruner": self.opts.pruner, "storage": self.opts.storage, "study_name": self.opts.study_name}
+                "pruner": self.opts.pruner, "storage": self.opts.storage, "study_name": self.opts.study_name,
+                "options": {"validate_top": self.opts.validate_top, "validate_epochs": self.opts.validate_epochs}}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]):
         from nas.trial import TrialSettings
 
         opts = SearchOptions(sampler=config["sampler"], pruner=config["pruner"], storage=config["storage"],
-                             study_name=config["study_name"])
+                             study_name=config["study_name"], **config.get("options", {}))
         return cls(TrialSettings.from_dict(config["settings"]), opts), opts.sampler, opts.pruner, opts.storage
 
     def propose(self, trial) -> dict[str, Any]:
@@ -140,6 +146,16 @@ class SearchProblem(Problem):
 
     def summary(self, df: pd.DataFrame, top: int = 10) -> str:
         return summary_table(df, top)
+
+    def finish(self, run_dir: Path, df: pd.DataFrame, echo) -> dict[str, Any]:
+        """After every trial finished: the accuracy side of fidelity (``--validate-top``)."""
+        if not self.opts.validate_top:
+            return {}
+        from nas.validate import validate_top
+
+        epochs = self.opts.validate_epochs or 4 * self.settings.proxy.epochs
+        data = validate_top(run_dir, df, self.settings, self.opts.validate_top, epochs, echo=echo)
+        return {"accuracy": data} if data else {}
 
     def files(self) -> str:
         return "trials.csv, best.json, pareto.png"

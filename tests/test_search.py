@@ -377,3 +377,33 @@ def test_a_different_command_in_the_same_run_dir_is_refused(tmp_path, capsys, st
     [line] = capsys.readouterr().err.strip().splitlines()
     assert "different settings (settings.space: 'trainaware' there, 'mnasnet' now)" in line
     assert (out / "trials.csv").read_bytes() == before
+
+
+def test_validate_top_retrains_the_top_and_random_trials_and_reports_the_rank_correlation(tmp_path, capsys,
+                                                                                          monkeypatch, standin):
+    from nas.cli import main
+    from nas.trial import Evaluator
+
+    calls = []
+    inner = Evaluator.evaluate
+
+    def evaluate(self, arch, **kw):
+        calls.append(self.settings.proxy.epochs)
+        return inner(self, arch, **kw)
+
+    monkeypatch.setattr(Evaluator, "evaluate", evaluate)
+    out = tmp_path / "run"
+    args = ["search", "--trials", "8", "--sampler", "random", "--pruner", "none", "--out", str(out), *TINY,
+            "--validate-top", "2", "--validate-epochs", "3"]
+    assert main(args) == 0
+    assert calls == [1] * 8 + [3] * 4  # 8 proxy trials of 1 epoch, then 2 top + 2 random trials for 3 epochs
+    data = json.loads((out / "fidelity.json").read_text())["accuracy"]
+    df = pd.read_csv(out / "trials.csv")
+    top = df.sort_values("reward", ascending=False)["number"].head(2).tolist()
+    assert data["n"] == 4 and data["trials"][:2] == top and data["epochs"] == 3 and data["proxy_epochs"] == 1
+    # The stand-in's accuracy does not depend on the epochs: a perfect ranking.
+    assert data["kendall_tau"] == pytest.approx(1.0) and data["spearman"] == pytest.approx(1.0)
+    assert "Kendall tau 1.00" in capsys.readouterr().out
+    assert len(pd.read_csv(out / "validation.csv")) == 4
+    calls.clear()
+    assert main(args) == 0 and calls == []  # a rerun retrains nothing

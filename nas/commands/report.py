@@ -43,11 +43,11 @@ def run(args) -> int:
         print(best["arch"])
     fid = run_dir / "fidelity.json"
     if fid.exists():
-        from nas.driver import fidelity_line
+        from nas.driver import fidelity_lines
 
         data = read_json(fid, "fidelity file")
-        if isinstance(data, dict) and "step_time" in data:
-            print(fidelity_line(data))
+        for line in fidelity_lines(data if isinstance(data, dict) else {}):
+            print(line)
     if args.plot:
         from nas.files import read_json as _r
 

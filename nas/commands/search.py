@@ -152,6 +152,11 @@ def add_parser(sub) -> None:
     p.add_argument("--sampler", default="tpe", help="tpe (default), random, nsga2 (multi-objective)")
     p.add_argument("--pruner", default=None, help="median (default; none with nsga2), hyperband or none")
     p.add_argument("--out", default=None, help="run directory (default runs/search-SPACE)")
+    p.add_argument("--validate-top", type=int, default=0, metavar="K",
+                   help="after the search, retrain the top K and K random trials longer and report how well the "
+                        "proxy's accuracy ranks them (Kendall tau, fidelity.json); default 0: off")
+    p.add_argument("--validate-epochs", type=int, default=None, metavar="N",
+                   help="epochs of that longer training (default 4x --epochs)")
     add_run_arguments(p, study="nas-search")
     add_trial_arguments(p)
     p.set_defaults(func=run)
@@ -167,7 +172,8 @@ def run(args) -> int:
     settings = trial_settings(args, args.space)
     pruner = args.pruner or ("none" if args.sampler == "nsga2" or backend == "ray" else "median")
     opts = SearchOptions(n_trials=args.trials, sampler=args.sampler, pruner=pruner, storage=args.storage,
-                         study_name=args.study_name or STUDY_NAME, out=args.out or f"runs/search-{args.space}")
+                         study_name=args.study_name or STUDY_NAME, out=args.out or f"runs/search-{args.space}",
+                         validate_top=args.validate_top, validate_epochs=args.validate_epochs)
     job = Job(problem=SearchProblem(settings, opts), n_trials=opts.n_trials, out=opts.out, backend=backend,
               sampler=opts.sampler, pruner=opts.pruner, storage=opts.storage, options=options,
               plugins=tuple(args.plugin), restart=args.restart, progress=not args.no_progress)
