@@ -14,11 +14,12 @@ each worker (``cuda0``, ``cpu``, ...); without it (one trial per device) nothing
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+from nas.files import file_lock
 
 ENV = "NAS_DEVICE_LOCK"
 
@@ -30,16 +31,6 @@ def lock_dir() -> Path:
 
 
 @contextlib.contextmanager
-def _flock(path: Path, mode: int) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        fcntl.flock(fd, mode)
-        yield
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
 def timing() -> Iterator[None]:
     """Hold the device alone while a step is timed."""
     name = os.environ.get(ENV)
@@ -47,7 +38,7 @@ def timing() -> Iterator[None]:
         yield
         return
     d = lock_dir()
-    with _flock(d / f"{name}.turnstile", fcntl.LOCK_EX), _flock(d / f"{name}.lock", fcntl.LOCK_EX):
+    with file_lock(d / f"{name}.turnstile"), file_lock(d / f"{name}.lock"):
         yield
 
 
@@ -59,7 +50,7 @@ def training() -> Iterator[None]:
         yield
         return
     d = lock_dir()
-    with _flock(d / f"{name}.turnstile", fcntl.LOCK_EX):
+    with file_lock(d / f"{name}.turnstile"):
         pass  # wait behind a timer that asked first
-    with _flock(d / f"{name}.lock", fcntl.LOCK_SH):
+    with file_lock(d / f"{name}.lock", shared=True):
         yield

@@ -18,20 +18,17 @@ Columns are fixed per problem, so every line of a file has the same fields: the 
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import fcntl
 import io
 import math
-import os
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import pandas as pd
 
 from nas.errors import NasError
-from nas.files import append_line, atomic_write_text
+from nas.files import append_line, atomic_write_text, file_lock
 
 TRIAL_COLUMNS = ["number", "state", "arch", "params", "macs", "num_classes", "step_time_ms", "step_time_method", "S",
                  "P", "accuracy", "reward", "duration_s", "error"]
@@ -47,15 +44,9 @@ PLOT_EVERY_S = 30.0
 LOCK_NAME = ".results.lock"
 
 
-@contextlib.contextmanager
-def results_lock(run_dir: Path) -> Iterator[None]:
+def results_lock(run_dir: Path):
     """An exclusive lock for the processes writing one run directory's results (released if one dies)."""
-    fd = os.open(Path(run_dir) / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+    return file_lock(Path(run_dir) / LOCK_NAME)
 
 
 def frame(rows: Iterable[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
@@ -202,9 +193,28 @@ def format_table(t: pd.DataFrame, formats: dict[str, str]) -> str:
     return t.to_string(index=False)
 
 
-def save_figure(fig, path: Path) -> Path:
-    """A matplotlib figure as PNG, through the one atomic write path."""
+def figure(size: tuple[float, float]):
+    """A matplotlib figure and axes on the file-only Agg backend (imported here, on first plot only)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=size, dpi=110)
+
+
+def save_figure(fig, ax, path: Path, *, xlabel: str, ylabel: str, title: str) -> Path:
+    """Label, lay out and write a figure as PNG through the one atomic write path, then free it."""
+    import matplotlib.pyplot as plt
+
     from nas.files import atomic_write
 
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png"), binary=True, durable=False)
+    plt.close(fig)
     return path

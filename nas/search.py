@@ -14,7 +14,7 @@ import pandas as pd
 
 from nas.errors import NasError, check_choice, check_int
 from nas.problem import Problem
-from nas.results import common_error, complete, format_table, pareto_mask, save_figure, state_counts
+from nas.results import common_error, complete, figure, format_table, pareto_mask, save_figure, state_counts
 from nas.storage import PRUNERS, SAMPLERS
 from nas.files import atomic_write_json
 
@@ -119,14 +119,9 @@ class SearchProblem(Problem):
         ok = complete(df)
         if not len(ok):
             return None
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         acc, st = ok["accuracy"].astype(float), ok["step_time_ms"].astype(float)
         front = pareto_mask(acc, st)
-        fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+        fig, ax = figure((7, 4.5))
         sc = ax.scatter(st, acc, c=ok["reward"].astype(float), cmap="viridis", s=28, label="trials")
         fig.colorbar(sc, ax=ax, label="reward")
         f = ok[front].sort_values("step_time_ms")
@@ -134,15 +129,8 @@ class SearchProblem(Problem):
                 label="Pareto front")
         best = ok.loc[ok["reward"].astype(float).idxmax()]
         ax.scatter([best["step_time_ms"]], [best["accuracy"]], marker="*", s=220, c="red", label="best reward", zorder=5)
-        ax.set_xlabel(f"training step time (ms, {_step_label(extra)})")
-        ax.set_ylabel("validation accuracy (proxy)")
-        ax.set_title(f"nas search: {extra.get('space', '')}")
-        ax.grid(alpha=0.3)
-        ax.legend(loc="best", fontsize=8)
-        fig.tight_layout()
-        path = save_figure(fig, Path(run_dir) / "pareto.png")
-        plt.close(fig)
-        return path
+        return save_figure(fig, ax, Path(run_dir) / "pareto.png", xlabel=f"training step time (ms, {_step_label(extra)})",
+                           ylabel="validation accuracy (proxy)", title=f"nas search: {extra.get('space', '')}")
 
     def summary(self, df: pd.DataFrame, top: int = 10) -> str:
         return summary_table(df, top)

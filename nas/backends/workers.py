@@ -23,8 +23,6 @@ trial's S needs no timing at all.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import signal
 import subprocess
@@ -32,12 +30,13 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import optuna
 
 from nas.backends.embedded import OptunaBackend, run_trials, stored_reference, describe_reference
 from nas.errors import NasError, check_int
+from nas.files import file_lock
 from nas.interrupt import check as check_interrupt, critical
 from nas.storage import finished, load_study, make_storage
 
@@ -46,14 +45,8 @@ WORKER_SLOTS_ATTR = "worker_slots"  # study user attribute: how many workers hav
 POLL_S = 1.0
 
 
-@contextlib.contextmanager
-def claim_lock(run_dir: Path) -> Iterator[None]:
-    fd = os.open(Path(run_dir) / CLAIM_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+def claim_lock(run_dir: Path):
+    return file_lock(Path(run_dir) / CLAIM_LOCK)
 
 
 class Claims:

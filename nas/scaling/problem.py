@@ -25,7 +25,7 @@ import pandas as pd
 
 from nas.files import atomic_write_json
 from nas.problem import Problem
-from nas.results import EXTRA_COLUMNS, common_error, format_table, save_figure, state_counts
+from nas.results import EXTRA_COLUMNS, common_error, figure, format_table, save_figure, state_counts
 from nas.scaling.grid import (BASE, Candidate, GridOptions, GridSpec, plan_grid, proxy_image_size, scale_candidate)
 from search_spaces import Architecture, count_macs, count_params
 
@@ -182,13 +182,8 @@ class GridProblem(Problem):
         ok = _complete(df)
         if not len(ok):
             return None
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         chosen, _ = self.choose(df)
-        fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
+        fig, ax = figure((7.5, 4.8))
         cand, base = ok[ok["candidate"] != "base"], ok[ok["candidate"] == "base"]
         if len(cand):
             sc = ax.scatter(cand["macs"].astype(float) / 1e6, cand["accuracy"].astype(float),
@@ -203,15 +198,9 @@ class GridProblem(Problem):
         if chosen is not None:
             ax.scatter([chosen["macs"] / 1e6], [chosen["accuracy"]], marker="*", s=240, c="red", zorder=5,
                        label=f"chosen (best {self.opts.objective})")
-        ax.set_xlabel("MACs (millions, full-size scaled network)")
-        ax.set_ylabel("validation accuracy (proxy)")
-        ax.set_title("nas grid-scale: compound coefficients (EfficientNet sec. 3.3)")
-        ax.grid(alpha=0.3)
-        ax.legend(loc="best", fontsize=8)
-        fig.tight_layout()
-        path = save_figure(fig, Path(run_dir) / "grid.png")
-        plt.close(fig)
-        return path
+        return save_figure(fig, ax, Path(run_dir) / "grid.png", xlabel="MACs (millions, full-size scaled network)",
+                           ylabel="validation accuracy (proxy)",
+                           title="nas grid-scale: compound coefficients (EfficientNet sec. 3.3)")
 
     def summary(self, df: pd.DataFrame) -> str:
         head = f"candidates: {state_counts(df)}"
