@@ -17,6 +17,7 @@ import pytest
 import torch
 from torch import nn
 
+import nas.data.batches as batches_mod
 import nas.train as train_mod
 from nas.data import Splits, TensorImages, load_dataset, make_loader
 from nas.errors import NasError
@@ -92,12 +93,11 @@ def test_each_stage_sets_the_dropout_the_model_uses_and_the_size_it_sees(small, 
         lambda m, inp: seen_dropout.add(round(m.p, 6)) if m.training else None)
     model.register_forward_pre_hook(lambda m, inp: seen_size.add(inp[0].shape[-1]) if m.training else None)
     loader_args, mixups = [], []
-    real_loader, real_mixup = train_mod.make_loader, train_mod.make_mixup
+    real_augment, real_mixup = batches_mod.make_randaugment, train_mod.make_mixup
 
-    def spy_loader(dataset, **kw):
-        if kw["train"]:
-            loader_args.append(kw["randaugment_magnitude"])
-        return real_loader(dataset, **kw)
+    def spy_augment(magnitude):
+        loader_args.append(magnitude)
+        return real_augment(magnitude)
 
     def spy_mixup(alpha, num_classes):
         mix = real_mixup(alpha, num_classes)
@@ -112,7 +112,7 @@ def test_each_stage_sets_the_dropout_the_model_uses_and_the_size_it_sees(small, 
 
         return counted
 
-    monkeypatch.setattr(train_mod, "make_loader", spy_loader)
+    monkeypatch.setattr(batches_mod, "make_randaugment", spy_augment)
     monkeypatch.setattr(train_mod, "make_mixup", spy_mixup)
 
     def on_epoch_end(epoch, metrics):
@@ -150,7 +150,7 @@ def test_tiny_network_learns_the_fake_set():
 
 def test_same_seed_same_result_other_seed_differs(small):
     c = cfg(epochs=2, image_size=12, randaugment=7, mixup=0.2)
-    strip = lambda r: [{k: v for k, v in h.items() if k != "epoch_time_s"} for h in r.history]  # noqa: E731
+    strip = lambda r: [{k: v for k, v in h.items() if k not in ("epoch_time_s", "images_per_s")} for h in r.history]  # noqa: E731,E501
     a = fit(tiny_model(), small, c, progress=False)
     b = fit(tiny_model(), small, c, progress=False)
     other = fit(tiny_model(), small, cfg(epochs=2, image_size=12, randaugment=7, mixup=0.2, seed=1), progress=False)

@@ -1,0 +1,11 @@
+"""Data: the data sets (:mod:`nas.data.sets`), what happens to a batch on the device
+(:mod:`nas.data.augment`) and the batches a training run consumes (:mod:`nas.data.batches`)."""
+
+from nas.data.augment import (MEAN, STD, BatchRandAugment, check_mixup, check_randaugment, make_mixup,
+                              make_randaugment, normalise, resize)
+from nas.data.batches import Batches, Epoch, make_batches, make_loader
+from nas.data.sets import DATASETS, DEFAULT_DATA_DIR, Splits, TensorImages, load_dataset, split_indices
+
+__all__ = ["DATASETS", "DEFAULT_DATA_DIR", "MEAN", "STD", "BatchRandAugment", "Batches", "Epoch", "Splits",
+           "TensorImages", "check_mixup", "check_randaugment", "load_dataset", "make_batches", "make_loader",
+           "make_mixup", "make_randaugment", "normalise", "resize", "split_indices"]
