@@ -332,7 +332,7 @@ def test_cli_resume_finish_and_mismatch(run_nas, tmp_path, capsys):
     assert [r["epoch"] for r in rows] == ["1", "2", "3"]
     assert [r["image_size"] for r in rows] == ["8", "12", "16"] and [r["stage"] for r in rows] == ["0", "1", "2"]
     assert list(rows[0]) == ["epoch", "stage", "image_size", "dropout", "randaugment", "mixup", "train_loss",
-                             "val_accuracy", "lr", "epoch_time_s"]
+                             "val_accuracy", "lr", "epoch_time_s", "images_per_s"]
     final = json.loads((out / "final.json").read_text())
     assert final["eval_image_size"] == 16 and 0.0 <= final["val_accuracy"] <= 1.0  # res16 under 4 x 8 px
     assert final["arch"] == Architecture.from_string(TINY).to_string()
@@ -417,6 +417,54 @@ def test_cli_refuses_a_corrupt_checkpoint_in_process(tmp_path, capsys):
 def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):
     from nas.cli import main
 
+    assert main([*CLI_ARGS, "--out", str(tmp_path / "run"), *args]) == 2
+    assert message in _one_line_error(2, capsys.readouterr().err)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("args, train_size, eval_size", [
+    (["--progressive", "off", "--image-size", "24"], 24, 24),  # not the architecture's 16 px
+    (["--progressive", "off", "--image-size", "24", "--eval-image-size", "12"], 24, 12),
+    (["--progressive", "s", "--stages", "2", "--image-size-start", "8", "--image-size-end", "20"], 20, 20),
+    (["--progressive", "off"], 16, 16),  # TINY's res16, under 4 x digits' 8 px
+])
+def test_cli_evaluates_at_the_last_training_size_by_default(tmp_path, capsys, args, train_size, eval_size):
+    from nas.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", TINY, "--epochs", "1", "--width-mult", "1", "--depth-mult", "1", "--batch-size", "128",
+                 "--no-progress", "--out", str(out), *args]) == 0
+    final = json.loads((out / "final.json").read_text())
+    assert (final["eval_image_size"], final["config"]["eval_image_size"]) == (eval_size, eval_size)
+    assert _rows(out / "metrics.csv")[-1]["image_size"] == str(train_size)
+    assert f"at {eval_size} px" in capsys.readouterr().out
+
+
+def test_cli_final_evaluation_re_estimates_batchnorm(tmp_path, capsys):
+    from nas.cli import main
+
+    base = ["train", TINY, "--epochs", "1", "--width-mult", "1", "--depth-mult", "1", "--progressive", "off",
+            "--batch-size", "128", "--no-progress"]
+    assert main([*base, "--out", str(tmp_path / "a")]) == 0
+    final = json.loads((tmp_path / "a" / "final.json").read_text())
+    assert final["final_bn_recalibration"] == 16 and final["compiled"] is False
+    assert "BatchNorm re-estimated on 16 batches" in capsys.readouterr().out
+    # One epoch of 11 steps leaves the running averages far behind the weights: re-estimating helps.
+    assert final["val_accuracy"] > final["val_accuracy_running_stats"]
+    assert main([*base, "--out", str(tmp_path / "b"), "--final-bn-recalibration", "0"]) == 0
+    off = json.loads((tmp_path / "b" / "final.json").read_text())
+    assert off["val_accuracy"] == off["val_accuracy_running_stats"] == final["val_accuracy_running_stats"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--device", "cuda:1"], "'cuda:1'"), (["--device", "gpu"], "unknown device 'gpu'"),
+    (["--compile", "yes"], "compile must be one of auto, on, off"),
+    (["--final-bn-recalibration", "-1"], "--final-bn-recalibration"),
+])
+def test_cli_refuses_a_device_or_compile_it_cannot_use_before_writing(tmp_path, capsys, monkeypatch, args, message):
+    from nas.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on CI, even where a GPU exists
     assert main([*CLI_ARGS, "--out", str(tmp_path / "run"), *args]) == 2
     assert message in _one_line_error(2, capsys.readouterr().err)
     assert not (tmp_path / "run").exists()
