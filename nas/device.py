@@ -138,6 +138,19 @@ class Runtime:
 
 
 @contextlib.contextmanager
+def cudnn_autotune(enabled: bool = True) -> Iterator[None]:
+    """cuDNN's benchmark mode for the block (restored after): each new input shape is timed once
+    against the available convolution algorithms and the fastest kept. Training shapes are fixed
+    within a progressive-learning stage, so a stage tunes once and then runs the fastest kernels."""
+    old = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = enabled or old
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = old
+
+
+@contextlib.contextmanager
 def num_threads(n: int | None) -> Iterator[None]:
     """torch's intra-op thread count set to ``n`` for the block (None: unchanged)."""
     if n is None or n == torch.get_num_threads():

@@ -37,7 +37,7 @@ from torch import nn
 
 from nas.data import Splits, check_mixup, check_randaugment, make_mixup
 from nas.data.batches import make_batches
-from nas.device import SWITCHES, Runtime, check_device
+from nas.device import SWITCHES, Runtime, check_device, cudnn_autotune
 from nas.ema import ModelEMA
 from nas.errors import NasError, NasRuntimeError, check_choice, check_int, check_number
 from nas.evaluate import evaluate, recalibrate_bn
@@ -176,11 +176,6 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, cosine: bool) -> f
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup_steps) / span)))
 
 
-def num_train_batches(n: int, batch_size: int) -> int:
-    """Batches per training epoch, matching :func:`nas.data.make_loader` (drops a last partial batch)."""
-    return n // batch_size if n > batch_size else 1
-
-
 # ------------------------------------------------------------------------------------------------
 # Per-epoch settings
 
@@ -248,7 +243,13 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, *,
     runtime = Runtime.resolve(cfg.device, cfg.amp, cfg.channels_last)
     runtime.prepare(model)
     optimizer = make_optimizer(model, cfg)
-    steps_per_epoch = num_train_batches(len(splits.train), cfg.batch_size)
+    # Batches are produced on the training device (nas.data.batches); one object per split for the
+    # whole run, so loader worker processes (image folders) persist across epochs.
+    train_batches = make_batches(splits.train, device=runtime.device, batch_size=cfg.batch_size, train=True,
+                                 num_workers=cfg.num_workers)
+    val_batches = make_batches(splits.val, device=runtime.device, batch_size=max(cfg.batch_size, 256),
+                               train=False, num_workers=cfg.num_workers)
+    steps_per_epoch = train_batches.num_batches
     total_steps = steps_per_epoch * cfg.epochs
     warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -264,12 +265,6 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, *,
         start_epoch, history = restore(state, model, optimizer, scheduler, ema, step.scaler, cfg)
 
     eval_model = ema.module if ema is not None else model
-    # Batches are produced on the training device (nas.data.batches); one object per split for the
-    # whole run, so loader worker processes (image folders) persist across epochs.
-    train_batches = make_batches(splits.train, device=runtime.device, batch_size=cfg.batch_size, train=True,
-                                 num_workers=cfg.num_workers)
-    val_batches = make_batches(splits.val, device=runtime.device, batch_size=max(cfg.batch_size, 256),
-                               train=False, num_workers=cfg.num_workers)
     # Reading the loss synchronises a GPU with the host; on CUDA it is checked every few steps
     # (weights after a non-finite loss are never checkpointed, so stopping a little later is safe).
     check_every = 1 if runtime.device.type == "cpu" else 16
@@ -277,7 +272,8 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, *,
     step_time, steps = 0.0, 0
     # cuda:N is the current device for the run, so nothing that defaults to the current device
     # (kernels compiled by Inductor, cuDNN's autotuning) lands on another GPU.
-    with runtime.device_context(), contextlib.closing(train_batches), contextlib.closing(val_batches):
+    with runtime.device_context(), cudnn_autotune(runtime.device.type == "cuda"), \
+            contextlib.closing(train_batches), contextlib.closing(val_batches):
         for epoch in range(start_epoch, cfg.epochs):
             t_epoch = time.perf_counter()
             stage, s = epoch_settings(cfg, epoch, base_size, base_dropout)

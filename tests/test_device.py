@@ -57,3 +57,18 @@ def test_malformed_device_names_are_refused(name):
         TrainConfig(device=name)
     with pytest.raises(NasError, match="unknown device"):
         resolve_device(name)
+
+
+def test_cudnn_autotune_is_on_for_the_block_only():
+    from nas.device import cudnn_autotune
+
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    try:
+        with cudnn_autotune(True):
+            assert torch.backends.cudnn.benchmark
+        assert not torch.backends.cudnn.benchmark
+        with cudnn_autotune(False):  # a CPU run leaves the setting as it found it
+            assert not torch.backends.cudnn.benchmark
+    finally:
+        torch.backends.cudnn.benchmark = before
