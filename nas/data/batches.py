@@ -27,7 +27,6 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from nas.data.augment import check_randaugment, make_randaugment, normalise, resize
 from nas.data.sets import TensorImages
-from nas.device import num_threads
 from nas.errors import NasError, check_int
 
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 2048
@@ -44,20 +43,8 @@ class Epoch:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         augment = make_randaugment(self.randaugment) if self.batches.train else None
-        source = self.batches.uint8_batches(self.image_size, self.seed)
-        # On the CPU a batch is prepared on one intra-op thread (restored before the batch is
-        # handed over, so the training step keeps torch's setting): these ops are too small to
-        # split, and on 2 busy cores two threads made digits batches 30-80x slower (2,706 against
-        # 62-142 images/s with RandAugment 9, 80,000 against 800-940 without).
-        threads = 1 if self.batches.device.type == "cpu" else None
-        while True:
-            with num_threads(threads):
-                batch = next(source, None)
-                if batch is None:
-                    return
-                images, labels = batch
-                images = normalise(images if augment is None else augment(images))
-            yield images, labels
+        for images, labels in self.batches.uint8_batches(self.image_size, self.seed):
+            yield normalise(images if augment is None else augment(images)), labels
 
 
 class Batches:
