@@ -21,6 +21,7 @@ setting a resumed run may change (:data:`nas.checkpoint.RUNTIME_FIELDS`).
 
 from __future__ import annotations
 
+import logging
 import shutil
 from typing import Callable
 
@@ -96,6 +97,10 @@ class TrainStep:
         self._forward_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = self._eager_forward_loss
         if compile:
             import torch._inductor.config as inductor_config
+
+            # Inductor imports cpp_extension, which warns on a machine without a CUDA runtime although
+            # nothing of it is used; that line would bury the ones a user should read (as in nas.measure).
+            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
             # Eager's random streams inside compiled graphs: same dropout / stochastic-depth masks.
             inductor_config.fallback_random = True

@@ -96,9 +96,9 @@ def add_parser(sub) -> None:
     r.add_argument("--out", default=None, help="run directory (default runs/train-<arch>-<hash>)")
     r.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     r.add_argument("--amp", default="auto", help="mixed precision: auto (CUDA only), on or off")
-    r.add_argument("--compile", default="auto",
+    r.add_argument("--compile", nargs="?", const="on", default="auto", metavar="auto|on|off",
                    help="torch.compile the training step: auto (default: on CUDA when each image size trains "
-                        "2,000 steps or more), on or off")
+                        "2,000 steps or more), on (also --compile alone) or off")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--workers", type=int, default=0, help="data loader worker processes (0)")
     r.add_argument("--stop-after", type=int, default=None, metavar="N",
