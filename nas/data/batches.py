@@ -33,7 +33,8 @@ MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 2048
 
 
 class Epoch:
-    """One pass over a split: iterable (more than once, identically) with a length in batches."""
+    """One pass over a split, with a length in batches. Iterating again gives the same order (the
+    epoch's seed); RandAugment's draws come from torch's generator, which the caller seeds."""
 
     def __init__(self, batches: "Batches", image_size: int, randaugment: int, seed: int):
         self.batches, self.image_size, self.randaugment, self.seed = batches, image_size, randaugment, seed
