@@ -47,8 +47,8 @@ from search_spaces import Architecture, build
 
 class GpuUtilisation:
     """Samples NVML's GPU utilisation (``torch.cuda.utilization``: the share of time a kernel was
-    running, ``nvidia-smi dmon``'s ``sm`` column) every ``interval`` seconds in a thread while the block runs; ``mean`` is None
-    off CUDA or without ``nvidia-ml-py``, and ``why`` says why."""
+    running, ``nvidia-smi dmon``'s ``sm`` column) every ``interval`` seconds in a thread while the
+    block runs; ``mean`` is None off CUDA or without ``nvidia-ml-py``, and ``why`` says why."""
 
     def __init__(self, device: torch.device, interval: float = 0.2):
         self.device, self.interval = device, interval

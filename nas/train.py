@@ -6,7 +6,8 @@ evaluate top-1 on the validation split, optionally checkpoint, then call ``on_ep
 
 Optimisers follow the papers' recipes where they name one: RMSProp with decay 0.9, momentum 0.9,
 epsilon 1e-3 (EfficientNet V1 section 5.2, V2 section 5.1), linear warmup then cosine decay, label
-smoothing 0.1, optional weight EMA (:func:`nas.step.make_optimizer`). Small-data defaults (learning rates per optimiser, batch 64) are ours.
+smoothing 0.1, optional weight EMA (:func:`nas.step.make_optimizer`). Small-data defaults (learning
+rates per optimiser, batch 64) are ours.
 
 Data: batches arrive already on the training device, resized, augmented and normalised there
 (:mod:`nas.data.batches`); mixup runs there too. The loop never copies a batch from the host.

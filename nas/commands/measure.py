@@ -51,8 +51,8 @@ def run(args) -> int:
         print(json.dumps(out, indent=2))
         return 0
     print(f"step time   {r.step_time_ms:.2f} ms median  (IQR {r.iqr_ms:.2f} ms, {r.runs} runs x {r.steps_per_run} steps)")
-    print(f"setting     batch {r.batch_size}, {r.image_size} px, {r.dtype}{' (AMP)' if r.amp else ''}, {r.memory_format}"
-          f"{', compiled' if r.compiled else ''}")
+    print(f"setting     batch {r.batch_size}, {r.image_size} px, {r.dtype}{' (AMP)' if r.amp else ''}, "
+          f"{r.memory_format}{', compiled' if r.compiled else ''}")
     if r.compiled:
         print(f"compile     {r.compile_s:.1f} s (the first step, beyond a compiled step)")
     print(f"device      {r.device} ({r.device_name}), torch {r.torch_version}, {r.threads} threads")
