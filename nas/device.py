@@ -104,6 +104,12 @@ class Runtime:
             return []
         return [self.device.index if self.device.index is not None else torch.cuda.current_device()]
 
+    def device_context(self) -> contextlib.AbstractContextManager:
+        """This GPU as the current CUDA device for the block (for ``cuda:N``); nothing on the CPU."""
+        if self.device.type != "cuda":
+            return contextlib.nullcontext()
+        return torch.cuda.device(self.device)
+
     def autocast(self) -> contextlib.AbstractContextManager:
         return torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None)
 
@@ -115,7 +121,8 @@ class Runtime:
         return model.to(self.device, memory_format=self.memory_format)
 
     def images(self, x: torch.Tensor) -> torch.Tensor:
-        """A batch on this device, in this memory format (non-blocking from pinned memory)."""
+        """A batch on this device, in this memory format (non-blocking from pinned memory). Batches
+        from :mod:`nas.data.batches` are already on the device: then only the format changes."""
         x = x.to(self.device, non_blocking=True)
         return x.contiguous(memory_format=self.memory_format) if self.channels_last else x
 
@@ -128,6 +135,19 @@ class Runtime:
         return {"device": self.device.type, "device_name": device_name(self.device), "torch": torch.__version__,
                 "dtype": self.dtype_name, "memory_format": "channels_last" if self.channels_last else "contiguous",
                 "threads": torch.get_num_threads() if self.device.type == "cpu" else None}
+
+
+@contextlib.contextmanager
+def cudnn_autotune(enabled: bool = True) -> Iterator[None]:
+    """cuDNN's benchmark mode for the block (restored after): each new input shape is timed once
+    against the available convolution algorithms and the fastest kept. Training shapes are fixed
+    within a progressive-learning stage, so a stage tunes once and then runs the fastest kernels."""
+    old = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = enabled or old
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = old
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ compare two numbers (device, torch version, threads, dtype, memory format, batch
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -44,27 +45,31 @@ class StepTime:
     batch_size: int
     image_size: int
     num_classes: int
+    compiled: bool = False           # the step timed is the torch.compile'd one (nas.step)
+    compile_s: float | None = None   # compiled: how much longer the first (compiling) step took
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def make_train_step(model: nn.Module, *, runtime: Runtime, batch_size: int, image_size: int, num_classes: int,
-                    optimizer: str = "rmsprop"):
+                    optimizer: str = "rmsprop", compile: bool = False):
     """``(step, settings)``: a closure running one :class:`nas.train.TrainStep` (the step ``nas train``
-    runs, with ``optimizer`` as it configures it) on fixed random data, and the settings it runs with."""
+    runs, with ``optimizer`` as it configures it, compiled when ``compile``) on fixed random data, and
+    the settings it runs with."""
     from nas.train import TrainConfig, TrainStep, make_optimizer
 
     model = runtime.prepare(model).train()
     x = runtime.images(torch.randn(batch_size, 3, image_size, image_size))
     y = torch.randint(0, num_classes, (batch_size,), device=runtime.device)
-    train_step = TrainStep(model, make_optimizer(model, TrainConfig(optimizer=optimizer)), runtime)
+    train_step = TrainStep(model, make_optimizer(model, TrainConfig(optimizer=optimizer)), runtime, compile=compile)
 
     def step() -> None:
         train_step(x, y)
 
     settings = {"dtype": runtime.dtype_name, "amp": runtime.amp is not None,
-                "memory_format": "channels_last" if runtime.channels_last else "contiguous", "optimizer": optimizer}
+                "memory_format": "channels_last" if runtime.channels_last else "contiguous", "optimizer": optimizer,
+                "compiled": compile}
     return step, settings
 
 
@@ -87,8 +92,11 @@ def time_step(step, runtime: Runtime, *, warmup: int = 3, min_run_time: float = 
 def measure_step_time(arch_or_model: Architecture | nn.Module, *, device: str = "auto", batch_size: int = 32,
                       image_size: int | None = None, num_classes: int = 1000, amp: str = "auto",
                       memory_format: str = "auto", optimizer: str = "rmsprop", warmup: int = 3,
-                      min_run_time: float = 1.0, seed: int = 0) -> StepTime:
+                      min_run_time: float = 1.0, seed: int = 0, compile: bool = False) -> StepTime:
     """Time the real training step of an architecture (or an already built model).
+
+    With ``compile`` the step timed is the compiled one; the compilation (the first step) is timed
+    on its own and reported as ``compile_s``, beyond a compiled step's time.
 
     A model passed in is trained in place by the timed steps (weights, BatchNorm statistics and
     memory format change): pass a fresh or a copied one."""
@@ -105,10 +113,24 @@ def measure_step_time(arch_or_model: Architecture | nn.Module, *, device: str = 
     check_int("image size", image_size, 8, 2048)
     if min_run_time <= 0:
         raise NasError(f"min_run_time must be positive, got {min_run_time}")
+    if not isinstance(compile, bool):
+        raise NasError(f"compile must be true or false, got {compile!r}")
     runtime = Runtime.resolve(device, amp, _FORMAT_SWITCH[memory_format])
+    if compile:
+        from nas.step import resolve_compile
+
+        resolve_compile("on", runtime, 0)  # refuses a compile this machine cannot run, in one line
     step, settings = make_train_step(model, runtime=runtime, batch_size=batch_size, image_size=image_size,
-                                     num_classes=num_classes, optimizer=optimizer)
+                                     num_classes=num_classes, optimizer=optimizer, compile=compile)
+    first_s = None
+    if compile:
+        t0 = time.perf_counter()
+        step()
+        runtime.synchronize()
+        first_s = time.perf_counter() - t0
     median, iqr, runs, per_run = time_step(step, runtime, warmup=warmup, min_run_time=min_run_time)
+    if first_s is not None:
+        settings["compile_s"] = max(0.0, first_s - median / 1e3)
     fp = runtime.fingerprint()
     return StepTime(step_time_ms=median, iqr_ms=iqr, runs=runs, steps_per_run=per_run, device=fp["device"],
                     device_name=fp["device_name"], torch_version=fp["torch"], threads=torch.get_num_threads(),

@@ -6,22 +6,26 @@ evaluate top-1 on the validation split, optionally checkpoint, then call ``on_ep
 
 Optimisers follow the papers' recipes where they name one: RMSProp with decay 0.9, momentum 0.9,
 epsilon 1e-3 (EfficientNet V1 section 5.2, V2 section 5.1), linear warmup then cosine decay, label
-smoothing 0.1, optional weight EMA. Weight decay is not applied to biases and BatchNorm parameters
-(as in the authors' code). Small-data defaults (learning rates per optimiser, batch 64) are ours.
+smoothing 0.1, optional weight EMA (:func:`nas.step.make_optimizer`). Small-data defaults (learning
+rates per optimiser, batch 64) are ours.
+
+Data: batches arrive already on the training device, resized, augmented and normalised there
+(:mod:`nas.data.batches`); mixup runs there too. The loop never copies a batch from the host.
 
 Reproducibility: every epoch re-seeds torch's generator from ``(seed, epoch)`` inside
 ``torch.random.fork_rng`` (RandAugment, mixup, dropout and stochastic depth draw from it) and the
-loader shuffles with its own generator seeded the same way. So on CPU the same seed gives the same
-result, and a run resumed from a checkpoint gives exactly the result of an uninterrupted one.
+batches are shuffled with their own generator seeded the same way. So on CPU the same seed gives the
+same result, and a run resumed from a checkpoint gives exactly the result of an uninterrupted one.
 
-One optimiser step is a :class:`TrainStep`; the same object is what :mod:`nas.measure` times, so a
-measured step time is the step this loop runs (precision, memory format, optimiser, loss). The
-device, AMP and memory format are resolved by :mod:`nas.device`; checkpoints are :mod:`nas.checkpoint`,
-the weight EMA :mod:`nas.ema`.
+One optimiser step is a :class:`nas.step.TrainStep` (optionally compiled); the same object is what
+:mod:`nas.measure` times, so a measured step time is the step this loop runs. The device, AMP and
+memory format are resolved by :mod:`nas.device`; evaluation is :mod:`nas.evaluate`, checkpoints
+:mod:`nas.checkpoint`, the weight EMA :mod:`nas.ema`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -32,12 +36,19 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from nas.data import Splits, check_mixup, check_randaugment, make_loader, make_mixup
-from nas.device import SWITCHES, Runtime, check_device
+from nas.data import Splits, check_mixup, check_randaugment, make_mixup
+from nas.data.batches import make_batches
+from nas.device import SWITCHES, Runtime, check_device, cudnn_autotune
 from nas.ema import ModelEMA
+from nas import devicelock
 from nas.interrupt import check as check_interrupt
 from nas.errors import NasError, NasRuntimeError, check_choice, check_int, check_number
+from nas.evaluate import evaluate, recalibrate_bn
 from nas.progressive import ProgressiveSchedule, StageSettings
+from nas.step import TrainStep, make_optimizer, resolve_compile
+
+__all__ = ["TrainConfig", "TrainResult", "TrainStep", "TrainingDiverged", "evaluate", "fit", "make_optimizer",
+           "recalibrate_bn"]
 
 OPTIMIZERS = ("sgd", "rmsprop", "adamw")
 # Per optimiser, the learning rate used when ``lr`` is None: tuned for batch 64 on small data
@@ -70,10 +81,11 @@ class TrainConfig:
     progressive: ProgressiveSchedule | None = None  # overrides the four fixed-size values per stage
     device: str = "auto"                    # auto: CUDA when available
     amp: str = "auto"                       # auto: on for CUDA (bf16 if supported, else fp16)
-    channels_last: str = "auto"             # auto: on for CUDA
+    channels_last: str = "auto"             # auto: on everywhere (nas.device)
     seed: int = 0
     eval_image_size: int | None = None      # None: each epoch's training image size
-    num_workers: int = 0
+    num_workers: int = 0                    # loader processes for sets not held in memory (imagefolder)
+    compile: str = "auto"                   # torch.compile the step: auto (CUDA, long runs), on, off (nas.step)
     # Re-estimate BatchNorm statistics on this many training batches before each evaluation
     # (0 = off). Running averages lag far behind weights that move fast in a short proxy run, which
     # puts early-epoch accuracy at chance and makes pruning decisions noise.
@@ -111,6 +123,7 @@ class TrainConfig:
         if self.eval_image_size is not None:
             check_int("eval image size", self.eval_image_size, 8, 2048)
         check_int("num_workers", self.num_workers, 0, 256)
+        check_choice("compile", self.compile, SWITCHES)
         check_int("BatchNorm recalibration batches", self.bn_recalibration, 0, 100_000)
         return self
 
@@ -149,25 +162,11 @@ class TrainResult:
     start_epoch: int              # epochs already done when this call began (resume)
     mean_step_time_s: float       # wall time per optimiser step in this call (0 if none ran)
     eval_model: nn.Module = field(repr=False)  # the EMA model when EMA is on, else the model
+    compiled: bool = False        # whether the training step ran compiled (TrainConfig.compile)
 
 
 # ------------------------------------------------------------------------------------------------
-# Optimiser, schedule, the step
-
-
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    lr = cfg.learning_rate
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
-    if cfg.optimizer == "rmsprop":
-        return torch.optim.RMSprop(groups, lr=lr, alpha=0.9, eps=1e-3, momentum=cfg.momentum)
-    return torch.optim.AdamW(groups, lr=lr, betas=(cfg.momentum, 0.999))
+# Learning-rate schedule
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, cosine: bool) -> float:
@@ -178,11 +177,6 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, cosine: bool) -> f
         return 1.0
     span = max(1, total_steps - warmup_steps)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup_steps) / span)))
-
-
-def num_train_batches(n: int, batch_size: int) -> int:
-    """Batches per training epoch, matching :func:`nas.data.make_loader` (drops a last partial batch)."""
-    return n // batch_size if n > batch_size else 1
 
 
 # ------------------------------------------------------------------------------------------------
@@ -214,85 +208,6 @@ def _current_dropout(model: nn.Module) -> float:
 
 def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7_919 + 1) % (2**63 - 1)
-
-
-class TrainStep:
-    """One optimiser step on a batch: forward under autocast, loss, backward (loss-scaled for fp16),
-    optimiser step. :func:`fit` runs it for every batch and :mod:`nas.measure` times it, so a
-    measured step time is the step that training runs."""
-
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, runtime: Runtime,
-                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None):
-        self.model, self.optimizer, self.runtime = model, optimizer, runtime
-        self.loss_fn = loss_fn or nn.CrossEntropyLoss()
-        self.scaler = runtime.grad_scaler()
-
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Returns the batch's loss (detached, on the device: reading it would synchronise)."""
-        self.optimizer.zero_grad(set_to_none=True)
-        with self.runtime.autocast():
-            loss = self.loss_fn(self.model(images), labels)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        return loss.detach()
-
-
-# ------------------------------------------------------------------------------------------------
-# Evaluation
-
-
-@torch.no_grad()
-def recalibrate_bn(model: nn.Module, loader, runtime: Runtime | str, batches: int) -> None:
-    """Reset every BatchNorm's running statistics and re-estimate them as a plain average over
-    ``batches`` training batches (the BN recalibration used to evaluate weight-shared or briefly
-    trained candidates in NAS). Restores each layer's momentum and the train/eval mode."""
-    runtime = _runtime(runtime)
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    if not bns:
-        return
-    momenta = [m.momentum for m in bns]
-    was_training = model.training
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative moving average: every batch weighs the same
-    model.train()
-    try:
-        for i, (images, _) in enumerate(loader):
-            if i >= batches:
-                break
-            with runtime.autocast():
-                model(runtime.images(images))
-    finally:
-        for m, mom in zip(bns, momenta):
-            m.momentum = mom
-        model.train(was_training)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader, runtime: Runtime | str) -> float:
-    """Top-1 accuracy (a fraction in [0, 1]) of ``model`` over ``loader``; restores the train/eval mode."""
-    runtime = _runtime(runtime)
-    was_training = model.training
-    model.eval()
-    correct = torch.zeros((), dtype=torch.int64, device=runtime.device)
-    total = 0
-    try:
-        for images, labels in loader:
-            with runtime.autocast():
-                logits = model(runtime.images(images))
-            correct += (logits.argmax(1) == labels.to(runtime.device, non_blocking=True)).sum()
-            total += labels.numel()
-    finally:
-        model.train(was_training)
-    if total == 0:
-        raise NasError("cannot evaluate on an empty data set")
-    return int(correct) / total
-
-
-def _runtime(r: Runtime | str) -> Runtime:
-    """A Runtime, or a device name resolved with full precision and the default layout."""
-    return r if isinstance(r, Runtime) else Runtime.resolve(str(r), amp="off", channels_last="off")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -331,13 +246,22 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, *,
     runtime = Runtime.resolve(cfg.device, cfg.amp, cfg.channels_last)
     runtime.prepare(model)
     optimizer = make_optimizer(model, cfg)
-    steps_per_epoch = num_train_batches(len(splits.train), cfg.batch_size)
+    # Batches are produced on the training device (nas.data.batches); one object per split for the
+    # whole run, so loader worker processes (image folders) persist across epochs.
+    train_batches = make_batches(splits.train, device=runtime.device, batch_size=cfg.batch_size, train=True,
+                                 num_workers=cfg.num_workers)
+    val_batches = make_batches(splits.val, device=runtime.device, batch_size=max(cfg.batch_size, 256),
+                               train=False, num_workers=cfg.num_workers)
+    steps_per_epoch = train_batches.num_batches
     total_steps = steps_per_epoch * cfg.epochs
     warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, total_steps, warmup_steps, cfg.cosine))
     ema = ModelEMA(model, cfg.ema_decay) if cfg.ema_decay else None
-    step = TrainStep(model, optimizer, runtime, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing))
+    sizes = [epoch_settings(cfg, e, base_size, 0.0)[1].image_size for e in range(cfg.epochs)]
+    compiled = resolve_compile(cfg.compile, runtime, min(map(sizes.count, sizes)) * steps_per_epoch)
+    step = TrainStep(model, optimizer, runtime, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
+                     compile=compiled)
 
     start_epoch, history = 0, []
     if state is not None:
@@ -349,74 +273,76 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, *,
     check_every = 1 if runtime.device.type == "cpu" else 16
     t_start = time.perf_counter()
     step_time, steps = 0.0, 0
-    for epoch in range(start_epoch, cfg.epochs):
-        t_epoch = time.perf_counter()
-        stage, s = epoch_settings(cfg, epoch, base_size, base_dropout)
-        seed = _epoch_seed(cfg.seed, epoch)
-        if cfg.progressive is not None or cfg.dropout is not None or hasattr(model, "set_dropout"):
-            _set_dropout(model, s.dropout)  # a model without dropout is fine unless one is asked for
-        loader = make_loader(splits.train, image_size=s.image_size, batch_size=cfg.batch_size, train=True,
-                             randaugment_magnitude=s.randaugment, seed=seed, num_workers=cfg.num_workers)
-        mix = make_mixup(s.mixup, splits.num_classes)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=runtime.device)
-        seen, lr = 0, optimizer.param_groups[0]["lr"]
-        diverged: tuple[float, float] | None = None
-        with torch.random.fork_rng(devices=runtime.cuda_indices):
-            torch.manual_seed(seed)
-            model.train()
-            bar = _progress(loader, progress, f"epoch {epoch + 1}/{cfg.epochs} stage {stage} {s.image_size}px")
-            for i, (images, labels) in enumerate(bar):
-                check_interrupt()  # Ctrl-C stops here, between steps (nas.interrupt)
-                t_step = time.perf_counter()
-                if mix is not None:
-                    images, labels = mix(images, labels)
-                images = runtime.images(images)
-                labels = labels.to(runtime.device, non_blocking=True)
-                lr = optimizer.param_groups[0]["lr"]
-                loss = step(images, labels)
-                n = images.shape[0]
-                loss_sum += loss.double() * n
-                seen += n
-                if (i + 1) % check_every == 0 and not bool(torch.isfinite(loss_sum)):
-                    diverged = (float(loss), lr)
-                    break
-                scheduler.step()
-                if ema is not None:
-                    ema.update(model)
-                step_time += time.perf_counter() - t_step
-                steps += 1
-                if progress and (i + 1) % 10 == 0:
-                    bar.set_postfix(loss=f"{float(loss_sum) / seen:.3f}", refresh=False)
-        train_loss = float(loss_sum) / max(seen, 1)
-        if diverged is None and not math.isfinite(train_loss):
-            diverged = (train_loss, lr)
-        val_size = cfg.eval_image_size or s.image_size
-        if cfg.bn_recalibration and diverged is None:
-            calib = make_loader(splits.train, image_size=val_size, batch_size=cfg.batch_size, train=True,
-                                seed=seed, num_workers=cfg.num_workers)
-            recalibrate_bn(eval_model, calib, runtime, cfg.bn_recalibration)
-        val_loader = make_loader(splits.val, image_size=val_size, batch_size=max(cfg.batch_size, 256),
-                                 train=False, num_workers=cfg.num_workers)
-        acc = evaluate(eval_model, val_loader, runtime)
-        metrics = {
-            "epoch": epoch + 1, "stage": stage, "image_size": s.image_size, "dropout": s.dropout,
-            "randaugment": s.randaugment, "mixup": s.mixup, "train_loss": train_loss,
-            "val_accuracy": acc, "lr": lr, "epoch_time_s": time.perf_counter() - t_epoch,
-        }
-        if diverged is not None:
-            # Report the epoch (train_loss NaN/inf) so a caller's hook can react, e.g. the search
-            # failing the trial, but never checkpoint the broken weights over good ones.
-            metrics["train_loss"] = diverged[0]
+    # cuda:N is the current device for the run, so nothing that defaults to the current device
+    # (kernels compiled by Inductor, cuDNN's autotuning) lands on another GPU.
+    with runtime.device_context(), cudnn_autotune(runtime.device.type == "cuda"), \
+            contextlib.closing(train_batches), contextlib.closing(val_batches):
+        for epoch in range(start_epoch, cfg.epochs):
+            t_epoch = time.perf_counter()
+            stage, s = epoch_settings(cfg, epoch, base_size, base_dropout)
+            seed = _epoch_seed(cfg.seed, epoch)
+            if cfg.progressive is not None or cfg.dropout is not None or hasattr(model, "set_dropout"):
+                _set_dropout(model, s.dropout)  # a model without dropout is fine unless one is asked for
+            batches = train_batches.epoch(s.image_size, randaugment=s.randaugment, seed=seed)
+            mix = make_mixup(s.mixup, splits.num_classes)
+            loss_sum = torch.zeros((), dtype=torch.float64, device=runtime.device)
+            seen, lr = 0, optimizer.param_groups[0]["lr"]
+            diverged: tuple[float, float] | None = None
+            # Trials sharing this device train side by side, not while one of them times a step.
+            with devicelock.training(), torch.random.fork_rng(devices=runtime.cuda_indices):
+                torch.manual_seed(seed)
+                model.train()
+                bar = _progress(batches, progress, f"epoch {epoch + 1}/{cfg.epochs} stage {stage} {s.image_size}px")
+                t_train = time.perf_counter()
+                for i, (images, labels) in enumerate(bar):
+                    check_interrupt()  # Ctrl-C stops here, between steps (nas.interrupt)
+                    t_step = time.perf_counter()
+                    if mix is not None:
+                        images, labels = mix(images, labels)
+                    images = runtime.images(images)
+                    lr = optimizer.param_groups[0]["lr"]
+                    loss = step(images, labels)
+                    n = images.shape[0]
+                    loss_sum += loss.double() * n
+                    seen += n
+                    if (i + 1) % check_every == 0 and not bool(torch.isfinite(loss_sum)):
+                        diverged = (float(loss), lr)
+                        break
+                    scheduler.step()
+                    if ema is not None:
+                        ema.update(model)
+                    step_time += time.perf_counter() - t_step
+                    steps += 1
+                    if progress and (i + 1) % 10 == 0:
+                        bar.set_postfix(loss=f"{float(loss_sum) / seen:.3f}", refresh=False)
+                train_loss = float(loss_sum) / max(seen, 1)  # synchronises: the pass is over
+                train_s = time.perf_counter() - t_train
+            if diverged is None and not math.isfinite(train_loss):
+                diverged = (train_loss, lr)
+            val_size = cfg.eval_image_size or s.image_size
+            if cfg.bn_recalibration and diverged is None:
+                recalibrate_bn(eval_model, train_batches.epoch(val_size, seed=seed), runtime, cfg.bn_recalibration)
+            acc = evaluate(eval_model, val_batches.epoch(val_size), runtime)
+            metrics = {
+                "epoch": epoch + 1, "stage": stage, "image_size": s.image_size, "dropout": s.dropout,
+                "randaugment": s.randaugment, "mixup": s.mixup, "train_loss": train_loss,
+                "val_accuracy": acc, "lr": lr, "epoch_time_s": time.perf_counter() - t_epoch,
+                "images_per_s": seen / train_s if train_s > 0 else 0.0,
+            }
+            if diverged is not None:
+                # Report the epoch (train_loss NaN/inf) so a caller's hook can react, e.g. the search
+                # failing the trial, but never checkpoint the broken weights over good ones.
+                metrics["train_loss"] = diverged[0]
+                if on_epoch_end is not None:
+                    on_epoch_end(epoch + 1, dict(metrics))
+                raise TrainingDiverged(f"training diverged: loss is {diverged[0]} at epoch {epoch + 1} "
+                                       f"(learning rate {diverged[1]:.3g}); lower the learning rate")
+            history.append(metrics)
+            if checkpoint_path is not None:
+                save_checkpoint(checkpoint_path, make_checkpoint(
+                    model, cfg, splits, epoch + 1, history, optimizer, scheduler, ema, step.scaler))
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1, dict(metrics))
-            raise TrainingDiverged(f"training diverged: loss is {diverged[0]} at epoch {epoch + 1} "
-                                   f"(learning rate {diverged[1]:.3g}); lower the learning rate")
-        history.append(metrics)
-        if checkpoint_path is not None:
-            save_checkpoint(checkpoint_path, make_checkpoint(
-                model, cfg, splits, epoch + 1, history, optimizer, scheduler, ema, step.scaler))
-        if on_epoch_end is not None:
-            on_epoch_end(epoch + 1, dict(metrics))
 
     accs = [h["val_accuracy"] for h in history]
     return TrainResult(
@@ -424,7 +350,7 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, *,
         best_val_accuracy=max(accs) if accs else float("nan"),
         history=history, wall_time_s=time.perf_counter() - t_start,
         epochs_run=cfg.epochs - start_epoch, start_epoch=start_epoch,
-        mean_step_time_s=step_time / steps if steps else 0.0, eval_model=eval_model)
+        mean_step_time_s=step_time / steps if steps else 0.0, eval_model=eval_model, compiled=compiled)
 
 
 def _progress(loader, enabled: bool, desc: str):

@@ -1,13 +1,27 @@
-"""Data sets, deterministic splits, loaders (resize, RandAugment, shuffling) and MixUp."""
+"""Data sets, deterministic splits, batches on the device (resize, per-image RandAugment, shuffling),
+image-folder loading with persistent workers, and MixUp."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from nas.data import (DATASETS, Splits, TensorImages, load_dataset, make_loader, make_mixup, mixup_collate,
-                      split_indices)
+from torchvision.transforms import v2
+
+import nas.data.batches as batches_mod
+from nas.data import (DATASETS, BatchRandAugment, Splits, TensorImages, load_dataset, make_batches, make_loader,
+                      make_mixup, resize, split_indices)
 from nas.errors import NasError
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Batches of small images: a second intra-op thread gains nothing, and on a busy 2-core box
+    thread hand-offs made them over 10x slower (as in test_train.py)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -105,10 +119,53 @@ def test_randaugment_changes_train_images_only(digits):
     assert torch.equal(next(iter(ev))[0], next(iter(ev0))[0])
 
 
-def test_resized_set_is_cached_per_size():
+def test_resized_set_is_cached_per_size_and_device(monkeypatch):
     data = TensorImages(torch.randint(0, 256, (20, 3, 8, 8), dtype=torch.uint8), torch.arange(20) % 2)
-    assert data.resized(16) is data.resized(16)
-    assert data.resized(24).shape == (20, 3, 24, 24)
+    assert data.on("cpu")[0] is data.images  # already where it lives: no copy
+    assert data.resized(16, "cpu") is data.resized(16, "cpu")
+    assert data.resized(24).shape == (20, 3, 24, 24) and data.resized(24).dtype == torch.uint8
+    # Past the cache budget a size is not kept, and batches are resized one by one instead: same images.
+    monkeypatch.setattr("nas.data.sets._CACHE_BYTES", 20 * 3 * 16 * 16)
+    fresh = TensorImages(data.images, data.labels)
+    assert fresh.resized(16) is not None and fresh.resized(24) is None
+    cached = torch.cat([x for x, _ in make_loader(data, image_size=24, batch_size=8, train=False)])
+    per_batch = torch.cat([x for x, _ in make_loader(fresh, image_size=24, batch_size=8, train=False)])
+    assert torch.equal(cached, per_batch)
+
+
+def test_in_memory_batches_never_touch_a_dataloader(digits, monkeypatch):
+    def no_loader(*a, **k):
+        raise AssertionError("an in-memory set must not go through a DataLoader")
+
+    monkeypatch.setattr(batches_mod, "DataLoader", no_loader)
+    placed = []
+    real_on = TensorImages.on
+    monkeypatch.setattr(TensorImages, "on", lambda self, dev: placed.append(torch.device(dev)) or real_on(self, dev))
+    batches = make_batches(digits.train, device="cpu", batch_size=64, train=True)
+    epoch = batches.epoch(16, randaugment=9, seed=3)
+    got = list(epoch)
+    assert len(got) == len(epoch) == len(digits.train) // 64
+    assert all(x.device.type == "cpu" and y.device.type == "cpu" and x.dtype == torch.float32 for x, y in got)
+    assert placed and set(placed) == {torch.device("cpu")}
+    again = list(batches.epoch(16, randaugment=9, seed=3))  # an epoch is a function of its seed ...
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(got, again))
+    torch.manual_seed(0)
+    first = next(iter(epoch))[0]
+    torch.manual_seed(0)
+    assert torch.equal(first, next(iter(epoch))[0])  # ... and of torch's generator (RandAugment)
+
+
+def test_randaugment_draws_its_ops_per_image_like_the_per_image_transform(digits):
+    one = resize(digits.train.images[:1], 16).repeat(64, 1, 1, 1)  # 64 copies of one image
+    torch.manual_seed(7)
+    out = BatchRandAugment(magnitude=15)(one)
+    assert len({bytes(im.numpy()) for im in out}) > 10  # a batch-wide call would give one image 64 times
+    assert torch.equal(one, resize(digits.train.images[:1], 16).repeat(64, 1, 1, 1))  # input untouched
+    x = resize(digits.train.images[:48], 20)
+    torch.manual_seed(11)
+    reference = torch.stack([v2.RandAugment(magnitude=12)(im) for im in x])
+    torch.manual_seed(11)
+    assert torch.equal(BatchRandAugment(magnitude=12)(x), reference)  # same draws, same images
 
 
 @pytest.mark.parametrize("kw", [dict(image_size=4), dict(image_size=16.0), dict(batch_size=0),
@@ -130,9 +187,12 @@ def test_mixup_mixes_images_and_labels():
     assert not torch.equal(mixed, images)
     with pytest.raises(NasError):
         make_mixup(-0.1, 4)
-    collate = mixup_collate(0.2, 4)
-    x, y = collate([(torch.zeros(3, 8, 8, dtype=torch.uint8), i % 4) for i in range(4)])
-    assert x.shape == (4, 3, 8, 8) and y.shape == (4, 4)
+
+
+def test_mixup_runs_on_the_batches_device(digits):
+    x, y = next(iter(make_loader(digits.train, image_size=8, batch_size=16, train=True, device="cpu")))
+    mixed, soft = make_mixup(0.2, 10)(x, y)
+    assert mixed.device == x.device and soft.device == y.device and soft.shape == (16, 10)
 
 
 def _write_folder(root, classes=2, per_class=5, size=(12, 10)):
@@ -156,6 +216,27 @@ def test_imagefolder_split_and_loader(tmp_path):
     assert img.dtype == torch.uint8 and img.shape == (3, 12, 10) and isinstance(label, int)
     x, y = next(iter(make_loader(s.train, image_size=16, batch_size=4, train=True, randaugment_magnitude=5)))
     assert x.shape == (4, 3, 16, 16) and y.dtype == torch.int64
+
+
+def test_imagefolder_workers_persist_and_give_the_batches_of_no_workers(tmp_path):
+    _write_folder(tmp_path / "flat", per_class=6)
+    s = load_dataset(f"imagefolder:{tmp_path / 'flat'}", val_fraction=0.25)
+    inline = make_batches(s.train, batch_size=4, train=True)
+    pooled = make_batches(s.train, batch_size=4, train=True, num_workers=2)
+
+    def run(batches, size, seed):
+        torch.manual_seed(1)  # RandAugment's draws, as fit() seeds them per epoch
+        return list(batches.epoch(size, randaugment=9, seed=seed))
+
+    a, b = run(inline, 16, seed=5), run(pooled, 16, seed=5)
+    workers = pooled._loader._iterator._workers
+    c = run(pooled, 24, seed=6)  # the next epoch, at the next stage's size, on the same workers
+    assert pooled._loader._iterator._workers is workers and all(w.is_alive() for w in workers)
+    assert len(a) == len(b) == 2 and all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(a, b))
+    assert all(x.shape == (4, 3, 24, 24) for x, _ in c)
+    assert torch.equal(torch.cat([y for _, y in c]).sort().values, torch.cat([y for _, y in a]).sort().values)
+    pooled.close()
+    assert not any(w.is_alive() for w in (w.join(5) or w for w in workers))
 
 
 def test_imagefolder_uses_train_and_val_folders(tmp_path):

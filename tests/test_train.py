@@ -17,6 +17,7 @@ import pytest
 import torch
 from torch import nn
 
+import nas.data.batches as batches_mod
 import nas.train as train_mod
 from nas.data import Splits, TensorImages, load_dataset, make_loader
 from nas.errors import NasError
@@ -92,12 +93,11 @@ def test_each_stage_sets_the_dropout_the_model_uses_and_the_size_it_sees(small, 
         lambda m, inp: seen_dropout.add(round(m.p, 6)) if m.training else None)
     model.register_forward_pre_hook(lambda m, inp: seen_size.add(inp[0].shape[-1]) if m.training else None)
     loader_args, mixups = [], []
-    real_loader, real_mixup = train_mod.make_loader, train_mod.make_mixup
+    real_augment, real_mixup = batches_mod.make_randaugment, train_mod.make_mixup
 
-    def spy_loader(dataset, **kw):
-        if kw["train"]:
-            loader_args.append(kw["randaugment_magnitude"])
-        return real_loader(dataset, **kw)
+    def spy_augment(magnitude):
+        loader_args.append(magnitude)
+        return real_augment(magnitude)
 
     def spy_mixup(alpha, num_classes):
         mix = real_mixup(alpha, num_classes)
@@ -112,7 +112,7 @@ def test_each_stage_sets_the_dropout_the_model_uses_and_the_size_it_sees(small, 
 
         return counted
 
-    monkeypatch.setattr(train_mod, "make_loader", spy_loader)
+    monkeypatch.setattr(batches_mod, "make_randaugment", spy_augment)
     monkeypatch.setattr(train_mod, "make_mixup", spy_mixup)
 
     def on_epoch_end(epoch, metrics):
@@ -150,7 +150,8 @@ def test_tiny_network_learns_the_fake_set():
 
 def test_same_seed_same_result_other_seed_differs(small):
     c = cfg(epochs=2, image_size=12, randaugment=7, mixup=0.2)
-    strip = lambda r: [{k: v for k, v in h.items() if k != "epoch_time_s"} for h in r.history]  # noqa: E731
+    timings = ("epoch_time_s", "images_per_s")
+    strip = lambda r: [{k: v for k, v in h.items() if k not in timings} for h in r.history]  # noqa: E731
     a = fit(tiny_model(), small, c, progress=False)
     b = fit(tiny_model(), small, c, progress=False)
     other = fit(tiny_model(), small, cfg(epochs=2, image_size=12, randaugment=7, mixup=0.2, seed=1), progress=False)
@@ -259,8 +260,9 @@ def test_mismatched_architecture_or_settings_are_refused(checkpoint, small):
                                                                          small.train.labels[:200]),
                                             small.val, 10, 8))
     load_checkpoint(path, splits=small)
-    # Where to run is not part of the experiment: another device / AMP setting may resume it.
-    load_checkpoint(path, config=cfg(epochs=1, image_size=8, ema_decay=0.9, device="auto", amp="off"))
+    # Where and how fast to run is not part of the experiment: another device, AMP or compile setting
+    # may resume it (a compiled step gives the eager result up to rounding: tests/test_step.py).
+    load_checkpoint(path, config=cfg(epochs=1, image_size=8, ema_decay=0.9, device="auto", amp="off", compile="on"))
 
 
 class Evil:
@@ -332,7 +334,7 @@ def test_cli_resume_finish_and_mismatch(run_nas, tmp_path, capsys):
     assert [r["epoch"] for r in rows] == ["1", "2", "3"]
     assert [r["image_size"] for r in rows] == ["8", "12", "16"] and [r["stage"] for r in rows] == ["0", "1", "2"]
     assert list(rows[0]) == ["epoch", "stage", "image_size", "dropout", "randaugment", "mixup", "train_loss",
-                             "val_accuracy", "lr", "epoch_time_s"]
+                             "val_accuracy", "lr", "epoch_time_s", "images_per_s"]
     final = json.loads((out / "final.json").read_text())
     assert final["eval_image_size"] == 16 and 0.0 <= final["val_accuracy"] <= 1.0  # res16 under 4 x 8 px
     assert final["arch"] == Architecture.from_string(TINY).to_string()
@@ -417,6 +419,54 @@ def test_cli_refuses_a_corrupt_checkpoint_in_process(tmp_path, capsys):
 def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):
     from nas.cli import main
 
+    assert main([*CLI_ARGS, "--out", str(tmp_path / "run"), *args]) == 2
+    assert message in _one_line_error(2, capsys.readouterr().err)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("args, train_size, eval_size", [
+    (["--progressive", "off", "--image-size", "24"], 24, 24),  # not the architecture's 16 px
+    (["--progressive", "off", "--image-size", "24", "--eval-image-size", "12"], 24, 12),
+    (["--progressive", "s", "--stages", "2", "--image-size-start", "8", "--image-size-end", "20"], 20, 20),
+    (["--progressive", "off"], 16, 16),  # TINY's res16, under 4 x digits' 8 px
+])
+def test_cli_evaluates_at_the_last_training_size_by_default(tmp_path, capsys, args, train_size, eval_size):
+    from nas.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", TINY, "--epochs", "1", "--width-mult", "1", "--depth-mult", "1", "--batch-size", "128",
+                 "--no-progress", "--out", str(out), *args]) == 0
+    final = json.loads((out / "final.json").read_text())
+    assert (final["eval_image_size"], final["config"]["eval_image_size"]) == (eval_size, eval_size)
+    assert _rows(out / "metrics.csv")[-1]["image_size"] == str(train_size)
+    assert f"at {eval_size} px" in capsys.readouterr().out
+
+
+def test_cli_final_evaluation_re_estimates_batchnorm(tmp_path, capsys):
+    from nas.cli import main
+
+    base = ["train", TINY, "--epochs", "1", "--width-mult", "1", "--depth-mult", "1", "--progressive", "off",
+            "--batch-size", "128", "--no-progress"]
+    assert main([*base, "--out", str(tmp_path / "a")]) == 0
+    final = json.loads((tmp_path / "a" / "final.json").read_text())
+    assert final["final_bn_recalibration"] == 16 and final["compiled"] is False
+    assert "BatchNorm re-estimated on 16 batches" in capsys.readouterr().out
+    # One epoch of 11 steps leaves the running averages far behind the weights: re-estimating helps.
+    assert final["val_accuracy"] > final["val_accuracy_running_stats"]
+    assert main([*base, "--out", str(tmp_path / "b"), "--final-bn-recalibration", "0"]) == 0
+    off = json.loads((tmp_path / "b" / "final.json").read_text())
+    assert off["val_accuracy"] == off["val_accuracy_running_stats"] == final["val_accuracy_running_stats"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--device", "cuda:1"], "'cuda:1'"), (["--device", "gpu"], "unknown device 'gpu'"),
+    (["--compile", "yes"], "compile must be one of auto, on, off"),
+    (["--final-bn-recalibration", "-1"], "--final-bn-recalibration"),
+])
+def test_cli_refuses_a_device_or_compile_it_cannot_use_before_writing(tmp_path, capsys, monkeypatch, args, message):
+    from nas.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on CI, even where a GPU exists
     assert main([*CLI_ARGS, "--out", str(tmp_path / "run"), *args]) == 2
     assert message in _one_line_error(2, capsys.readouterr().err)
     assert not (tmp_path / "run").exists()

@@ -5,14 +5,21 @@ data set): ``metrics.csv`` (one row per epoch), ``checkpoint.pt`` (after every e
 ``final.json`` (the final evaluation). Rerunning the same command continues from the last completed
 epoch; a checkpoint written with other settings is refused, never overwritten.
 
-Image sizes. Pixels beyond 4x a data set's own image size carry no information, only cost, so
-every size is capped there: the final evaluation runs at the architecture's resolution clamped to
-``4 * native`` (digits: 8 px -> 32 px; CIFAR: 128 px; an image folder keeps the architecture's), or
-``--eval-image-size``. Progressive learning keeps Table 6's sizes when they fit under that
-evaluation size (as on ImageNet, where V2-S trains up to 300 px and evaluates at 384); otherwise the
-schedule is scaled so its last stage trains at the evaluation size, keeping its start/end ratio
-(digits with ``s``: 14 -> 32 px). Fixed-size training (``--progressive off``) uses the evaluation
-size unless ``--image-size`` is given.
+Image sizes. Pixels beyond 4x a data set's own image size carry no information, only cost, so the
+target size is the architecture's resolution clamped to ``4 * native`` (digits: 8 px -> 32 px;
+CIFAR: 128 px; an image folder keeps the architecture's), or ``--eval-image-size``. Progressive
+learning keeps Table 6's sizes when they fit under the target (as on ImageNet, where V2-S trains up
+to 300 px and evaluates at 384); otherwise the schedule is scaled so its last stage trains at the
+target, keeping its start/end ratio (digits with ``s``: 14 -> 32 px). Fixed-size training
+(``--progressive off``) trains at the target unless ``--image-size`` is given. Evaluation (every
+epoch's and the final one) runs at the size the last epoch trains at, unless ``--eval-image-size``
+says otherwise: a network trained at 224 px is not judged at 32 px.
+
+Final evaluation. BatchNorm statistics are re-estimated on ``--final-bn-recalibration`` (16)
+training batches at the evaluation size first (:func:`nas.evaluate.recalibrate_bn`); ``final.json``
+keeps the accuracy with the running statistics too. On digits (width and depth 0.25) the running
+statistics of a 1-epoch EfficientNet-B0 score 10.0% (chance) and the re-estimated ones 80.5%; after
+3 to 20 epochs the two agree within 2% (a few of 359 images), for a fraction of a second (README).
 
 Default model size. On the small offline sets (digits, fake) the architecture is scaled by width
 0.25 and depth 0.25 (V2 rounding) unless ``--width-mult`` / ``--depth-mult`` say otherwise: on 2 CPU
@@ -34,7 +41,7 @@ from nas.files import atomic_write_text
 SMALL_DATASETS = ("digits", "fake")
 SMALL_DEFAULT_MULT = 0.25
 CSV_COLUMNS = ["epoch", "stage", "image_size", "dropout", "randaugment", "mixup", "train_loss",
-               "val_accuracy", "lr", "epoch_time_s"]
+               "val_accuracy", "lr", "epoch_time_s", "images_per_s"]
 
 
 def add_parser(sub) -> None:
@@ -67,7 +74,8 @@ def add_parser(sub) -> None:
     f.add_argument("--mixup", type=float, default=None, help="mixup alpha (default 0 = off)")
     f.add_argument("--dropout", type=float, default=None, help="dropout (default: the architecture's)")
     o = p.add_argument_group("optimisation")
-    o.add_argument("--epochs", type=int, default=20, help="default 20: on digits progressive s reaches 94%% (82%% at 10)")
+    o.add_argument("--epochs", type=int, default=20,
+                   help="default 20: on digits progressive s reaches 90-95%% (71-84%% at 10; seeds 0-2)")
     o.add_argument("--batch-size", type=int, default=64)
     o.add_argument("--optimizer", default="rmsprop", help="rmsprop (default, as the papers), sgd or adamw")
     o.add_argument("--lr", type=float, default=None,
@@ -80,11 +88,18 @@ def add_parser(sub) -> None:
                    help="re-estimate BatchNorm statistics on this many training batches at the evaluation "
                         "size before each evaluation (0 = off)")
     o.add_argument("--eval-image-size", type=int, default=None,
-                   help="final evaluation size (default: the architecture's resolution, at most 4x the data's)")
+                   help="evaluation size (default: the last epoch's training size); also the schedule's target "
+                        "size (default: the architecture's resolution, at most 4x the data's)")
+    o.add_argument("--final-bn-recalibration", type=int, default=16, metavar="BATCHES",
+                   help="re-estimate BatchNorm statistics on this many training batches before the final "
+                        "evaluation (default 16; 0 = off)")
     r = p.add_argument_group("run")
     r.add_argument("--out", default=None, help="run directory (default runs/train-<arch>-<hash>)")
-    r.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    r.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     r.add_argument("--amp", default="auto", help="mixed precision: auto (CUDA only), on or off")
+    r.add_argument("--compile", nargs="?", const="on", default="auto", metavar="auto|on|off",
+                   help="torch.compile the training step: auto (default: on CUDA when each image size trains "
+                        "2,000 steps or more), on (also --compile alone) or off")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--workers", type=int, default=0, help="data loader worker processes (0)")
     r.add_argument("--stop-after", type=int, default=None, metavar="N",
@@ -96,7 +111,7 @@ def add_parser(sub) -> None:
 # ------------------------------------------------------------------------------------------------
 
 
-def _schedule(args, eval_size: int):
+def _schedule(args, target: int):
     from nas.progressive import get_schedule
 
     ranges = dict(size_start=args.image_size_start, size_end=args.image_size_end,
@@ -115,22 +130,26 @@ def _schedule(args, eval_size: int):
         raise NasError(f"{', '.join(given)} set(s) fixed-size training; with --progressive {args.progressive} use "
                        f"the -start/-end options, or --progressive off")
     sched = get_schedule(args.progressive)  # validates the name first
-    if args.image_size_end is None and args.image_size_start is None and sched.size_end > eval_size:
-        ranges["size_end"] = eval_size  # get_schedule scales the start with it
+    if args.image_size_end is None and args.image_size_start is None and sched.size_end > target:
+        ranges["size_end"] = target  # get_schedule scales the start with it
     return get_schedule(args.progressive, stages=args.stages, **ranges)
 
 
-def _config(args, arch, eval_size: int):
+def _config(args, target: int):
+    """The training config; ``target`` is the size the schedule ends at unless told otherwise."""
     from nas.train import TrainConfig
 
-    progressive = _schedule(args, eval_size)
+    progressive = _schedule(args, target)
+    image_size = None if progressive else (args.image_size or target)
+    last = progressive.stage(progressive.stages - 1).image_size if progressive else image_size
     return TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
         weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
-        ema_decay=args.ema, image_size=None if progressive else (args.image_size or eval_size),
+        ema_decay=args.ema, image_size=image_size,
         randaugment=args.randaugment or 0.0, mixup=args.mixup or 0.0, dropout=args.dropout,
         progressive=progressive, device=args.device, amp=args.amp, seed=args.seed,
-        eval_image_size=eval_size, num_workers=args.workers, bn_recalibration=args.bn_recalibration)
+        eval_image_size=args.eval_image_size or last, num_workers=args.workers,
+        bn_recalibration=args.bn_recalibration, compile=args.compile)
 
 
 def write_metrics_csv(path: Path, rows: list[dict]) -> None:
@@ -152,7 +171,7 @@ def _epoch_line(m: dict, epochs: int) -> str:
     return (f"epoch {m['epoch']:>{len(str(epochs))}}/{epochs}  stage {m['stage']}  {m['image_size']:>3} px  "
             f"RA {m['randaugment']:>2}  mixup {m['mixup']:.3g}  dropout {m['dropout']:.3g}  "
             f"loss {m['train_loss']:.4f}  val {100 * m['val_accuracy']:.2f}%  lr {m['lr']:.3g}  "
-            f"{m['epoch_time_s']:.1f}s")
+            f"{m['epoch_time_s']:.1f}s  {m.get('images_per_s', 0):.0f} img/s")
 
 
 def run(args) -> int:
@@ -162,19 +181,26 @@ def run(args) -> int:
     from nas.resolve import resolve_arch
     from nas.checkpoint import load_checkpoint
     from nas.device import Runtime
-    from nas.train import evaluate, fit
+    from nas.evaluate import evaluate, recalibrate_bn
+    from nas.step import resolve_compile
+    from nas.train import fit
     from search_spaces import build, preset_names, scale
 
     if args.stop_after is not None and args.stop_after < 1:
         raise NasError(f"--stop-after must be a positive integer, got {args.stop_after}")
+    if args.final_bn_recalibration < 0:
+        raise NasError(f"--final-bn-recalibration must be 0 or more batches, got {args.final_bn_recalibration}")
     base = resolve_arch(args.arch)
     splits = load_dataset(args.dataset, args.data_dir, seed=args.seed, val_fraction=args.val_fraction)
     small = splits.name in SMALL_DATASETS
     width = args.width_mult if args.width_mult is not None else (SMALL_DEFAULT_MULT if small else 1.0)
     depth = args.depth_mult if args.depth_mult is not None else (SMALL_DEFAULT_MULT if small else 1.0)
     arch = scale(base, width=width, depth=depth, rounding="v2") if (width, depth) != (1.0, 1.0) else base
-    eval_size = args.eval_image_size or min(arch.resolution, 4 * splits.native_size)
-    cfg = _config(args, arch, eval_size)
+    cfg = _config(args, args.eval_image_size or min(arch.resolution, 4 * splits.native_size))
+    eval_size = cfg.eval_image_size
+    # The device (and a compile it cannot run) is refused before anything is written.
+    runtime = Runtime.resolve(cfg.device, cfg.amp, cfg.channels_last)
+    resolve_compile(cfg.compile, runtime, 0)
 
     key = hashlib.sha1(f"{arch.to_string()}|{splits.name}".encode()).hexdigest()[:8]
     label = args.arch.strip().lower() if args.arch.strip().lower() in preset_names() else "arch"
@@ -232,8 +258,14 @@ def run(args) -> int:
               "rerun the same command to continue")
         return 0
 
-    loader = make_loader(splits.val, image_size=eval_size, batch_size=max(cfg.batch_size, 256), train=False)
-    acc = evaluate(result.eval_model, loader, Runtime.resolve(cfg.device, cfg.amp, cfg.channels_last))
+    val = make_loader(splits.val, image_size=eval_size, batch_size=max(cfg.batch_size, 256), train=False,
+                      device=runtime.device)
+    acc = running_acc = evaluate(result.eval_model, val, runtime)
+    if args.final_bn_recalibration:
+        calibration = make_loader(splits.train, image_size=eval_size, batch_size=cfg.batch_size, train=True,
+                                  seed=cfg.seed, device=runtime.device)
+        recalibrate_bn(result.eval_model, calibration, runtime, args.final_bn_recalibration)
+        acc = evaluate(result.eval_model, val, runtime)
     history = result.history
     final = {
         "arch": arch.to_string(), "architecture": arch.to_dict(), "base_arch": base.to_string(),
@@ -241,13 +273,16 @@ def run(args) -> int:
         "dataset": splits.name, "num_classes": splits.num_classes,
         "train_size": len(splits.train), "val_size": len(splits.val),
         "epochs": cfg.epochs, "eval_image_size": eval_size, "ema": cfg.ema_decay is not None,
-        "val_accuracy": acc,
+        "val_accuracy": acc, "val_accuracy_running_stats": running_acc,
+        "final_bn_recalibration": args.final_bn_recalibration, "compiled": result.compiled,
         "last_epoch_val_accuracy": history[-1]["val_accuracy"] if history else None,
         "best_val_accuracy": max((h["val_accuracy"] for h in history), default=None),
         "train_time_s": sum(h["epoch_time_s"] for h in history),
         "config": cfg.to_dict(),
     }
     atomic_write_text(final_path, json.dumps(final, indent=2) + "\n")
-    print(f"final val accuracy {100 * acc:.2f}% at {eval_size} px{' (EMA weights)' if cfg.ema_decay else ''}; "
-          f"{final['train_time_s']:.1f}s of training; wrote {final_path}")
+    recal = (f" (BatchNorm re-estimated on {args.final_bn_recalibration} batches; running statistics "
+             f"{100 * running_acc:.2f}%)" if args.final_bn_recalibration else "")
+    print(f"final val accuracy {100 * acc:.2f}% at {eval_size} px{' (EMA weights)' if cfg.ema_decay else ''}{recal}; "
+          f"{final['train_time_s']:.1f}s of training{', compiled step' if result.compiled else ''}; wrote {final_path}")
     return 0

@@ -1,9 +1,8 @@
-"""Data sets and loaders for training and for the search's proxy training.
+"""Data sets: loading by name, deterministic splits, and the in-memory image tensors.
 
 Every data set is turned into the same form: items ``(uint8 tensor [3, H, W], int label)``, split
-into a training and a validation part. :func:`make_loader` then resizes to the image size a
-progressive-learning stage asks for (EfficientNetV2 section 4.2), applies RandAugment on the
-training split, and yields normalised ``float32`` batches.
+into a training and a validation part. :mod:`nas.data.batches` turns a split into batches on the
+training device.
 
 Data sets (``load_dataset(name)``):
 
@@ -21,36 +20,28 @@ is held out, stratified by class and seeded. CIFAR's official test set is delibe
 the validation set: the search selects architectures on it, and NAS papers hold validation data out
 of the training set for this reason (MnasNet section 5, EfficientNetV2 section 4.1).
 
-In-memory data sets (everything but ``imagefolder``) are resized as whole tensors: once per image
-size when no augmentation is used (cached), or one batch at a time otherwise. That keeps a search
-trial on ``digits`` at a few seconds instead of being dominated by per-image Python work.
+In-memory sets (everything but ``imagefolder``) are :class:`TensorImages`: one uint8 tensor, copied
+to a training device once (:meth:`TensorImages.on`) and resized there, whole, once per image size
+while the resized copy stays small (:meth:`TensorImages.resized`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
-from torchvision.transforms import v2
+from torch.utils.data import Dataset, Subset
 
-from nas.errors import NasError, check_int, check_number
-from nas.progressive import MAX_RANDAUGMENT
+from nas.data.augment import resize
+from nas.errors import NasError
 
 DATASETS = ("digits", "fake", "cifar10", "cifar100", "imagefolder:PATH")
 DEFAULT_DATA_DIR = "~/.cache/nas/data"
 
-# ImageNet statistics: the presets' conventions, and harmless for the small sets.
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
-
-MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 2048
-# The whole resized, normalised set is cached per image size while it stays below this size.
+# Resized copies of an in-memory set are kept (per device and size) while together they stay below
+# this many bytes; beyond it every batch is resized on its own (still on the device).
 _CACHE_BYTES = 256 * 2**20
 
 
@@ -75,7 +66,8 @@ class TensorImages(Dataset):
             raise NasError(f"labels must have shape ({images.shape[0]},), got {tuple(labels.shape)}")
         self.images = images.contiguous()
         self.labels = labels.to(torch.int64)
-        self._cache: dict[int, torch.Tensor] = {}  # image size -> normalised float32 images
+        self._on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # device -> (images, labels)
+        self._resized: dict[tuple[torch.device, int], torch.Tensor] = {}      # (device, size) -> uint8 images
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -83,14 +75,30 @@ class TensorImages(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.images[i], int(self.labels[i])
 
-    def resized(self, size: int) -> torch.Tensor:
-        """All images resized to ``size`` and normalised (float32), cached when small enough."""
-        if size in self._cache:
-            return self._cache[size]
-        out = _normalise(_resize(self.images, size))
-        if out.numel() * out.element_size() <= _CACHE_BYTES:
-            self._cache[size] = out
-        return out
+    def on(self, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(images, labels)`` on ``device``, copied there once and kept (a search trains many
+        candidates on the same set: each finds it already in place)."""
+        device = torch.device(device)
+        if device.type == "cpu":
+            return self.images, self.labels
+        if device not in self._on:
+            self._on[device] = (self.images.to(device), self.labels.to(device))
+        return self._on[device]
+
+    def resized(self, size: int, device: torch.device | str = "cpu") -> torch.Tensor | None:
+        """All images resized to ``size`` (uint8, on ``device``), kept while the resized copies stay
+        under 256 MiB; None when this size would not fit (then resize batch by batch)."""
+        device = torch.device(device)
+        key = (device, int(size))
+        if key in self._resized:
+            return self._resized[key]
+        n_bytes = self.images.shape[0] * self.images.shape[1] * size * size
+        if n_bytes > _CACHE_BYTES:
+            return None
+        if n_bytes + sum(t.numel() for t in self._resized.values()) > _CACHE_BYTES:
+            self._resized.clear()  # a progressive run moves on to larger sizes: drop the old ones
+        self._resized[key] = resize(self.on(device)[0], size)
+        return self._resized[key]
 
 
 # --------------------------------------------------------------------------------------------
@@ -208,6 +216,8 @@ def _imagefolder(path: str, seed: int, val_fraction: float) -> Splits:
     root = Path(os.path.expanduser(path))
     if not root.is_dir():
         raise NasError(f"imagefolder path {str(root)!r} is not a directory")
+    from torchvision.transforms import v2
+
     to_tensor = v2.PILToTensor()  # ImageFolder's loader already converts to RGB
 
     def folder(p: Path) -> datasets.ImageFolder:
@@ -273,165 +283,3 @@ def _image_paths(data) -> list[str]:
     if isinstance(data, Subset):
         return [data.dataset.samples[i][0] for i in data.indices]
     return [p for p, _ in getattr(data, "samples", [])]
-
-
-# --------------------------------------------------------------------------------------------
-# Loaders
-
-
-def check_randaugment(magnitude) -> int:
-    """RandAugment magnitude as torchvision takes it: an integer bin 0..30 (0 = off); floats from a
-    progressive schedule are rounded."""
-    return int(round(check_number("RandAugment magnitude", magnitude, 0, MAX_RANDAUGMENT)))
-
-
-def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Square resize of a uint8 batch (or one image); antialiased when shrinking."""
-    if images.shape[-2:] == (size, size):
-        return images
-    return v2.functional.resize(images, [size, size], antialias=True)
-
-
-def _normalise(images: torch.Tensor) -> torch.Tensor:
-    x = images.to(torch.float32).div_(255.0)
-    mean = torch.tensor(MEAN, dtype=torch.float32).view(3, 1, 1)
-    std = torch.tensor(STD, dtype=torch.float32).view(3, 1, 1)
-    return x.sub_(mean).div_(std)
-
-
-@contextlib.contextmanager
-def _one_thread():
-    """Run per-image augmentation on one intra-op thread. RandAugment's ops on one small image are
-    far too small to split across threads: on 2 busy CPU cores, two threads made an epoch of
-    digits about 9x slower (wall and CPU time). Loader worker processes already use one thread."""
-    n = torch.get_num_threads()
-    if n == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
-
-
-class _BatchView(Dataset):
-    """Loader-side view of an in-memory set: ``__getitems__`` serves a whole batch at once.
-
-    Without augmentation it slices the cached, resized tensor; with RandAugment it resizes the
-    batch in one call, then augments each image separately (RandAugment draws its ops per call, so
-    a batch-wide call would give every image the same ops)."""
-
-    def __init__(self, data: TensorImages, size: int, augment: Callable | None):
-        self.data, self.size, self.augment = data, size, augment
-        self.cached = data.resized(size) if augment is None else None
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, i: int):
-        return self.__getitems__([i])
-
-    def __getitems__(self, indices: Sequence[int]):
-        idx = torch.as_tensor(indices, dtype=torch.int64)
-        labels = self.data.labels[idx]
-        if self.cached is not None:
-            return self.cached[idx], labels
-        imgs = _resize(self.data.images[idx], self.size)
-        with _one_thread():
-            imgs = torch.stack([self.augment(im) for im in imgs])
-        return _normalise(imgs), labels
-
-
-def _batch_passthrough(batch):
-    return batch
-
-
-class _ItemView(Dataset):
-    """Loader-side view of any other data set: resize (shorter side), centre crop, augment."""
-
-    def __init__(self, data: Dataset, size: int, augment: Callable | None):
-        self.data, self.augment = data, augment
-        self.geometry = v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size)])
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, i: int):
-        img, label = self.data[i]
-        img = self.geometry(img)
-        if self.augment is not None:
-            with _one_thread():
-                img = self.augment(img)
-        return img, label
-
-
-def _item_collate(items):
-    imgs = torch.stack([im for im, _ in items])
-    labels = torch.as_tensor([int(lab) for _, lab in items], dtype=torch.int64)
-    return _normalise(imgs), labels
-
-
-def make_loader(dataset: Dataset, *, image_size: int, batch_size: int, train: bool,
-                randaugment_magnitude: float = 0.0, seed: int = 0, num_workers: int = 0) -> DataLoader:
-    """A loader of ``(float32 [B, 3, image_size, image_size] normalised, int64 [B])`` batches.
-
-    Training loaders shuffle (seeded through their own ``torch.Generator``, never the global one),
-    drop a last incomplete batch (BatchNorm cannot train on one image) and apply
-    ``v2.RandAugment(magnitude=round(randaugment_magnitude))`` when the magnitude is above 0.
-    RandAugment itself draws from torch's global generator, which :func:`nas.train.fit` seeds per
-    epoch. Evaluation loaders keep the order and never augment.
-    """
-    image_size = check_int("image_size", image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
-    batch_size = check_int("batch_size", batch_size, 1, 1 << 20)
-    num_workers = check_int("num_workers", num_workers, 0, 256)
-    magnitude = check_randaugment(randaugment_magnitude)
-    if not isinstance(dataset, Dataset):
-        raise NasError(f"make_loader needs a torch Dataset, got {type(dataset).__name__}")
-    if len(dataset) == 0:
-        raise NasError("cannot make a loader for an empty data set")
-    augment = v2.RandAugment(magnitude=magnitude) if train and magnitude > 0 else None
-    if isinstance(dataset, TensorImages):
-        view, collate = _BatchView(dataset, image_size, augment), _batch_passthrough
-    else:
-        view, collate = _ItemView(dataset, image_size, augment), _item_collate
-    gen = torch.Generator().manual_seed(int(seed))
-    return DataLoader(view, batch_size=batch_size, shuffle=train, generator=gen if train else None,
-                      drop_last=train and len(dataset) > batch_size, num_workers=num_workers,
-                      collate_fn=collate, persistent_workers=False)
-
-
-# --------------------------------------------------------------------------------------------
-# MixUp
-
-
-def check_mixup(alpha) -> float:
-    return check_number("mixup alpha", alpha, 0)
-
-
-def make_mixup(alpha: float, num_classes: int) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None:
-    """``v2.MixUp(alpha=alpha, num_classes=num_classes)`` as a batch function
-    ``(images, int64 labels) -> (mixed images, soft labels [B, num_classes])``; None when
-    ``alpha == 0`` (off: EfficientNetV2 Table 6 starts every schedule there)."""
-    alpha = check_mixup(alpha)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise NasError(f"num_classes must be an integer >= 2, got {num_classes!r}")
-    if alpha == 0:
-        return None
-    mix = v2.MixUp(alpha=alpha, num_classes=num_classes)
-
-    def apply(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return mix(images, labels)
-
-    return apply
-
-
-def mixup_collate(alpha: float, num_classes: int, base: Callable = _item_collate) -> Callable:
-    """A ``collate_fn`` that collates with ``base`` then applies MixUp (for user-built loaders)."""
-    mix = make_mixup(alpha, num_classes)
-
-    def collate(items):
-        images, labels = base(items)
-        return (images, labels) if mix is None else mix(images, labels)
-
-    return collate

@@ -1,0 +1,182 @@
+"""Is the device kept busy? Throughput of ``nas`` against the bare work it wraps, in one run.
+
+Part ``train``: ``nas train`` images/s against the bare training step's images/s in the same setting.
+
+* ``nas train`` runs in this process as a user runs it (``nas.cli.main``: data on the device,
+  augmentation, mixup, loss bookkeeping, schedule, EMA, evaluation, checkpoints), fixed-size
+  (``--progressive off``) at ``--image-size``; its images/s is the training pass of each epoch
+  (``metrics.csv``'s ``images_per_s``), median over the epochs after the first (the first pays for
+  warm-up: cuDNN autotuning, compilation, caches).
+* The bare step is :func:`nas.measure.make_train_step` timed by :func:`nas.measure.time_step`: the
+  same network (``final.json``'s architecture), batch, image size, device, precision, memory format
+  and compilation, on one fixed random batch; its images/s is ``batch / median step time``.
+* Rounds alternate the two (train, step, train, step, ...) so a busy patch of a shared machine hits
+  both; the ratio is taken within each round. Goal on a GPU: ``nas train`` at >= 90% of the step.
+* On CUDA the SM utilisation during ``nas train`` is sampled with NVML (``nvidia-ml-py``:
+  ``pip install -e ".[gpu]"``; imported on CUDA only).
+
+Further parts (the search: trials per hour, share of wall time inside trials, SM utilisation) are
+functions of the same shape: ``part(args) -> dict``, registered in :data:`PARTS`.
+
+    python benchmarks/bench_throughput.py --threads 1                           # CPU, digits, B0 x 0.25
+    python benchmarks/bench_throughput.py --device cuda --width-mult 1 --depth-mult 1 \\
+        --image-size 224 --batch-size 256 --epochs 6                            # the issue's GPU setting
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import torch
+
+from nas.cli import main as nas_main
+from nas.device import Runtime, device_name
+from nas.measure import make_train_step, time_step
+from search_spaces import Architecture, build
+
+
+class GpuUtilisation:
+    """Samples NVML's GPU utilisation (``torch.cuda.utilization``: the share of time a kernel was
+    running, ``nvidia-smi dmon``'s ``sm`` column) every ``interval`` seconds in a thread while the
+    block runs; ``mean`` is None off CUDA or without ``nvidia-ml-py``, and ``why`` says why."""
+
+    def __init__(self, device: torch.device, interval: float = 0.2):
+        self.device, self.interval = device, interval
+        self.samples: list[int] = []
+        self.why: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "GpuUtilisation":
+        if self.device.type != "cuda":
+            self.why = "not on CUDA"
+            return self
+        try:
+            import pynvml  # noqa: F401  (nvidia-ml-py, which torch.cuda.utilization reads)
+        except ImportError:
+            self.why = 'nvidia-ml-py is not installed (pip install -e ".[gpu]")'
+            return self
+
+        def sample() -> None:
+            # torch maps the CUDA index to NVML's (CUDA_VISIBLE_DEVICES, PCI order) for us.
+            while not self._stop.wait(self.interval):
+                self.samples.append(int(torch.cuda.utilization(self.device)))
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.fmean(self.samples) if self.samples else None
+
+
+def _train_once(args, out: Path) -> tuple[float, dict, GpuUtilisation]:
+    argv = ["train", args.arch, "--dataset", args.dataset, "--progressive", "off", "--image-size",
+            str(args.image_size), "--batch-size", str(args.batch_size), "--epochs", str(args.epochs),
+            "--device", args.device, "--compile", args.compile, "--final-bn-recalibration", "0",
+            "--no-progress", "--out", str(out)]
+    for flag, value in (("--width-mult", args.width_mult), ("--depth-mult", args.depth_mult)):
+        if value is not None:
+            argv += [flag, str(value)]
+    runtime = Runtime.resolve(args.device)
+    log = io.StringIO()  # nas train's own lines; shown only if it fails
+    with GpuUtilisation(runtime.device) as util, contextlib.redirect_stdout(log):
+        rc = nas_main(argv)
+    if rc != 0:
+        raise SystemExit(f"nas train failed (exit {rc}): {' '.join(argv)}\n{log.getvalue()}")
+    rows = pd.read_csv(out / "metrics.csv")
+    final = json.loads((out / "final.json").read_text())
+    per_epoch = rows["images_per_s"].tolist()
+    return statistics.median(per_epoch[1:] or per_epoch), final, util
+
+
+def _bare_step(args, final: dict) -> float:
+    runtime = Runtime.resolve(args.device)
+    torch.manual_seed(0)
+    model = build(Architecture.from_string(final["arch"]), final["num_classes"])
+    step, _ = make_train_step(model, runtime=runtime, batch_size=args.batch_size, image_size=args.image_size,
+                              num_classes=final["num_classes"], optimizer=final["config"]["optimizer"],
+                              compile=bool(final["compiled"]))
+    median_ms, _, _, _ = time_step(step, runtime, warmup=args.warmup, min_run_time=args.min_run_time)
+    return args.batch_size / (median_ms / 1e3)
+
+
+def train_part(args) -> dict:
+    """``nas train`` images/s against the bare step's, alternating rounds."""
+    rounds = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.rounds):
+            t0 = time.perf_counter()
+            train_ips, final, util = _train_once(args, Path(tmp) / f"run{r}")
+            wall = time.perf_counter() - t0
+            step_ips = _bare_step(args, final)
+            rounds.append({"round": r + 1, "train_images_per_s": train_ips, "step_images_per_s": step_ips,
+                           "ratio": train_ips / step_ips, "sm_util_pct": util.mean, "train_wall_s": wall,
+                           "compiled": final["compiled"], "arch": final["arch"], "util_note": util.why})
+            print(f"round {r + 1}: nas train {train_ips:,.0f} img/s, bare step {step_ips:,.0f} img/s, "
+                  f"ratio {train_ips / step_ips:.1%}"
+                  + (f", SM utilisation {util.mean:.0f}%" if util.mean is not None else ""), flush=True)
+    df = pd.DataFrame(rounds)
+    runtime = Runtime.resolve(args.device)
+    print(f"\n== nas train against the bare training step: {args.dataset}, batch {args.batch_size}, "
+          f"{args.image_size} px, {args.epochs} epochs ==")
+    print(f"device {runtime.device} ({device_name(runtime.device)}), torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, {runtime.dtype_name}, "
+          f"{'channels_last' if runtime.channels_last else 'contiguous'}, compiled {rounds[0]['compiled']}")
+    print(f"network {rounds[0]['arch']}")
+    print(df[["round", "train_images_per_s", "step_images_per_s", "ratio", "sm_util_pct"]]
+          .to_string(index=False, float_format=lambda v: f"{v:,.3f}"))
+    ratio = df["ratio"].median()
+    print(f"median ratio nas train / bare step: {ratio:.1%} (goal on a GPU: >= 90%)")
+    if rounds[0]["util_note"]:
+        print(f"SM utilisation: not sampled ({rounds[0]['util_note']})")
+    return {"part": "train", "median_ratio": ratio, "rounds": rounds}
+
+
+PARTS: dict[str, Callable[[argparse.Namespace], dict]] = {"train": train_part}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--part", choices=[*PARTS, "all"], default="all")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--arch", default="efficientnet-b0")
+    p.add_argument("--dataset", default="digits")
+    p.add_argument("--width-mult", type=float, default=None, help="default: nas train's (0.25 on digits)")
+    p.add_argument("--depth-mult", type=float, default=None, help="default: nas train's (0.25 on digits)")
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--epochs", type=int, default=4, help="per nas train run; the first is warm-up (default 4)")
+    p.add_argument("--compile", default="auto", help="nas train's --compile; the bare step follows what it did")
+    p.add_argument("--rounds", type=int, default=3, help="alternating train / step rounds (default 3)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed bare steps per round (default 3)")
+    p.add_argument("--min-run-time", type=float, default=2.0, help="seconds of timed bare steps per round")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--json", metavar="FILE", help="also write the results to FILE")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results = [PARTS[name](args) for name in (PARTS if args.part == "all" else [args.part])]
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
