@@ -15,12 +15,23 @@ Part ``train``: ``nas train`` images/s against the bare training step's images/s
 * On CUDA the SM utilisation during ``nas train`` is sampled with NVML (``nvidia-ml-py``:
   ``pip install -e ".[gpu]"``; imported on CUDA only).
 
-Further parts (the search: trials per hour, share of wall time inside trials, SM utilisation) are
-functions of the same shape: ``part(args) -> dict``, registered in :data:`PARTS`.
+Part ``search``: ``nas search`` in this process as a user runs it (``--search-trials`` trials, the
+proxy of ``--search-width-mult/--search-depth-mult/--search-image-size``, ``--trials-per-device``):
+
+* trials per hour over the whole command (start-up, reference, results and plots included);
+* the share of wall time spent inside trials between the first trial's start and the last trial's
+  end (the union of the trials' ``t_start``..``t_end`` intervals in ``trials.csv``: parallel trials
+  overlap); the rest of that span is driver overhead (asking and telling the storage, appending
+  results, the next proposal). Goal: overhead <= 2%;
+* on CUDA, the SM utilisation sampled during the search (goal with the README's GPU proxy: >= 60%).
+
+Parts are functions of the same shape, ``part(args) -> dict``, registered in :data:`PARTS`.
 
     python benchmarks/bench_throughput.py --threads 1                           # CPU, digits, B0 x 0.25
     python benchmarks/bench_throughput.py --device cuda --width-mult 1 --depth-mult 1 \\
         --image-size 224 --batch-size 256 --epochs 6                            # the issue's GPU setting
+    python benchmarks/bench_throughput.py --part search --device cuda --search-width-mult 1 \\
+        --search-depth-mult 0.5 --search-image-size 128 --trials-per-device 4   # the README's GPU proxy
 """
 
 from __future__ import annotations
@@ -149,7 +160,58 @@ def train_part(args) -> dict:
     return {"part": "train", "median_ratio": ratio, "rounds": rounds}
 
 
-PARTS: dict[str, Callable[[argparse.Namespace], dict]] = {"train": train_part}
+def busy_share(t_start: list[float], t_end: list[float]) -> tuple[float, float]:
+    """(time covered by at least one trial, span from the first start to the last end), in seconds."""
+    spans = sorted(zip(t_start, t_end))
+    covered, cur_lo, cur_hi = 0.0, *spans[0]
+    for lo, hi in spans[1:]:
+        if lo > cur_hi:
+            covered += cur_hi - cur_lo
+            cur_lo, cur_hi = lo, hi
+        else:
+            cur_hi = max(cur_hi, hi)
+    covered += cur_hi - cur_lo
+    return covered, max(t_end) - min(t_start)
+
+
+def search_part(args) -> dict:
+    """``nas search`` trials per hour, share of time inside trials, SM utilisation."""
+    runtime = Runtime.resolve(args.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "search"
+        argv = ["search", "--trials", str(args.search_trials), "--dataset", args.dataset, "--device", args.device,
+                "--width-mult", str(args.search_width_mult), "--depth-mult", str(args.search_depth_mult),
+                "--image-size", str(args.search_image_size), "--epochs", str(args.search_epochs),
+                "--step-time", args.step_time, "--pruner", "none", "--no-progress", "--out", str(out)]
+        if args.trials_per_device:
+            argv += ["--trials-per-device", str(args.trials_per_device)]
+        log = io.StringIO()
+        t0 = time.perf_counter()
+        with GpuUtilisation(runtime.device) as util, contextlib.redirect_stdout(log):
+            rc = nas_main(argv)
+        wall = time.perf_counter() - t0
+        if rc != 0:
+            raise SystemExit(f"nas search failed (exit {rc}): {' '.join(argv)}\n{log.getvalue()}")
+        df = pd.read_csv(out / "trials.csv")
+    done = df[df["state"].isin(["COMPLETE", "PRUNED"])]
+    covered, span = busy_share(done["t_start"].tolist(), done["t_end"].tolist())
+    result = {"part": "search", "trials": len(done), "wall_s": wall, "trials_per_hour": len(done) / wall * 3600,
+              "inside_trials_share": covered / span, "driver_overhead_share": 1 - covered / span,
+              "mean_trial_s": float(done["duration_s"].mean()), "sm_util_pct": util.mean, "util_note": util.why}
+    print(f"\n== nas search: {len(done)} trials, {args.dataset}, proxy width {args.search_width_mult:g} depth "
+          f"{args.search_depth_mult:g} {args.search_image_size} px, {args.search_epochs} epochs, step time "
+          f"{args.step_time}, {args.trials_per_device or 1} trial(s) per device ==")
+    print(f"device {runtime.device} ({device_name(runtime.device)}), torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+    print(f"wall {wall:.1f} s, {result['trials_per_hour']:,.0f} trials/h, mean trial {result['mean_trial_s']:.2f} s")
+    print(f"inside trials {covered:.1f} s of the {span:.1f} s from the first trial's start to the last one's end: "
+          f"driver overhead {result['driver_overhead_share']:.1%} (goal <= 2%)")
+    print(f"SM utilisation during the search: {util.mean:.0f}%" if util.mean is not None
+          else f"SM utilisation: not sampled ({util.why})")
+    return result
+
+
+PARTS: dict[str, Callable[[argparse.Namespace], dict]] = {"train": train_part, "search": search_part}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,6 +230,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=3, help="untimed bare steps per round (default 3)")
     p.add_argument("--min-run-time", type=float, default=2.0, help="seconds of timed bare steps per round")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    g = p.add_argument_group("search part")
+    g.add_argument("--search-trials", type=int, default=12)
+    g.add_argument("--search-width-mult", type=float, default=0.25)
+    g.add_argument("--search-depth-mult", type=float, default=0.25)
+    g.add_argument("--search-image-size", type=int, default=32)
+    g.add_argument("--search-epochs", type=int, default=4)
+    g.add_argument("--step-time", default="proxy", help="nas search --step-time (default proxy)")
+    g.add_argument("--trials-per-device", type=int, default=None, help="nas search --trials-per-device")
     p.add_argument("--json", metavar="FILE", help="also write the results to FILE")
     args = p.parse_args(argv)
     if args.threads:

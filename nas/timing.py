@@ -116,8 +116,21 @@ class StepTimer:
         self.runtime = Runtime.resolve(settings.device)
         self.method = self.config.method
         self._fingerprint = self.runtime.fingerprint()
+        self.compile = self._compiles()
         if self.method != "proxy" and (self.config.target_image_size is None or self.config.target_batch_size is None):
             raise NasError("the step-time target is not resolved (StepTimeConfig.resolved)")
+
+    def _compiles(self) -> bool:
+        """Whether timed steps are compiled: as the training they stand for would be (nas.step's
+        rule). The proxy's step compiles when the proxy's short training does; the full-size step
+        stands for a long training run. The table is built from eager steps."""
+        from nas.step import resolve_compile
+
+        if self.method == "table":
+            return False
+        train = self.settings.proxy.train
+        steps = train.epochs * 20 if self.method == "proxy" else 10 ** 9
+        return resolve_compile(self.settings.compile, self.runtime, steps)
 
     # -- the setting --------------------------------------------------------------------------------
     def setting(self, arch, image_scale: float = 1.0) -> tuple[Any, int, int]:
@@ -136,7 +149,7 @@ class StepTimer:
         _, size, batch = self.setting(arch)
         fp = self._fingerprint
         return (f"{self.method}|{fp['device_name']}|{fp['dtype']}|{fp['memory_format']}|threads={fp['threads']}|"
-                f"torch={fp['torch']}|{size}px|batch{batch}|{arch.to_string()}")
+                f"torch={fp['torch']}|compiled={self.compile}|{size}px|batch{batch}|{arch.to_string()}")
 
     def target(self) -> dict[str, Any]:
         """What S stands for, as stored in every row: the full-size step at the target setting."""
@@ -157,7 +170,7 @@ class StepTimer:
             return measure_step_time(timed, device=self.settings.device, batch_size=batch, image_size=size,
                                      num_classes=self.num_classes, optimizer=self.settings.proxy.train.optimizer
                                      if self.method == "proxy" else "rmsprop", min_run_time=self.config.min_run_time,
-                                     seed=self.settings.seed)
+                                     seed=self.settings.seed, compile=self.compile)
 
     def predict(self, arch, image_scale: float = 1.0) -> float:
         from nas.steptime import model_for
@@ -208,7 +221,8 @@ class StepTimer:
     def _provenance(self) -> dict[str, Any]:
         fp = self._fingerprint
         return {"device": fp["device"], "device_name": fp["device_name"], "torch_version": fp["torch"],
-                "threads": fp["threads"], "dtype": fp["dtype"], "memory_format": fp["memory_format"], **self.target()}
+                "threads": fp["threads"], "dtype": fp["dtype"], "memory_format": fp["memory_format"],
+                "compiled": self.compile, **self.target()}
 
 
 def _spread(t: Timing) -> float:

@@ -125,7 +125,7 @@ class TrialSettings:
     seed: int = 0
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     step_time: StepTimeConfig = field(default_factory=StepTimeConfig)
-    compile: str = "off"  # torch.compile of the proxy's training step: auto, on, off
+    compile: str = "auto"  # torch.compile of the training steps trained and timed: auto, on, off (nas.step)
 
     def __post_init__(self) -> None:
         from nas.data import check_dataset_name

@@ -29,7 +29,9 @@ def add_trial_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--optimizer", default="adamw", help="adamw (default), sgd or rmsprop")
     g.add_argument("--progressive", default="off",
                    help="s, m, l: EfficientNetV2 progressive learning during proxy training; off (default)")
-    g.add_argument("--compile", default="off", help="torch.compile the proxy's training step: auto, on or off (default)")
+    g.add_argument("--compile", default="auto",
+                   help="torch.compile the training step: auto (default: where it saves time, long CUDA runs), on, off; "
+                        "a measured step time is then the compiled step's")
     g = p.add_argument_group("step time (S in the reward)")
     g.add_argument("--step-time", default="proxy", metavar="METHOD",
                    help="proxy (default): the proxy's step, measured; measure: the full-size candidate's "
