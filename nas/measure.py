@@ -103,7 +103,7 @@ def measure_step_time(arch_or_model: Architecture | nn.Module, *, device: str = 
     check_int("batch size", batch_size, 1, 1 << 16)
     check_choice("memory format", memory_format, MEMORY_FORMATS)
     if isinstance(arch_or_model, Architecture):
-        image_size = image_size or arch_or_model.resolution
+        image_size = arch_or_model.resolution if image_size is None else image_size
         torch.manual_seed(seed)
         model = build(arch_or_model, num_classes)
     else:

@@ -140,7 +140,7 @@ def _config(args, target: int):
     from nas.train import TrainConfig
 
     progressive = _schedule(args, target)
-    image_size = None if progressive else (args.image_size or target)
+    image_size = None if progressive else (target if args.image_size is None else args.image_size)
     last = progressive.stage(progressive.stages - 1).image_size if progressive else image_size
     return TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
@@ -148,7 +148,7 @@ def _config(args, target: int):
         ema_decay=args.ema, image_size=image_size,
         randaugment=args.randaugment or 0.0, mixup=args.mixup or 0.0, dropout=args.dropout,
         progressive=progressive, device=args.device, amp=args.amp, seed=args.seed,
-        eval_image_size=args.eval_image_size or last, num_workers=args.workers,
+        eval_image_size=last if args.eval_image_size is None else args.eval_image_size, num_workers=args.workers,
         bn_recalibration=args.bn_recalibration, compile=args.compile)
 
 
@@ -182,6 +182,8 @@ def run(args) -> int:
     from nas.checkpoint import load_checkpoint
     from nas.device import Runtime
     from nas.evaluate import evaluate, recalibrate_bn
+    from nas.data import probe
+    from nas.rundir import RunDir
     from nas.step import resolve_compile
     from nas.train import fit
     from search_spaces import build, preset_names, scale
@@ -191,12 +193,15 @@ def run(args) -> int:
     if args.final_bn_recalibration < 0:
         raise NasError(f"--final-bn-recalibration must be 0 or more batches, got {args.final_bn_recalibration}")
     base = resolve_arch(args.arch)
-    splits = load_dataset(args.dataset, args.data_dir, seed=args.seed, val_fraction=args.val_fraction)
+    if args.out is not None:
+        RunDir(args.out).check()  # not a file, not under a file, writable: before loading anything
+    splits = probe(load_dataset(args.dataset, args.data_dir, seed=args.seed, val_fraction=args.val_fraction))
     small = splits.name in SMALL_DATASETS
     width = args.width_mult if args.width_mult is not None else (SMALL_DEFAULT_MULT if small else 1.0)
     depth = args.depth_mult if args.depth_mult is not None else (SMALL_DEFAULT_MULT if small else 1.0)
     arch = scale(base, width=width, depth=depth, rounding="v2") if (width, depth) != (1.0, 1.0) else base
-    cfg = _config(args, args.eval_image_size or min(arch.resolution, 4 * splits.native_size))
+    cfg = _config(args, min(arch.resolution, 4 * splits.native_size) if args.eval_image_size is None
+                  else args.eval_image_size)
     eval_size = cfg.eval_image_size
     # The device (and a compile it cannot run) is refused before anything is written.
     runtime = Runtime.resolve(cfg.device, cfg.amp, cfg.channels_last)
@@ -205,6 +210,7 @@ def run(args) -> int:
     key = hashlib.sha1(f"{arch.to_string()}|{splits.name}".encode()).hexdigest()[:8]
     label = args.arch.strip().lower() if args.arch.strip().lower() in preset_names() else "arch"
     out = Path(args.out or f"runs/train-{label}-{key}")
+    RunDir(out).check()
     ckpt_path, csv_path, final_path = out / "checkpoint.pt", out / "metrics.csv", out / "final.json"
 
     state = None
