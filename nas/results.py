@@ -36,7 +36,7 @@ TRIAL_COLUMNS = ["number", "state", "arch", "params", "macs", "num_classes", "st
 # was normalised by, measurement provenance, the proxy, timing, and where the trial ran.
 EXTRA_COLUMNS = ["measured_step_time_ms", "step_iqr_ms", "step_image_size", "step_batch_size", "target_image_size",
                  "target_batch_size", "target_device", "reference_step_time_ms", "reference_params", "device",
-                 "device_name", "torch_version", "threads", "dtype", "memory_format", "proxy_arch", "proxy_params",
+                 "device_name", "torch_version", "threads", "dtype", "memory_format", "compiled", "proxy_arch", "proxy_params",
                  "epochs", "time_s", "train_s", "t_start", "t_end", "worker", "hostname", "pid", "node_ip",
                  "duplicate_of"]
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
