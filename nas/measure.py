@@ -81,11 +81,13 @@ def time_step(step, runtime: Runtime, *, warmup: int = 3, min_run_time: float = 
 def measure_step_time(arch_or_model: Architecture | nn.Module, *, device: str = "auto", batch_size: int = 32,
                       image_size: int | None = None, num_classes: int = 1000, amp: str = "auto",
                       memory_format: str = "auto", optimizer: str = "rmsprop", warmup: int = 3,
-                      min_run_time: float = 1.0, seed: int = 0) -> StepTime:
+                      min_run_time: float = 1.0, seed: int = 0, runtime: Runtime | None = None) -> StepTime:
     """Time the real training step of an architecture (or an already built model).
 
-    A model passed in is trained in place by the timed steps (weights, BatchNorm statistics and
-    memory format change): pass a fresh or a copied one."""
+    ``runtime``, when given, is used as resolved (``device``, ``amp`` and ``memory_format`` are then
+    ignored): the step-time model (:mod:`nas.steptime`) times candidates on the runtime its table
+    was made for. A model passed in is trained in place by the timed steps (weights, BatchNorm
+    statistics and memory format change): pass a fresh or a copied one."""
     check_int("batch size", batch_size, 1, 1 << 16)
     check_choice("memory format", memory_format, MEMORY_FORMATS)
     if isinstance(arch_or_model, Architecture):
@@ -99,7 +101,8 @@ def measure_step_time(arch_or_model: Architecture | nn.Module, *, device: str = 
     check_int("image size", image_size, 8, 2048)
     if min_run_time <= 0:
         raise NasError(f"min_run_time must be positive, got {min_run_time}")
-    runtime = Runtime.resolve(device, amp, _FORMAT_SWITCH[memory_format])
+    if runtime is None:
+        runtime = Runtime.resolve(device, amp, _FORMAT_SWITCH[memory_format])
     step, settings = make_train_step(model, runtime=runtime, batch_size=batch_size, image_size=image_size,
                                      num_classes=num_classes, optimizer=optimizer)
     median, iqr, runs, per_run = time_step(step, runtime, warmup=warmup, min_run_time=min_run_time)
