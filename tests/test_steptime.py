@@ -119,26 +119,36 @@ def test_trainaware_is_prefilled_completely_and_mnasnet_lazily():
 
 def test_prediction_is_the_documented_formula(built):
     data = json.loads(built.path.read_text())
-    c0, c1, c2 = data["optimizer"]["coef"]
     corr = data["correction"]
     for arch in (TINY, TinySpace().sample(1), TinySpace().sample(2)):
         pieces = [(data["pieces"][r.key], n) for r, n in decompose(arch, 16, 2, 10)]
         raw = sum(n * p["ms"] for p, n in pieces)
-        raw += c0 + c1 * sum(n * p["params"] for p, n in pieces) + c2 * sum(n * p["tensors"] for p, n in pieces)
-        expected = corr["a"] * raw + corr["b"] * arch.num_blocks + corr["c"]
+        params = count_params(arch, 10)
+        expected = corr["a"] * raw + corr["b"] * arch.num_blocks + corr["d"] * params + corr["c"]
         assert built.predict(arch) == pytest.approx(expected, rel=1e-12)
-        assert built.breakdown(arch)["params"] == count_params(arch, 10)
+        assert built.breakdown(arch)["params"] == params
 
 
 def test_correction_is_the_least_squares_fit():
-    rows = [{"raw_ms": r, "blocks": b, "measured_ms": 1.5 * r - 0.5 * b + 3} for r, b in
-            [(10, 4), (20, 5), (30, 9), (45, 7), (60, 12)]]
+    rows = [{"raw_ms": r, "blocks": b, "params": p, "measured_ms": 1.5 * r - 0.5 * b + 3} for r, b, p in
+            [(10, 4, 7), (20, 5, 3), (30, 9, 11), (45, 7, 5), (60, 12, 2)]]
     fit = fit_correction(rows)
     assert fit["form"] == "a*raw + b*blocks + c" and fit["loo_mape"] == pytest.approx(0, abs=1e-9)
-    assert (fit["a"], fit["b"], fit["c"]) == pytest.approx((1.5, -0.5, 3.0))
-    # Data a scale explains: the simplest form wins.
+    assert (fit["a"], fit["b"], fit["d"], fit["c"]) == pytest.approx((1.5, -0.5, 0, 3.0))
+    rows = [{**r, "measured_ms": 0.9 * r["raw_ms"] + 2 * r["params"] + 1} for r in rows]
+    fit = fit_correction(rows)
+    assert fit["form"] == "a*raw + d*params + c"
+    assert (fit["a"], fit["b"], fit["d"], fit["c"]) == pytest.approx((0.9, 0, 2, 1))
+    # Data a scale explains: the simplest form that does wins.
     fit = fit_correction([{**r, "measured_ms": 1.2 * r["raw_ms"]} for r in rows])
     assert fit["form"] == "a*raw" and fit["a"] == pytest.approx(1.2)
+    # Noise around the raw sum: no fit beats it on all networks but one, so none is kept.
+    noisy = [{"raw_ms": r, "blocks": b, "params": p, "measured_ms": r * f} for r, b, p, f in
+             zip([300, 500, 800, 1200, 2000, 4000], [37, 41, 40, 38, 42, 38], [7e6, 2e7, 3e7, 4e7, 2e7, 1.5e8],
+                 [1.08, 0.93, 1.0, 0.97, 1.06, 0.92])]
+    assert fit_correction(noisy) == {"a": 1.0, "b": 0.0, "d": 0.0, "c": 0.0, "form": "raw",
+                                     "loo_mape": pytest.approx(np.mean([.08 / 1.08, .07 / .93, 0, .03 / .97, .06 / 1.06,
+                                                                        .08 / .92]))}
 
 
 def test_round_trip_and_no_rebuild(built):
@@ -147,7 +157,7 @@ def test_round_trip_and_no_rebuild(built):
     data = json.loads(built.path.read_text())
     assert data["format"] == tables.FORMAT
     assert data["fingerprint"] == {**Runtime.resolve("cpu").fingerprint(), "image_size": 16, "batch_size": 2,
-                                   "space": "tiny-test"} == built.fingerprint
+                                   "space": "tiny-test", "clock": "wall"} == built.fingerprint
     assert len(data["pieces"]) == 9  # stem, 2 first-stage variants, 2 ops x (first, repeated), head, tail
     again = StepTimeModel.load_or_build(TinySpace(), Runtime.resolve("cpu"), TARGET, table_dir=built.path.parent, **FAST)
     assert not again.built and again.table.pieces == built.table.pieces
@@ -186,6 +196,8 @@ def test_another_setting_or_device_never_reuses_a_table(built):
     (lambda text: "", "corrupt or truncated"),
     (lambda text: json.dumps({"format": "nas.run/1"}), "not a step-time table"),
     (lambda text: text.replace('"ms": ', '"ms": -', 1), "impossible value"),
+    (lambda text: text.replace('"iqr_ms": ', '"iqr_ms": "', 1).replace(',\n      "params"', '",\n      "params"', 1),
+     "impossible value"),
     (lambda text: json.dumps({**json.loads(text), "pieces": [1, 2]}), "no piece list"),
 ])
 def test_corrupt_table_is_one_clear_error_and_rebuilt_on_request(tmp_path, built, damage, message):

@@ -33,8 +33,11 @@ def add_parser(sub) -> None:
     p.add_argument("--rebuild", action="store_true", help="build the table again, replacing the stored one")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's choice); part of the table's fingerprint")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="wall (default): elapsed time; cpu: process CPU time, steadier on a CPU shared with other "
+                        "jobs (needs --device cpu --threads 1)")
     p.add_argument("--piece-time", type=float, default=None,
-                   help="seconds of repeated timing per piece (default 0.2)")
+                   help="seconds of repeated timing per piece, at least (default 0.05; at least 8 runs too)")
     p.add_argument("--min-run-time", type=float, default=1.0,
                    help="seconds of repeated timing per full-size step (default 1)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -68,12 +71,13 @@ def run(args) -> int:
     fp = runtime.fingerprint()
     say = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     say(f"step-time model: space {space.name}, {fp['device']} ({fp['device_name']}), "
-        f"{fp['threads'] or 'all'} threads, {fp['dtype']}, {fp['memory_format']}, torch {fp['torch']}")
+        f"{fp['threads'] or 'all'} threads, {fp['dtype']}, {fp['memory_format']}, torch {fp['torch']}, "
+        f"{args.clock} clock")
     say(f"target: {target}" + ("" if args.target_image_size or args.target_batch_size else f" (the {fp['device']} default)"))
 
     model = StepTimeModel.load_or_build(space, runtime, target, table_dir=args.table_dir, rebuild=args.rebuild,
                                         progress=True, num_classes=args.num_classes, piece_run_time=piece_time,
-                                        measure_run_time=args.min_run_time)
+                                        measure_run_time=args.min_run_time, clock=args.clock)
     t = model.table
     c = t.correction
     say(f"table: {t.path}")
@@ -85,7 +89,7 @@ def run(args) -> int:
     result = {"space": space.name, **{k: fp[k] for k in ("device", "device_name", "torch", "dtype", "memory_format",
                                                          "threads")},
               "target_image_size": target.image_size, "target_batch_size": target.batch_size,
-              "num_classes": args.num_classes, "table": str(t.path), "pieces": len(t.pieces), "prefilled": t.prefilled,
+              "num_classes": args.num_classes, "clock": args.clock, "table": str(t.path), "pieces": len(t.pieces), "prefilled": t.prefilled,
               "build_s": t.build_s, "built_now": model.built, "correction": {k: c[k] for k in ("a", "b", "c")}}
     if args.check:
         from tqdm import tqdm

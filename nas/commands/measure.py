@@ -26,6 +26,9 @@ def add_parser(sub) -> None:
     p.add_argument("--min-run-time", type=float, default=2.0, help="seconds of timed steps (default 2)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's choice); 1 gives steadier figures on a busy CPU")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="wall (default): elapsed time; cpu: process CPU time, steadier on a CPU shared with other "
+                        "jobs (needs --device cpu --threads 1)")
     p.add_argument("--table-dir", default=None,
                    help="where step-time tables live (default $NAS_CACHE_DIR/steptime or ~/.cache/nas/steptime)")
     p.add_argument("--space", default=None,
@@ -52,7 +55,7 @@ def run(args) -> int:
         get_space(args.space)
     r = measure_step_time(arch, device=args.device, batch_size=args.batch_size, image_size=args.image_size,
                           num_classes=args.num_classes, amp=args.amp, memory_format=args.memory_format,
-                          min_run_time=args.min_run_time)
+                          min_run_time=args.min_run_time, clock=args.clock)
     out = {"arch": arch.to_string(), "params": count_params(arch, args.num_classes), **r.to_dict()}
     runtime = Runtime.resolve(args.device, args.amp, _FORMAT_SWITCH[args.memory_format])
     out.update(_prediction(arch, runtime, r.image_size, r.batch_size, args))
@@ -64,7 +67,8 @@ def run(args) -> int:
         p = out["predicted_step_time_ms"]
         print(f"predicted   {p:.2f} ms ({p / r.step_time_ms - 1:+.1%}) by the {out['table_space']} step-time table "
               f"{out['table']}" + (f" ({out['predicted_timed_pieces']} pieces timed first)" if out["predicted_timed_pieces"] else ""))
-    print(f"setting     batch {r.batch_size}, {r.image_size} px, {r.dtype}{' (AMP)' if r.amp else ''}, {r.memory_format}")
+    print(f"setting     batch {r.batch_size}, {r.image_size} px, {r.dtype}{' (AMP)' if r.amp else ''}, {r.memory_format}, "
+          f"{r.clock} clock")
     print(f"device      {r.device} ({r.device_name}), torch {r.torch_version}, {r.threads} threads")
     print(f"params      {out['params']:,}")
     return 0
@@ -75,7 +79,8 @@ def _prediction(arch, runtime, image_size: int, batch_size: int, args) -> dict:
     from nas.steptime import StepTimeModel, Target
 
     model = StepTimeModel.find(runtime, Target(image_size, batch_size), table_dir=args.table_dir,
-                               spaces=[args.space] if args.space else None, num_classes=args.num_classes)
+                               spaces=[args.space] if args.space else None, num_classes=args.num_classes,
+                               clock=args.clock)
     if model is None:
         return {}
     return {"predicted_step_time_ms": model.predict(arch), "table": str(model.path), "table_space": model.space.name,

@@ -19,9 +19,8 @@ Format (``nas.steptime/1``)::
 
     {"format": "nas.steptime/1", "fingerprint": {...},
      "pieces": {KEY: {"ms": 1.9, "iqr_ms": 0.05, "params": 10368, "tensors": 3}, ...},
-     "optimizer": {"coef": [c0, c1, c2], "points": [[numel, tensors, ms], ...]},
-     "correction": {"a": 1.02, "b": 0.0, "c": 4.1, "form": "a*raw + c", "loo_mape": 0.04,
-                    "points": [{"arch": ..., "raw_ms": ..., "blocks": ..., "measured_ms": ...}, ...]},
+     "correction": {"a": 1.02, "b": 0.0, "d": 0.0, "c": 4.1, "form": "a*raw + c", "loo_mape": 0.04,
+                    "points": [{"arch": ..., "raw_ms": ..., "blocks": ..., "params": ..., "measured_ms": ...}, ...]},
      "prefilled": true, "build_s": 84.2, "created": "2025-..."}
 """
 
@@ -52,9 +51,9 @@ def default_table_dir(table_dir: str | os.PathLike | None = None) -> Path:
     return Path(base).expanduser() / "nas" / "steptime"
 
 
-def fingerprint(runtime, target, space: str) -> dict[str, Any]:
+def fingerprint(runtime, target, space: str, clock: str = "wall") -> dict[str, Any]:
     """Everything a table's figures depend on: no other table answers for another value of any."""
-    return {**runtime.fingerprint(), **target.to_dict(), "space": space}
+    return {**runtime.fingerprint(), **target.to_dict(), "space": space, "clock": clock}
 
 
 def table_path(table_dir: str | os.PathLike | None, fp: dict[str, Any]) -> Path:
@@ -70,15 +69,13 @@ class Table:
     path: Path
     fingerprint: dict[str, Any]
     pieces: dict[str, dict[str, Any]] = field(default_factory=dict)
-    optimizer: dict[str, Any] | None = None
     correction: dict[str, Any] | None = None
     prefilled: bool = False
     build_s: float = 0.0
     created: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "fingerprint": self.fingerprint, "pieces": self.pieces, "optimizer": self.optimizer,
-                "correction": self.correction, "prefilled": self.prefilled, "build_s": self.build_s,
+        return {"format": FORMAT, "fingerprint": self.fingerprint, "pieces": self.pieces, "correction": self.correction, "prefilled": self.prefilled, "build_s": self.build_s,
                 "created": self.created}
 
     def save(self) -> None:
@@ -88,8 +85,8 @@ class Table:
 
     @property
     def complete(self) -> bool:
-        """Has an optimiser fit and a correction: it can predict."""
-        return self.optimizer is not None and self.correction is not None
+        """Has its correction (the build's last step): it can predict."""
+        return self.correction is not None
 
 
 def _bad(path: Path, what: str) -> NasError:
@@ -125,7 +122,7 @@ def load(path: Path, expected: dict[str, Any]) -> Table | None:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         fmt = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise _bad(path, f"is not a step-time table (format {fmt!r}, expected {FORMAT!r})")
-    known = {"format", "fingerprint", "pieces", "optimizer", "correction", "prefilled", "build_s", "created"}
+    known = {"format", "fingerprint", "pieces", "correction", "prefilled", "build_s", "created"}
     if set(data) != known:
         raise _bad(path, f"has fields {sorted(set(data) ^ known)} it should not have or lacks")
     fp = data["fingerprint"]
@@ -145,22 +142,16 @@ def load(path: Path, expected: dict[str, Any]) -> Table | None:
         _number(path, f"{key} iqr_ms", p["iqr_ms"], nonneg=True)
         _count(path, f"{key} params", p["params"])
         _count(path, f"{key} tensors", p["tensors"])
-    opt = data["optimizer"]
-    if opt is not None:
-        if not isinstance(opt, dict) or not isinstance(opt.get("coef"), list) or len(opt["coef"]) != 3:
-            raise _bad(path, "has a malformed optimizer fit")
-        for i, c in enumerate(opt["coef"]):
-            _number(path, f"optimizer coef[{i}]", c)
     corr = data["correction"]
     if corr is not None:
-        if not isinstance(corr, dict) or not {"a", "b", "c"} <= set(corr):
+        if not isinstance(corr, dict) or not {"a", "b", "c", "d"} <= set(corr):
             raise _bad(path, "has a malformed correction")
         _number(path, "correction a", corr["a"], positive=True)
-        for k in ("b", "c"):
+        for k in ("b", "c", "d"):
             _number(path, f"correction {k}", corr[k])
     if not isinstance(data["prefilled"], bool):
         raise _bad(path, f"has an impossible value at prefilled: {data['prefilled']!r}")
-    return Table(path=path, fingerprint=fp, pieces=pieces, optimizer=opt, correction=corr,
+    return Table(path=path, fingerprint=fp, pieces=pieces, correction=corr,
                  prefilled=data["prefilled"], build_s=_number(path, "build_s", data["build_s"], nonneg=True),
                  created=str(data["created"]))
 

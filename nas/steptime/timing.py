@@ -1,47 +1,34 @@
-"""Timing the parts of a training step: one piece's forward and backward, and the optimiser's step.
+"""Timing one piece's share of a training step: its forward, backward and optimiser step.
 
-Both are timed with :func:`nas.measure.time_step` (``torch.utils.benchmark``, which synchronises
-CUDA; median of repeated blocks after warm-up) on the resolved :class:`nas.device.Runtime`, under
-its autocast and in its memory format, as :class:`nas.train.TrainStep` runs them:
+A piece's step is the training step :class:`nas.train.TrainStep` runs, restricted to the piece:
+gradients set to None (``zero_grad(set_to_none=True)``), the forward under autocast, the backward
+outside it (loss-scaled through the runtime's GradScaler), then ``nas train``'s default optimiser,
+RMSprop as :func:`nas.train.make_optimizer` configures it (decay and no-decay groups), over the
+piece's parameters. The input is the real activation the full network feeds the piece
+(:func:`nas.steptime.pieces.extract`) and requires a gradient, as an activation inside the network
+does (except the stem's images). A block's backward starts from a random output gradient, the
+tail's from the cross-entropy loss. It is timed with :func:`nas.measure.time_step`
+(``torch.utils.benchmark``, which synchronises CUDA; the fastest of repeated blocks after warm-up,
+which other jobs on a shared machine disturb least, on the model's clock) on the resolved :class:`nas.device.Runtime`, under its autocast and in its memory
+format.
 
-* a piece: gradients set to None (``zero_grad(set_to_none=True)``), the forward under autocast, the
-  backward outside it. Its input is the real activation the full network feeds it
-  (:func:`nas.steptime.pieces.extract`) and requires a gradient, as an activation inside the
-  network does (except the stem's images). A block's backward starts from a random output
-  gradient; the tail's from the cross-entropy loss, loss-scaled as ``TrainStep`` does;
-* the optimiser: ``nas train``'s default, RMSprop configured by :func:`nas.train.make_optimizer`
-  (decay and no-decay groups), stepped through the runtime's GradScaler. On CPU torch steps it one
-  tensor at a time, on CUDA with multi-tensor kernels, so its cost is modelled as a plane in the
-  parameter count and the number of parameter tensors, fitted by least squares on synthetic
-  parameter sets shaped like a network's (half small 1-D tensors, as BatchNorm's, half weights).
+Why the optimiser is timed with each piece rather than fitted as a function of the parameter count: on
+CPU torch steps RMSprop one tensor at a time, and its cost per value depends on the tensors' sizes,
+not only on their total (2 CPU cores, 1 thread: 50M values in 10 tensors 650 ms, in 1,000 tensors
+190 ms; 5M values: 22 ms against 48 ms), because large tensors' temporaries miss the caches and
+fault in fresh pages. A piece carries its real tensor shapes, so their sum over a network does; and
+timing backward and optimiser together lets the optimiser read gradients as freshly allocated as in
+a real step.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import time
 
-import numpy as np
 import torch
 from torch import nn
 
 from nas.measure import time_step
-
-def optimizer_points(numel: Sequence[int], tensors: Sequence[int]) -> list[tuple[int, int]]:
-    """Where to time the optimiser for networks with these parameter counts and tensor counts: three
-    counts spread geometrically from half the smallest to 1.5x the largest, each with few and with
-    many tensors (half the fewest, 1.5x the most), so the plane is fitted where it is used."""
-    lo, hi = max(1000, min(numel) // 2), max(numel) * 3 // 2
-    t_lo, t_hi = max(2, min(tensors) // 2), max(tensors) * 3 // 2
-    sizes = sorted({int(lo), int(round((lo * hi) ** 0.5)), int(hi)})
-    return [(n, t) for n in sizes for t in (t_lo, t_hi)]
-
-
-def network_params(arch, num_classes: int) -> tuple[int, int]:
-    """(parameter count, parameter tensors) of the network ``arch`` builds, counted on the meta device."""
-    from search_spaces import build
-
-    with torch.device("meta"):
-        return piece_params(build(arch, num_classes))
 
 
 def piece_params(module: nn.Module) -> tuple[int, int]:
@@ -51,15 +38,20 @@ def piece_params(module: nn.Module) -> tuple[int, int]:
 
 
 def time_piece(module: nn.Module, x: torch.Tensor, runtime, *, kind: str, num_classes: int,
-               min_run_time: float, warmup: int = 2) -> tuple[float, float]:
-    """Median and IQR (ms) of one forward and backward of ``module`` on ``x`` (see module docstring)."""
-    params = [p for p in module.parameters() if p.requires_grad]
+               min_run_time: float, runs: int = 8, warmup: int = 2, clock: str = "wall") -> tuple[float, float]:
+    """Fastest block and IQR (ms) of the piece's share of a training step (see the module docstring),
+    timed for ``min_run_time`` seconds or ``runs`` steps, whichever is longer: a piece that takes
+    100 ms gets as many chances to run undisturbed as one that takes 1 ms (a heavy piece counts
+    many times over in a network, so its error does too)."""
+    from nas.train import TrainConfig, make_optimizer
+
     x = x.detach().requires_grad_(kind != "stem")
     module.train()
+    scaler = runtime.grad_scaler()
+    opt = make_optimizer(module, TrainConfig(optimizer="rmsprop"))
     if kind == "tail":
         loss_fn = nn.CrossEntropyLoss()
         labels = torch.randint(0, num_classes, (x.shape[0],), device=runtime.device)
-        scaler = runtime.grad_scaler()
 
         def backward() -> None:
             with runtime.autocast():
@@ -72,58 +64,20 @@ def time_piece(module: nn.Module, x: torch.Tensor, runtime, *, kind: str, num_cl
         def backward() -> None:
             with runtime.autocast():
                 y = module(x)
-            y.backward(grad_out)
+            y.backward(scaler.scale(grad_out))
 
     def step() -> None:
-        for p in params:
-            p.grad = None
+        opt.zero_grad(set_to_none=True)
         x.grad = None
         backward()
-
-    median, iqr, _, _ = time_step(step, runtime, warmup=warmup, min_run_time=min_run_time)
-    return median, iqr
-
-
-def _parameter_set(numel: int, tensors: int, device: torch.device) -> nn.Module:
-    """``tensors`` parameters holding ``numel`` values: half 1-D of 64 values (BatchNorm-like, in the
-    no-decay group), the rest split evenly over 4-D weights (in the decay group)."""
-    small = tensors // 2
-    big = tensors - small
-    rest = max(big, numel - 64 * small)
-    sizes = [rest // big + (1 if i < rest % big else 0) for i in range(big)]
-    ps = [nn.Parameter(torch.randn(64, device=device)) for _ in range(small)]
-    ps += [nn.Parameter(torch.randn(n, 1, 1, 1, device=device) * 0.01) for n in sizes]
-    for p in ps:
-        p.grad = torch.randn_like(p) * 1e-3
-    return nn.ParameterList(ps)
-
-
-def time_optimizer(numel: int, tensors: int, runtime, *, min_run_time: float, warmup: int = 2) -> float:
-    """Median time (ms) of one RMSprop step, as ``nas train`` configures it, over ``numel`` values in
-    ``tensors`` tensors."""
-    from nas.train import TrainConfig, make_optimizer
-
-    params = _parameter_set(numel, tensors, runtime.device)
-    opt = make_optimizer(params, TrainConfig(optimizer="rmsprop"))
-    scaler = runtime.grad_scaler()
-    scaler.scale(torch.ones((), device=runtime.device))  # initialises the fp16 loss scale, as a step would
-
-    def step() -> None:
         scaler.step(opt)
         scaler.update()
 
-    median, _, _, _ = time_step(step, runtime, warmup=warmup, min_run_time=min_run_time)
-    return median
-
-
-def fit_optimizer(points: Sequence[tuple[int, int, float]]) -> list[float]:
-    """Least-squares plane ``ms = c0 + c1 * numel + c2 * tensors`` through ``(numel, tensors, ms)``."""
-    a = np.array([[1.0, n, t] for n, t, _ in points])
-    y = np.array([ms for _, _, ms in points])
-    coef, *_ = np.linalg.lstsq(a, y, rcond=None)
-    return [float(c) for c in coef]
-
-
-def optimizer_ms(coef: Sequence[float], numel: int, tensors: int) -> float:
-    """The fitted optimiser cost of a step over ``numel`` values in ``tensors`` tensors."""
-    return coef[0] + coef[1] * numel + coef[2] * tensors
+    for _ in range(max(warmup, 1)):
+        start = time.perf_counter()
+        step()
+        runtime.synchronize()
+        once = time.perf_counter() - start
+    fastest, iqr, _, _ = time_step(step, runtime, warmup=0, min_run_time=max(min_run_time, runs * once), clock=clock,
+                                   statistic="min")
+    return fastest, iqr
