@@ -20,7 +20,7 @@ from nas.errors import NasError
 from nas.steptime import StepTimeModel, Target, check, default_target, fidelity
 from nas.steptime import table as tables
 from nas.steptime.cover import covering_architectures
-from nas.steptime.model import fit_correction
+from nas.steptime.correction import fit_correction
 from nas.steptime.pieces import decompose, extract
 from nas.steptime.timing import piece_params
 from search_spaces import Architecture, Stage, build, count_params, get_space, preset, scale

@@ -38,8 +38,8 @@ def add_parser(sub) -> None:
                         "jobs (needs --device cpu --threads 1)")
     p.add_argument("--piece-time", type=float, default=None,
                    help="seconds of repeated timing per piece, at least (default 0.05; at least 8 runs too)")
-    p.add_argument("--min-run-time", type=float, default=1.0,
-                   help="seconds of repeated timing per full-size step (default 1)")
+    p.add_argument("--min-run-time", type=float, default=0.5,
+                   help="seconds of repeated timing per full-size step and repeat (default 0.5; 2 repeats, fastest kept)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 
@@ -83,14 +83,18 @@ def run(args) -> int:
     say(f"table: {t.path}")
     say(f"       {len(t.pieces)} pieces ({'every piece of the space pre-filled' if t.prefilled else 'timed on first use'}), "
         f"{'built now' if model.built else 'reused: built'} in {t.build_s:.1f} s on {t.created}")
-    say(f"correction: step = {c['a']:.4f} * raw {c['b']:+.3f} ms * blocks {c['c']:+.2f} ms "
-        f"({len(c['points'])} calibration networks)")
+    loo = f"leave-one-out MAPE {c['loo_mape']:.1%} on {len(c['points'])} calibration networks"
+    if c["form"] == "raw":
+        say(f"correction: none, the piece sum itself (no fitted form beat it on the calibration networks; {loo})")
+    else:
+        say(f"correction: {c['form']}: a {c['a']:.4f}, b {c['b']:+.3f} ms/block, d {c['d']:+.3g} ms/parameter, c {c['c']:+.2f} ms ({loo})")
 
     result = {"space": space.name, **{k: fp[k] for k in ("device", "device_name", "torch", "dtype", "memory_format",
                                                          "threads")},
               "target_image_size": target.image_size, "target_batch_size": target.batch_size,
               "num_classes": args.num_classes, "clock": args.clock, "table": str(t.path), "pieces": len(t.pieces), "prefilled": t.prefilled,
-              "build_s": t.build_s, "built_now": model.built, "correction": {k: c[k] for k in ("a", "b", "c")}}
+              "build_s": t.build_s, "built_now": model.built,
+              "correction": {k: c[k] for k in ("form", "a", "b", "d", "c", "loo_mape")}}
     if args.check:
         from tqdm import tqdm
 

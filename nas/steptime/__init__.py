@@ -29,7 +29,8 @@ Modules, one concept each: :mod:`~nas.steptime.target` (the setting and its defa
 :mod:`~nas.steptime.pieces` (decomposition and piece keys), :mod:`~nas.steptime.timing` (timing a
 piece and the optimiser), :mod:`~nas.steptime.cover` (which networks hold every piece of a space),
 :mod:`~nas.steptime.table` (the JSON file, its fingerprint, locking and validation),
-:mod:`~nas.steptime.model` (building, the prediction formula and its correction),
+:mod:`~nas.steptime.model` (building, the table's pieces, the prediction formula),
+:mod:`~nas.steptime.correction` (what the piece sum misses, fitted and chosen by leave-one-out),
 :mod:`~nas.steptime.fidelity` (the agreement figures and the self-check).
 """
 

@@ -42,10 +42,11 @@ def fidelity(predicted: Sequence[float], measured: Sequence[float]) -> dict[str,
             "within_10pct": float(np.mean(rel <= 0.10 + 1e-12)), "n": n}  # exactly 10% (in floating point) is within
 
 
-def check(model, k: int, *, seed: int = 0, min_run_time: float = 1.0,
+def check(model, k: int, *, seed: int = 0, min_run_time: float | None = None,
           progress: Callable[[int, int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Validate ``model`` on ``k`` random full-size candidates of its space (drawn with ``seed``; the
-    calibration networks are skipped), timed directly at its target: :func:`fidelity` of the
+    calibration networks are skipped), timed directly at its target (:meth:`StepTimeModel.measure`,
+    ``min_run_time`` seconds a repeat, default its own): :func:`fidelity` of the
     predictions, plus ``rows`` (arch, predicted_ms, measured_ms) and ``timed`` (pieces the
     predictions had to time first)."""
     from nas.steptime.model import calibration_archs
@@ -62,7 +63,8 @@ def check(model, k: int, *, seed: int = 0, min_run_time: float = 1.0,
         if arch in seen and tries < 100 * (k + 1):
             continue
         seen.add(arch)
-        row = {"arch": arch.to_string(), "predicted_ms": model.predict(arch), "measured_ms": model.measure(arch, min_run_time=min_run_time)}
+        timing = {} if min_run_time is None else {"min_run_time": min_run_time}
+        row = {"arch": arch.to_string(), "predicted_ms": model.predict(arch), "measured_ms": model.measure(arch, **timing)}
         rows.append(row)
         if progress is not None:
             progress(len(rows), k, row)

@@ -26,14 +26,13 @@ it can be enumerated (:mod:`nas.steptime.cover`), then the calibration networks'
 their full steps, and fit. Any piece a later prediction needs that the table lacks (a space too
 large to pre-fill, another resolution, a scaled network) is timed on first use and added to the
 table (under its lock, atomically): :attr:`StepTimeModel.timed` counts them. The build saves after
-every network, so a killed build resumes where it stopped.
+the pieces and after every calibration network, so a killed build resumes from there.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
-import math
 import time
 from typing import Any, Callable
 
@@ -43,6 +42,7 @@ import torch
 from nas.device import Runtime
 from nas.errors import NasError, check_int, check_positive
 from nas.steptime import table as tables
+from nas.steptime.correction import correct, fit_correction
 from nas.steptime.cover import covering_architectures
 from nas.steptime.pieces import PieceRef, decompose, extract
 from nas.steptime.target import Target, default_target
@@ -51,8 +51,11 @@ from search_spaces import Architecture, build
 
 CALIBRATION_SAMPLES = 5
 CALIBRATION_SEED = 1_000_003  # the sample stream of the calibration networks (a check draws from its own)
-PIECE_RUN_TIME = 0.05  # seconds of timed repetitions per piece, at least (and 8 runs: timing.time_piece)
-MEASURE_RUN_TIME = 1.0  # seconds of timed full steps per network and repeat
+PIECE_RUN_TIME = 0.05  # seconds of timed repetitions per piece and pass, at least
+PIECE_RUNS = 4  # ... and at least this many runs (timing.time_piece)
+PIECE_PASSES = 2  # passes over all pieces; each piece's fastest is kept (_time_missing)
+MEASURE_RUN_TIME = 0.5  # seconds of timed full steps per network and repeat (at least one step)
+MEASURE_WARMUP = 2  # untimed steps first (the first allocates; kernels are warm from the pieces)
 MEASURE_REPEATS = 2  # a full step is timed this often and the fastest kept (other jobs only slow it down)
 
 Progress = Callable[[int, int, str], None]  # (done, total, what)
@@ -193,17 +196,17 @@ class StepTimeModel:
         covers = covering_architectures(self.space, tgt.image_size, tgt.batch_size, self.num_classes) or []
         calib = calibration_archs(self, samples)
         todo = {r.key for a in covers for r, _ in decompose(a, tgt.image_size, tgt.batch_size, self.num_classes)}
-        bar = _Bar(progress, len(todo - set(self.table.pieces)) + len(calib))
+        bar = _Bar(progress, len(todo - set(self.table.pieces)) * PIECE_PASSES + len(calib))
         try:
             with torch.random.fork_rng(devices=self.runtime.cuda_indices):
-                for a in covers:
-                    self._time_missing(a, self.target.image_size, bar, counted=True)
-                    self.table.build_s = time.perf_counter() - t0
-                    self.table.save()
+                self._time_missing(covers, self.target.image_size, bar, counted=True)
                 self.table.prefilled = bool(covers)
+                self.table.build_s = time.perf_counter() - t0
+                self.table.save()
                 rows = []
                 for a in calib:
-                    self._time_missing(a, self.target.image_size, bar)
+                    if self._time_missing([a], self.target.image_size, bar):
+                        self.table.save()
                     measured = self._measure(a, None, measure_run_time)
                     b = self.breakdown(a, corrected=False)
                     rows.append({"arch": a.to_string(), "raw_ms": b["raw_ms"], "blocks": b["blocks"],
@@ -218,36 +221,48 @@ class StepTimeModel:
         self.built = True
         self._cache.clear()
 
-    def _time_missing(self, arch: Architecture, image_size: int, bar: _Bar | None = None, counted: bool = False) -> int:
-        """Time the pieces of ``arch`` the table lacks; returns how many. Caller holds the lock.
-        ``counted``: the progress bar's total already counts them."""
-        refs = [r for r, _ in decompose(arch, image_size, self.target.batch_size, self.num_classes)]
-        missing = list({r.key: r for r in refs if r.key not in self.table.pieces}.values())
-        if not missing:
-            return 0
+    def _time_missing(self, archs: list[Architecture], image_size: int, bar: _Bar | None = None,
+                      counted: bool = False) -> int:
+        """Time the pieces of ``archs`` the table lacks; returns how many. Caller holds the lock.
+
+        Every piece is timed in :data:`PIECE_PASSES` passes over all of them and its fastest pass
+        kept: on a shared machine a pass at a busy moment is outvoted by one at a quiet moment.
+        A stage's first and second block are all its distinct pieces (later blocks repeat the
+        second), so each network is built with at most two blocks a stage: it holds every piece and
+        builds and runs faster. ``counted``: the progress bar's total already counts the pieces."""
+        plan, seen = [], set(self.table.pieces)
+        for arch in archs:
+            short = arch.replace(stages=tuple(dataclasses.replace(s, repeats=min(s.repeats, 2)) for s in arch.stages))
+            refs = [r for r, _ in decompose(short, image_size, self.target.batch_size, self.num_classes)]
+            full = {r.key for r, _ in decompose(arch, image_size, self.target.batch_size, self.num_classes)}
+            if full != {r.key for r in refs}:
+                raise RuntimeError(f"the pieces of {arch} change when its stages are shortened")
+            missing = list({r.key: r for r in refs if r.key not in seen}.values())
+            seen |= full
+            if missing:
+                plan.append((short, missing))
+        n = sum(len(m) for _, m in plan)
         if bar is not None and not counted:
-            bar.grow(len(missing))
-        # A stage's first and second block are all its distinct pieces (later blocks repeat the second),
-        # so a network with at most two blocks a stage holds them all, and builds and runs faster.
-        short = arch.replace(stages=tuple(dataclasses.replace(s, repeats=min(s.repeats, 2)) for s in arch.stages))
-        refs = {(r.kind, r.stage, r.block): r for r, _ in decompose(short, image_size, self.target.batch_size,
-                                                                    self.num_classes)}
-        if {refs[r.kind, r.stage, r.block].key for r in missing} != {r.key for r in missing}:
-            raise RuntimeError(f"pieces of {arch} change when its stages are shortened")
-        torch.manual_seed(0)
-        net = self.runtime.prepare(build(short, self.num_classes)).train()
-        images = self.runtime.images(torch.randn(self.target.batch_size, 3, image_size, image_size))
-        found = extract(net, missing, images, self.runtime)
-        for r in missing:
-            module, x = found[r.key]
-            params, tensors = piece_params(module)
-            ms, iqr = time_piece(module, x, self.runtime, kind=r.kind, num_classes=self.num_classes,
-                                 min_run_time=self.piece_run_time, clock=self.clock)
-            self.table.pieces[r.key] = {"ms": ms, "iqr_ms": iqr, "params": params, "tensors": tensors}
-            if bar is not None:
-                bar.step(r.kind)
-        del net, found, images
-        return len(missing)
+            bar.grow(n * PIECE_PASSES)
+        best: dict[str, dict[str, Any]] = {}
+        for _ in range(PIECE_PASSES):
+            for short, missing in plan:
+                torch.manual_seed(0)
+                net = self.runtime.prepare(build(short, self.num_classes)).train()
+                images = self.runtime.images(torch.randn(self.target.batch_size, 3, image_size, image_size))
+                found = extract(net, missing, images, self.runtime)
+                for r in missing:
+                    module, x = found[r.key]
+                    ms, iqr = time_piece(module, x, self.runtime, kind=r.kind, num_classes=self.num_classes,
+                                         min_run_time=self.piece_run_time, runs=PIECE_RUNS, clock=self.clock)
+                    if r.key not in best or ms < best[r.key]["ms"]:
+                        params, tensors = piece_params(module)
+                        best[r.key] = {"ms": ms, "iqr_ms": iqr, "params": params, "tensors": tensors}
+                    if bar is not None:
+                        bar.step(r.kind)
+                del net, found, images
+        self.table.pieces.update(best)
+        return n
 
     def _extend(self, arch: Architecture, image_size: int) -> None:
         """Time the pieces of ``arch`` this table lacks, under the table's lock, merging with what
@@ -264,7 +279,7 @@ class StepTimeModel:
                     else:
                         self.table.pieces = disk.pieces
                 with torch.random.fork_rng(devices=self.runtime.cuda_indices):
-                    n = self._time_missing(arch, image_size)
+                    n = self._time_missing([arch], image_size)
                 if n:
                     self.table.save()
                 self.timed += n
@@ -328,7 +343,8 @@ class StepTimeModel:
 
         r = measure_step_time(arch, runtime=self.runtime, batch_size=self.target.batch_size,
                               image_size=image_size or self.target.image_size, num_classes=self.num_classes,
-                              min_run_time=min_run_time, clock=self.clock, repeats=repeats, statistic="min")
+                              min_run_time=min_run_time, clock=self.clock, repeats=repeats, statistic="min",
+                              warmup=MEASURE_WARMUP)
         return r.step_time_ms
 
 
@@ -340,70 +356,3 @@ def calibration_archs(model: StepTimeModel, samples: int | None = None) -> list[
         samples = len(points) - 1 if points else CALIBRATION_SAMPLES
     rng = np.random.default_rng(CALIBRATION_SEED)
     return [model.space.reference()] + [model.space.sample(rng) for _ in range(samples)]
-
-
-# The forms the correction may take, simplest first: (name, which of a, b, d, c are free). The first
-# has none: the raw sum itself (a = 1), which wins when the calibration networks' timings are too
-# noisy for any fit to beat it.
-CORRECTION_FORMS = (("raw", (False, False, False, False)),
-                    ("a*raw", (True, False, False, False)),
-                    ("a*raw + c", (True, False, False, True)),
-                    ("a*raw + b*blocks + c", (True, True, False, True)),
-                    ("a*raw + d*params + c", (True, False, True, True)),
-                    ("a*raw + b*blocks + d*params + c", (True, True, True, True)))
-MIN_EXTRA_ROWS = 2  # a form with k coefficients is tried on k + 2 calibration networks or more
-
-
-def correct(corr: dict[str, float], raw_ms: float, blocks: int, params: int) -> float:
-    """The prediction: ``a * raw + b * blocks + d * params + c`` (ms)."""
-    return corr["a"] * raw_ms + corr["b"] * blocks + corr["d"] * params + corr["c"]
-
-
-def _fit_form(x: np.ndarray, y: np.ndarray, free) -> np.ndarray:
-    """Coefficients (a, b, d, c) of one form, least squares on the relative error (MAPE is what is
-    reported), the form's fixed coefficients 0 (a: 1 when fixed)."""
-    if not any(free):
-        return np.array([1.0, 0.0, 0.0, 0.0])
-    w = 1.0 / y
-    cols = x[:, list(free)]
-    coef, *_ = np.linalg.lstsq(cols * w[:, None], y * w, rcond=None)
-    out = np.zeros(4)
-    out[list(free)] = coef
-    return out
-
-
-def _loo_errors(x: np.ndarray, y: np.ndarray, free) -> np.ndarray:
-    """Each network's relative error when the form is fitted on the others."""
-    n = len(y)
-    return np.array([abs(x[i] @ _fit_form(x[np.arange(n) != i], y[np.arange(n) != i], free) - y[i]) / y[i]
-                     for i in range(n)])
-
-
-def fit_correction(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """``(a, b, d, c)`` of ``measured ~ a * raw + b * blocks + d * params + c`` over the calibration
-    networks ``rows``, and the form chosen.
-
-    Each form of :data:`CORRECTION_FORMS` is scored by leave-one-out: fitted without each network in
-    turn, its relative error on the one left out. A fitted form replaces the raw sum only when it
-    beats the raw sum's error on all calibration networks but at most one, and then the one with the
-    lowest mean error wins. A correction that stands for something systematic (per-piece overheads
-    that the full step does not pay, as on a GPU) improves every network and passes; one that fits
-    the noise of a handful of timings on a shared CPU does not, and the raw sum, which measured no
-    worse than a repeated measurement there, is kept. Rows are ``{raw_ms, blocks, params,
-    measured_ms}``; a form with k coefficients is tried on at least k + 2 rows."""
-    x = np.array([[r["raw_ms"], r["blocks"], r["params"], 1.0] for r in rows], dtype=float)
-    y = np.array([r["measured_ms"] for r in rows], dtype=float)
-    n = len(rows)
-    base = _loo_errors(x, y, CORRECTION_FORMS[0][1])
-    name, loo, coef = CORRECTION_FORMS[0][0], float(base.mean()), np.array([1.0, 0.0, 0.0, 0.0])
-    for form, free in CORRECTION_FORMS[1:]:
-        if n < sum(free) + MIN_EXTRA_ROWS or any(f and np.ptp(x[:, j]) == 0 for j, f in enumerate(free[:3])):
-            continue
-        c = _fit_form(x, y, free)
-        if not (math.isfinite(c[0]) and c[0] > 0):
-            continue
-        errs = _loo_errors(x, y, free)
-        if (errs < base).sum() >= n - 1 and errs.mean() < loo - 1e-9:  # a tie (to rounding) keeps the simpler
-            name, loo, coef = form, float(errs.mean()), c
-    a, b, d, c0 = (float(v) for v in coef)
-    return {"a": a, "b": b, "d": d, "c": c0, "form": name, "loo_mape": loo}

@@ -38,7 +38,7 @@ def piece_params(module: nn.Module) -> tuple[int, int]:
 
 
 def time_piece(module: nn.Module, x: torch.Tensor, runtime, *, kind: str, num_classes: int,
-               min_run_time: float, runs: int = 8, warmup: int = 2, clock: str = "wall") -> tuple[float, float]:
+               min_run_time: float, runs: int = 8, warmup: int = 1, clock: str = "wall") -> tuple[float, float]:
     """Fastest block and IQR (ms) of the piece's share of a training step (see the module docstring),
     timed for ``min_run_time`` seconds or ``runs`` steps, whichever is longer: a piece that takes
     100 ms gets as many chances to run undisturbed as one that takes 1 ms (a heavy piece counts
