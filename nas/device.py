@@ -19,6 +19,7 @@ fingerprints are not comparable; the step-time tables of :mod:`nas.steptime` are
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 import re
 from dataclasses import dataclass
@@ -58,7 +59,21 @@ def resolve_device(name: str) -> torch.device:
 def device_name(dev: torch.device) -> str:
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
-    return platform.processor() or platform.machine() or "cpu"
+    return _cpu_name()
+
+
+def _cpu_name() -> str:
+    """The processor's model and how many CPUs this machine has, e.g. ``AMD EPYC (2 CPUs)``: the
+    architecture alone (``x86_64``, what ``platform.processor()`` gives on Linux) would let a
+    step-time table made on one machine answer for any other."""
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    model = model or platform.processor() or platform.machine() or "cpu"
+    return f"{model} ({os.cpu_count()} CPUs)"
 
 
 def amp_dtype(dev: torch.device, mode: str = "auto") -> torch.dtype | None:

@@ -40,7 +40,7 @@ class StepTimeConfig:
     """How step times are obtained (see the module docstring). ``None`` targets are resolved from
     the device by :meth:`resolved` before a run stores its settings."""
 
-    method: str = "proxy"
+    method: str = "table"
     target_image_size: int | None = None
     target_batch_size: int | None = None
     min_run_time: float = 0.4   # seconds of timed steps per measurement
@@ -55,13 +55,18 @@ class StepTimeConfig:
         check_positive("--measure-time", self.min_run_time)
         check_int("--fidelity-every", self.fidelity_every, 0, 1_000_000)
 
-    def resolved(self, device: str) -> "StepTimeConfig":
-        """Concrete target values for ``device`` (the defaults of :func:`default_target`)."""
+    def resolved(self, device: str, space: str) -> "StepTimeConfig":
+        """Concrete target values for ``device`` and ``space`` (:func:`nas.steptime.default_target`:
+        on a CPU 64 px, batch 16; on CUDA the space's resolution and the batch that fills the memory
+        such a step takes at 224 px, batch 128)."""
         if self.target_image_size is not None and self.target_batch_size is not None:
             return self
-        size, batch = default_target(device)
-        return dataclasses.replace(self, target_image_size=self.target_image_size or size,
-                                   target_batch_size=self.target_batch_size or batch)
+        from nas.device import Runtime
+        from nas.steptime import default_target
+
+        t = default_target(Runtime.resolve(device), space, image_size=self.target_image_size,
+                           batch_size=self.target_batch_size)
+        return dataclasses.replace(self, target_image_size=t.image_size, target_batch_size=t.batch_size)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -69,15 +74,6 @@ class StepTimeConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "StepTimeConfig":
         return cls(**d)
-
-
-def default_target(device: str) -> tuple[int, int]:
-    """(image size, batch) of the training step S stands for, when the user names none: on CUDA a
-    realistic ImageNet step (224 px, batch 128); on a CPU a step small enough that the README's
-    default search finishes in minutes on 2 cores (64 px, batch 16)."""
-    from nas.device import resolve_device
-
-    return (224, 128) if resolve_device(device).type == "cuda" else (64, 16)
 
 
 @dataclass
@@ -115,6 +111,7 @@ class StepTimer:
         self.num_classes = num_classes
         self.runtime = Runtime.resolve(settings.device)
         self.method = self.config.method
+        self._model = None
         self._fingerprint = self.runtime.fingerprint()
         self.compile = self._compiles()
         if self.method != "proxy" and (self.config.target_image_size is None or self.config.target_batch_size is None):
@@ -172,19 +169,35 @@ class StepTimer:
                                      if self.method == "proxy" else "rmsprop", min_run_time=self.config.min_run_time,
                                      seed=self.settings.seed, compile=self.compile)
 
-    def predict(self, arch, image_scale: float = 1.0) -> float:
-        from nas.steptime import model_for
+    def model(self):
+        """This process's step-time model (:mod:`nas.steptime`): the table on disk for this device
+        and setting, built on first use (with a progress bar on a terminal) and reused by every later
+        run; workers on the same machine load the table the driver built."""
+        if self._model is None:
+            import sys
 
+            from nas.steptime import StepTimeModel, Target
+
+            target = Target(self.config.target_image_size, self.config.target_batch_size)
+            self._model = StepTimeModel.load_or_build(self.settings.space, self.runtime, target,
+                                                      num_classes=self.num_classes, progress=sys.stderr.isatty())
+        return self._model
+
+    def predict(self, arch, image_scale: float = 1.0) -> float:
         timed, size, batch = self.setting(arch, image_scale)
-        return model_for(self.settings, self.runtime).predict(timed, image_size=size)
+        return self.model().predict(timed, image_size=size)
 
     def time(self, arch, *, image_scale: float = 1.0, with_measurement: bool = False) -> Timing:
         _, size, batch = self.setting(arch, image_scale)
         prov = self._provenance()
         if self.method == "table":
             t = Timing(self.predict(arch, image_scale), "table", size, batch, prov)
-            if with_measurement:
-                t.measured_step_time_ms = self.measure(arch, image_scale).step_time_ms
+            if with_measurement:  # timed the way the table's own check times (nas.steptime)
+                from nas import devicelock
+
+                timed, size, _ = self.setting(arch, image_scale)
+                with devicelock.timing():
+                    t.measured_step_time_ms = self.model().measure(timed, image_size=size)
             return t
         m = self.measure(arch, image_scale)
         return Timing(m.step_time_ms, self.method, size, batch, prov, iqr_ms=m.iqr_ms,

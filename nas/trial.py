@@ -226,6 +226,12 @@ class Evaluator:
     def num_classes(self) -> int:
         return self.splits.num_classes
 
+    def samples_fidelity(self, number: int) -> bool:
+        """With a predicted step time, every ``fidelity_every``-th trial is also timed directly, so each
+        run carries its own check of the step-time model (fidelity.json)."""
+        st = self.settings.step_time
+        return st.method == "table" and st.fidelity_every > 0 and number % st.fidelity_every == 0
+
     # -- one candidate ----------------------------------------------------------------------------
     def known(self, arch: Architecture, *, image_scale: float = 1.0, fidelity: bool = False) -> dict[str, Any]:
         """What is known before training: size, MACs, step time, S and P."""
@@ -345,7 +351,7 @@ def run_objective(problem, evaluator: Evaluator, proposal: dict[str, Any], numbe
 
     try:
         m = evaluator.evaluate(arch, seed=problem.seed(number), image_scale=float(proposal.get("image_scale", 1.0)),
-                               fidelity=bool(proposal.get("fidelity", False)), on_epoch=hook)
+                               fidelity=evaluator.samples_fidelity(number), on_epoch=hook)
     except TrialPruned as p:
         return finish("PRUNED", p.metrics)
     except Exception as e:  # the candidate's failure: recorded with its reason, the search goes on

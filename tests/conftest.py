@@ -3,7 +3,9 @@
 * ``REPO``, :func:`run_nas`: the CLI as a user runs it, in a fresh interpreter.
 * ``TINY_ARCH``: a network small enough to build, time and train in milliseconds.
 * ``TINY``: ``nas search`` / ``nas grid-scale`` flags for a real but tiny trial (fake data, 16 px,
-  one epoch, proxy width and depth 0.1).
+  one epoch, proxy width and depth 0.1, the proxy's step timed: tests about the step-time model and
+  the full-size step name ``--step-time table`` or ``measure`` with a tiny target themselves).
+* Step-time tables go to a directory of this test session (``NAS_CACHE_DIR``), never to ~/.cache.
 * :data:`STANDIN`: a plugin (source text) that replaces the evaluation of a candidate by a
   deterministic stand-in (accuracy from a hash of the architecture, no training), for tests of what
   schedules trials rather than what a trial computes. In a subprocess it is a ``--plugin`` module
@@ -24,7 +26,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 TINY_ARCH = "stem8,r1_k3_s1_e1_i8_o8_se0.25,r2_k3_s2_e4_i8_o16_c1,head32,res32"
 TINY = ["--dataset", "fake", "--epochs", "1", "--image-size", "16", "--measure-time", "0.05", "--width-mult", "0.1",
-        "--depth-mult", "0.1", "--batch-size", "32", "--no-progress"]
+        "--depth-mult", "0.1", "--batch-size", "32", "--step-time", "proxy", "--no-progress"]
 
 
 def nas_env(*path: str | os.PathLike, **extra: str) -> dict:
@@ -43,6 +45,19 @@ def run_nas(*args: str, cwd: str | os.PathLike | None = None, timeout: float = 3
     p = subprocess.run([sys.executable, "-m", "nas.cli", *map(str, args)], capture_output=True, text=True,
                        cwd=cwd or REPO, env=env or nas_env(), timeout=timeout)
     return p.returncode, p.stdout, p.stderr
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Step-time tables (and anything else nas caches) in this session's own directory; subprocesses
+    inherit the variable."""
+    old = os.environ.get("NAS_CACHE_DIR")
+    os.environ["NAS_CACHE_DIR"] = str(tmp_path_factory.mktemp("nas-cache"))
+    yield
+    if old is None:
+        os.environ.pop("NAS_CACHE_DIR", None)
+    else:
+        os.environ["NAS_CACHE_DIR"] = old
 
 
 @pytest.fixture(name="run_nas", scope="session")
@@ -167,6 +182,7 @@ def install(setattr=setattr):
     setattr(_trial.Evaluator, "reference", reference)
     setattr(_trial.Evaluator, "reference_key", lambda self: "standin")
     setattr(_trial.Evaluator, "check_data", lambda self: None)
+    setattr(_trial.Evaluator, "samples_fidelity", lambda self, number: False)
     setattr(_trial.Evaluator, "num_classes", property(lambda self: NUM_CLASSES))
 
 

@@ -407,3 +407,39 @@ def test_validate_top_retrains_the_top_and_random_trials_and_reports_the_rank_co
     assert len(pd.read_csv(out / "validation.csv")) == 4
     calls.clear()
     assert main(args) == 0 and calls == []  # a rerun retrains nothing
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["table", "measure", "proxy"])
+def test_every_step_time_method_end_to_end(tmp_path, method):
+    """S from the step-time table (built on first use), from the full-size step timed directly, and from
+    the proxy's step: the same run, the method recorded with every row, S relative to the reference
+    obtained the same way; with the table, every 2nd trial is also timed directly (fidelity.json)."""
+    from conftest import TWO_SPACE
+
+    plugins = write_plugin(tmp_path / "plugins", "nas_two_space", TWO_SPACE)
+    out = tmp_path / method
+    target = [] if method == "proxy" else ["--target-image-size", "16", "--target-batch-size", "2"]
+    rc, stdout, stderr = run_nas("search", "--plugin", "nas_two_space", "--space", "test-two", "--trials", "4",
+                                 "--sampler", "random", "--pruner", "none", "--out", out, *TINY, "--step-time", method,
+                                 *target, "--fidelity-every", "2", env=nas_env(plugins), cwd=tmp_path)
+    assert rc == 0, stdout + stderr
+    df = pd.read_csv(out / "trials.csv")
+    assert (df["step_time_method"] == method).all() and (df["step_time_ms"] > 0).all()
+    assert (df["S"] - df["step_time_ms"] / df["reference_step_time_ms"]).abs().max() < 1e-9
+    if method == "proxy":
+        assert df["target_image_size"].isna().all() and (df["step_image_size"] == 16).all()
+        return
+    assert (df["target_image_size"] == 16).all() and (df["target_batch_size"] == 2).all()
+    assert (df["step_image_size"] == 16).all() and (df["step_batch_size"] == 2).all()
+    if method == "measure":
+        assert (df["measured_step_time_ms"] == df["step_time_ms"]).all()
+        return
+    sampled = df[df["measured_step_time_ms"].notna()]
+    assert sorted(sampled["number"]) == [0, 2]
+    fid = json.loads((out / "fidelity.json").read_text())["step_time"]
+    assert fid["n"] == 2 and fid["trials"] == [0, 2] and 0 <= fid["within_10pct"] <= 1
+    assert "step-time model vs direct timing on 2 trials" in stdout
+    # The table is reused: a second run on the same device and setting builds nothing.
+    tables = list((Path(os.environ["NAS_CACHE_DIR"]) / "steptime").glob("*.json"))
+    assert len(tables) == 1

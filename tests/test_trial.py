@@ -50,9 +50,9 @@ def test_bad_step_time_settings_name_the_flag(kwargs, word):
 
 
 def test_step_time_target_defaults_by_device():
-    st = StepTimeConfig(method="table").resolved("cpu")
+    st = StepTimeConfig(method="table").resolved("cpu", "trainaware")
     assert (st.target_image_size, st.target_batch_size) == (64, 16)
-    assert StepTimeConfig(method="table", target_image_size=96).resolved("cpu").target_image_size == 96
+    assert StepTimeConfig(method="table", target_image_size=96).resolved("cpu", "trainaware").target_image_size == 96
 
 
 @pytest.fixture

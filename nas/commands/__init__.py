@@ -4,6 +4,7 @@
 COMMANDS = [
     "nas.commands.show",
     "nas.commands.measure",
+    "nas.commands.calibrate",
     "nas.commands.listing",
     "nas.commands.search",
     "nas.commands.report",

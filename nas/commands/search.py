@@ -33,9 +33,10 @@ def add_trial_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch.compile the training step: auto (default: where it saves time, long CUDA runs), on, off; "
                         "a measured step time is then the compiled step's")
     g = p.add_argument_group("step time (S in the reward)")
-    g.add_argument("--step-time", default="proxy", metavar="METHOD",
-                   help="proxy (default): the proxy's step, measured; measure: the full-size candidate's "
-                        "step at the target setting, measured; table: the same, predicted by the step-time model")
+    g.add_argument("--step-time", default="table", metavar="METHOD",
+                   help="table (default): the full-size candidate's step at the target setting, predicted by the "
+                        "per-device step-time model (nas calibrate; built on first use); measure: the same step, "
+                        "timed directly; proxy: the shrunk proxy's step, timed (the old method, for comparison)")
     g.add_argument("--target-image-size", type=int, default=None,
                    help="image size of the training step S stands for (default: 224 on CUDA, 64 on a CPU)")
     g.add_argument("--target-batch-size", type=int, default=None,
@@ -105,7 +106,7 @@ def trial_settings(args, space: str):
     if step.method != "proxy":
         import dataclasses
 
-        settings = dataclasses.replace(settings, step_time=step.resolved(settings.device))
+        settings = dataclasses.replace(settings, step_time=step.resolved(settings.device, space))
     elif args.target_image_size is not None or args.target_batch_size is not None:
         from nas.errors import NasError
 

@@ -1,0 +1,335 @@
+"""The step-time model: piece keys, the table file, the prediction formula, fidelity, and the CLI.
+
+Everything runs at tiny settings (16 px, batch 2, a few-piece space, milliseconds of timing per
+piece): these tests check what is computed and stored, never how fast anything is.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from nas.cli import main
+from nas.device import Runtime
+from nas.errors import NasError
+from nas.steptime import StepTimeModel, Target, check, default_target, fidelity
+from nas.steptime import table as tables
+from nas.steptime.cover import covering_architectures
+from nas.steptime.correction import fit_correction
+from nas.steptime.pieces import decompose, extract
+from nas.steptime.timing import piece_params
+from search_spaces import Architecture, Stage, build, count_params, get_space, preset, scale
+from search_spaces.base import SearchSpace
+
+TINY = Architecture.from_string("stem8,r1_k3_s1_e1_i8_o8_se0.25,r2_k3_s2_e4_i8_o16_c1,head32,res32")
+FAST = {"piece_run_time": 0.002, "measure_run_time": 0.01, "calibration_samples": 3, "num_classes": 10}
+TARGET = Target(16, 2)
+
+
+class TinySpace(SearchSpace):
+    """Two stages: kernel of the first, op and layers of the second (not registered: a test space)."""
+
+    name = "tiny-test"
+
+    def decisions(self):
+        return [("s1_kernel", [3, 5]), ("s2_op", ["mbconv", "fused"]), ("s2_layers", [1, 2])]
+
+    def make(self, choice):
+        return TINY.replace(stages=(Stage("mbconv", choice["s1_kernel"], 1, 1, 8, 1, 0.25),
+                                    Stage(choice["s2_op"], 3, 2, 4, 16, choice["s2_layers"])))
+
+    def reference(self):
+        return TINY
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A tiny table built once for the module's tests that only read it."""
+    d = tmp_path_factory.mktemp("tables")
+    return StepTimeModel.load_or_build(TinySpace(), Runtime.resolve("cpu"), TARGET, table_dir=d, **FAST)
+
+
+def _model(tmp_path, **kw):
+    return StepTimeModel.load_or_build(TinySpace(), Runtime.resolve("cpu"), TARGET, table_dir=tmp_path, **{**FAST, **kw})
+
+
+# -- pieces and their keys ------------------------------------------------------------------------
+
+
+def test_keys_come_from_the_text_form_and_the_input_shape():
+    v2s = preset("efficientnetv2-s")
+    refs = decompose(v2s, 64, 16, 1000)
+    assert sum(n for _, n in refs) == v2s.num_blocks + 3  # stem, every block, head, tail
+    keys = [r.key for r, _ in refs]
+    assert keys[0] == "stem|act_silu|stem24|16x3x64x64"
+    assert "block|act_silu|r1_k3_s2_e4_i24_o48_c1|sd|16x24x32x32" in keys  # stage 2's first block
+    assert "block|act_silu|r1_k3_s1_e4_i48_o48_c1|sd|16x48x16x16" in keys  # and its repeated block
+    assert keys[-1] == "tail|act_silu|classes1000|dropout|16x1280x2x2"
+    # Everything that shapes a module changes the key: activation, input size, batch.
+    relu = {r.key for r, _ in decompose(v2s.replace(activation="relu"), 64, 16, 1000)}
+    assert not relu & set(keys)
+    assert not {r.key for r, _ in decompose(v2s, 96, 16, 1000)} & set(keys)
+    assert not {r.key for r, _ in decompose(v2s, 64, 8, 1000)} & set(keys)
+    # What does not shape a piece leaves its key alone: rates, the head width for a block.
+    same = decompose(v2s.replace(dropout=0.3, drop_path=0.1, head=1408), 64, 16, 1000)
+    assert [r.key for r, _ in same][:-2] == keys[:-2]
+
+
+def test_pieces_are_the_networks_own_modules():
+    torch.manual_seed(0)
+    rt = Runtime.resolve("cpu")
+    net = rt.prepare(build(TINY, 10)).train()
+    refs = decompose(TINY, 16, 2, 10)
+    found = extract(net, [r for r, _ in refs], rt.images(torch.randn(2, 3, 16, 16)), rt)
+    assert set(found) == {r.key for r, _ in refs}  # and every shape matched its key
+    blocks = [m for st in net.features[1:-1] for m in st]
+    assert found[refs[1][0].key][0] is blocks[0] and found[refs[3][0].key][0] is blocks[2]
+    # Parameters of the pieces, counted with their multiplicity, are the network's.
+    total = sum(n * piece_params(found[r.key][0])[0] for r, n in refs)
+    assert total == count_params(TINY, 10)
+
+
+def test_trainaware_is_prefilled_completely_and_mnasnet_lazily():
+    space = get_space("trainaware")
+    covers = covering_architectures(space, 64, 16, 1000)
+    assert covers is not None and len(covers) == 12
+    keys = {r.key for a in covers for r, _ in decompose(a, 64, 16, 1000)}
+    assert len(keys) == 6 * 12 * 2 + 3  # stage x op/kernel/expansion x (first, repeated) + stem, head, tail
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        assert {r.key for r, _ in decompose(space.sample(rng), 64, 16, 1000)} <= keys
+    assert covering_architectures(get_space("mnasnet"), 64, 16, 1000) is None
+
+
+# -- the table and the formula --------------------------------------------------------------------
+
+
+def test_prediction_is_the_documented_formula(built):
+    data = json.loads(built.path.read_text())
+    corr = data["correction"]
+    for arch in (TINY, TinySpace().sample(1), TinySpace().sample(2)):
+        pieces = [(data["pieces"][r.key], n) for r, n in decompose(arch, 16, 2, 10)]
+        raw = sum(n * p["ms"] for p, n in pieces)
+        params = count_params(arch, 10)
+        expected = corr["a"] * raw + corr["b"] * arch.num_blocks + corr["d"] * params + corr["c"]
+        assert built.predict(arch) == pytest.approx(expected, rel=1e-12)
+        assert built.breakdown(arch)["params"] == params
+
+
+def test_correction_is_the_least_squares_fit():
+    rows = [{"raw_ms": r, "blocks": b, "params": p, "measured_ms": 1.5 * r - 0.5 * b + 3} for r, b, p in
+            [(10, 4, 7), (20, 5, 3), (30, 9, 11), (45, 7, 5), (60, 12, 2)]]
+    fit = fit_correction(rows)
+    assert fit["form"] == "a*raw + b*blocks + c" and fit["loo_mape"] == pytest.approx(0, abs=1e-9)
+    assert (fit["a"], fit["b"], fit["d"], fit["c"]) == pytest.approx((1.5, -0.5, 0, 3.0))
+    rows = [{**r, "measured_ms": 0.9 * r["raw_ms"] + 2 * r["params"] + 1} for r in rows]
+    fit = fit_correction(rows)
+    assert fit["form"] == "a*raw + d*params + c"
+    assert (fit["a"], fit["b"], fit["d"], fit["c"]) == pytest.approx((0.9, 0, 2, 1))
+    # Data a scale explains: the simplest form that does wins.
+    fit = fit_correction([{**r, "measured_ms": 1.2 * r["raw_ms"]} for r in rows])
+    assert fit["form"] == "a*raw" and fit["a"] == pytest.approx(1.2)
+    # Noise around the raw sum: no fit beats it on all networks but one, so none is kept.
+    noisy = [{"raw_ms": r, "blocks": b, "params": p, "measured_ms": r * f} for r, b, p, f in
+             zip([300, 500, 800, 1200, 2000, 4000], [37, 41, 40, 38, 42, 38], [7e6, 2e7, 3e7, 4e7, 2e7, 1.5e8],
+                 [1.08, 0.93, 1.0, 0.97, 1.06, 0.92])]
+    assert fit_correction(noisy) == {"a": 1.0, "b": 0.0, "d": 0.0, "c": 0.0, "form": "raw",
+                                     "loo_mape": pytest.approx(np.mean([.08 / 1.08, .07 / .93, 0, .03 / .97, .06 / 1.06,
+                                                                        .08 / .92]))}
+
+
+def test_round_trip_and_no_rebuild(built):
+    assert built.built and built.table.prefilled and built.table.complete
+    assert built.path.name.startswith("tiny-test-cpu-16px-b2-")
+    data = json.loads(built.path.read_text())
+    assert data["format"] == tables.FORMAT
+    assert data["fingerprint"] == {**Runtime.resolve("cpu").fingerprint(), "image_size": 16, "batch_size": 2,
+                                   "space": "tiny-test", "clock": "wall"} == built.fingerprint
+    assert len(data["pieces"]) == 9  # stem, 2 first-stage variants, 2 ops x (first, repeated), head, tail
+    again = StepTimeModel.load_or_build(TinySpace(), Runtime.resolve("cpu"), TARGET, table_dir=built.path.parent, **FAST)
+    assert not again.built and again.table.pieces == built.table.pieces
+    assert again.predict(TINY) == built.predict(TINY)
+    loaded = StepTimeModel.load(TinySpace(), "cpu", TARGET, table_dir=built.path.parent, num_classes=10)
+    assert loaded.predict(TINY) == built.predict(TINY)
+
+
+def test_another_setting_or_device_never_reuses_a_table(built):
+    d = built.path.parent
+    rt = Runtime.resolve("cpu")
+    for target in (Target(24, 2), Target(16, 4)):
+        with pytest.raises(NasError, match="no step-time table"):
+            StepTimeModel.load(TinySpace(), rt, target, table_dir=d)
+        assert tables.table_path(d, tables.fingerprint(rt, target, "tiny-test")) != built.path
+    # Another device (here: another thread count, or contiguous memory) is another fingerprint.
+    contiguous = Runtime.resolve("cpu", channels_last="off")
+    with pytest.raises(NasError, match="no step-time table"):
+        StepTimeModel.load(TinySpace(), contiguous, TARGET, table_dir=d)
+    torch.set_num_threads(2)
+    try:
+        fp2 = tables.fingerprint(rt, TARGET, "tiny-test")
+    finally:
+        torch.set_num_threads(1)
+    assert fp2["threads"] == 2 and tables.table_path(d, fp2) != built.path
+    # A table copied onto another fingerprint's name is refused, not used.
+    other = tables.table_path(d, tables.fingerprint(contiguous, TARGET, "tiny-test"))
+    other.write_text(built.path.read_text())
+    with pytest.raises(NasError, match=r"made for another setting \(memory_format: 'channels_last' there"):
+        StepTimeModel.load(TinySpace(), contiguous, TARGET, table_dir=d)
+    other.unlink()
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda text: text[: len(text) // 2], "corrupt or truncated"),
+    (lambda text: "", "corrupt or truncated"),
+    (lambda text: json.dumps({"format": "nas.run/1"}), "not a step-time table"),
+    (lambda text: text.replace('"ms": ', '"ms": -', 1), "impossible value"),
+    (lambda text: text.replace('"iqr_ms": ', '"iqr_ms": "', 1).replace(',\n      "params"', '",\n      "params"', 1),
+     "impossible value"),
+    (lambda text: json.dumps({**json.loads(text), "pieces": [1, 2]}), "no piece list"),
+])
+def test_corrupt_table_is_one_clear_error_and_rebuilt_on_request(tmp_path, built, damage, message):
+    path = tables.table_path(tmp_path, built.fingerprint)
+    path.write_text(damage(built.path.read_text()))
+    with pytest.raises(NasError, match=message) as e:
+        _model(tmp_path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value) and "--rebuild" in str(e.value)
+    rebuilt = _model(tmp_path, rebuild=True)
+    assert rebuilt.built and StepTimeModel.load(TinySpace(), "cpu", TARGET, table_dir=tmp_path, num_classes=10)
+
+
+def test_missing_pieces_are_timed_on_first_use_and_kept(tmp_path):
+    model = _model(tmp_path)
+    n = len(model.table.pieces)
+    wide = scale(TINY, width=2.0)  # a scaled network: none of its blocks is in the table
+    missing = {r.key for r, _ in decompose(wide, 16, 2, 10)} - set(model.table.pieces)
+    assert missing
+    model.predict(wide)
+    assert model.timed == len(missing)
+    assert model.predict(TINY, image_size=24) > 0  # another resolution: its pieces too
+    on_disk = StepTimeModel.load(TinySpace(), "cpu", TARGET, table_dir=tmp_path, num_classes=10)
+    assert len(on_disk.table.pieces) == len(model.table.pieces) > n
+    assert on_disk.predict(wide) == model.predict(wide) and on_disk.timed == 0
+
+
+def test_two_writers_extending_one_table_keep_both_pieces(tmp_path):
+    _model(tmp_path)
+    a, b = (StepTimeModel.load(TinySpace(), "cpu", TARGET, table_dir=tmp_path, num_classes=10) for _ in range(2))
+    archs = (scale(TINY, width=2.0), scale(TINY, width=3.0))
+    threads = [threading.Thread(target=m.predict, args=(x,)) for m, x in zip((a, b), archs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    final = StepTimeModel.load(TinySpace(), "cpu", TARGET, table_dir=tmp_path, num_classes=10)
+    for x in archs:
+        assert {r.key for r, _ in decompose(x, 16, 2, 10)} <= set(final.table.pieces)
+
+
+# -- target and fidelity ----------------------------------------------------------------------
+
+
+def test_default_targets():
+    assert default_target(Runtime.resolve("cpu"), "trainaware") == Target(64, 16)
+    assert default_target(Runtime.resolve("cpu"), None, image_size=32) == Target(32, 16)
+    cuda = Runtime(torch.device("cuda"), torch.bfloat16, True)  # a description only: nothing runs on it
+    assert default_target(cuda, "trainaware") == Target(384, 40)
+    assert default_target(cuda, "mnasnet") == Target(224, 128)
+    assert default_target(cuda, "trainaware", image_size=224) == Target(224, 128)
+    for bad in ({"image_size": 4}, {"batch_size": 0}):
+        with pytest.raises(NasError, match="got"):
+            default_target(Runtime.resolve("cpu"), None, **bad)
+
+
+def test_fidelity_figures():
+    f = fidelity([1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0, 4.0])
+    assert f == {"spearman": 1.0, "kendall_tau": 1.0, "mape": 0.0, "within_10pct": 1.0, "n": 4}
+    f = fidelity([1.05, 1.5, 2.0, 4.4], [1.0, 2.0, 2.5, 4.0])
+    assert f["spearman"] == 1.0 and f["n"] == 4
+    assert f["mape"] == pytest.approx((0.05 + 0.25 + 0.2 + 0.1) / 4)
+    assert f["within_10pct"] == 0.5  # 5% and 10% are within, 25% and 20% are not
+    assert fidelity([2.0, 1.0, 3.0], [1.0, 2.0, 3.0])["kendall_tau"] == pytest.approx(1 / 3)
+    assert math.isnan(fidelity([1.0], [1.0])["spearman"])
+    with pytest.raises(NasError):
+        fidelity([1.0, 2.0], [1.0])
+
+
+def test_check_times_fresh_candidates(built):
+    rep = check(built, 2, seed=5, min_run_time=0.01)
+    assert rep["n"] == 2 and len(rep["rows"]) == 2
+    for r in rep["rows"]:
+        assert r["predicted_ms"] == built.predict(Architecture.from_string(r["arch"])) and r["measured_ms"] > 0
+
+
+# -- the CLI ----------------------------------------------------------------------------------
+
+TINY_CLI = ("--device", "cpu", "--threads", "1", "--target-image-size", "16", "--target-batch-size", "2",
+            "--piece-time", "0.002", "--min-run-time", "0.01")
+
+
+@pytest.mark.parametrize("args,names", [
+    (["--target-image-size", "4"], "got 4"),
+    (["--target-batch-size", "0"], "got 0"),
+    (["--check", "-1"], "got -1"),
+    (["--threads", "0"], "got 0"),
+    (["--piece-time", "0"], "got 0"),
+    (["--space", "nope"], "'nope'"),
+    (["--device", "tpu"], "'tpu'"),
+])
+def test_calibrate_bad_flags(args, names, capsys, tmp_path):
+    assert main(["calibrate", "--table-dir", str(tmp_path), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("nas: error:") and names in err and "\n" not in err
+
+
+def test_calibrate_and_measure_in_process(capsys, tmp_path):
+    """mnasnet: a space too large to pre-fill, so the pieces of its calibration networks and checked
+    candidates are timed on first use."""
+    assert main(["calibrate", "--space", "mnasnet", "--check", "2", "--table-dir", str(tmp_path), "--json",
+                 "--num-classes", "10", *TINY_CLI]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {"spearman", "kendall_tau", "mape", "within_10pct", "n", "device_name", "table"} <= set(out)
+    assert out["n"] == 2 and not out["prefilled"] and out["built_now"] and out["table"].startswith(str(tmp_path))
+    assert (out["target_image_size"], out["target_batch_size"]) == (16, 2)
+    assert main(["measure", "mnasnet-a1", "--device", "cpu", "--threads", "1", "--image-size", "16", "--batch-size", "2",
+                 "--num-classes", "10", "--min-run-time", "0.01", "--table-dir", str(tmp_path), "--json"]) == 0
+    m = json.loads(capsys.readouterr().out)
+    assert m["step_time_ms"] > 0 and m["predicted_step_time_ms"] > 0 and m["table"] == out["table"]
+    # Another setting has no table: no prediction, no error.
+    assert main(["measure", "mnasnet-a1", "--device", "cpu", "--threads", "1", "--image-size", "24", "--batch-size", "2",
+                 "--min-run-time", "0.01", "--table-dir", str(tmp_path), "--json"]) == 0
+    assert "predicted_step_time_ms" not in json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.slow
+def test_calibrate_cli_end_to_end(run_nas, tmp_path):
+    """As a user runs it: build, reuse, a corrupt table (one line, exit 2) and --rebuild."""
+    args = ["calibrate", "--space", "mnasnet", "--check", "2", "--table-dir", tmp_path, "--num-classes", "10", *TINY_CLI]
+    rc, out, err = run_nas(*args, "--json")
+    assert rc == 0, err
+    first = json.loads(out)
+    assert first["built_now"] and first["n"] == 2
+    rc, out, err = run_nas(*args)
+    assert rc == 0 and "reused" in out and "Spearman" in out, err
+    path = first["table"]
+    with open(path, "w") as f:
+        f.write('{"format": "nas.steptime/1", "pieces": {')
+    rc, out, err = run_nas(*args)
+    assert rc == 2 and err.strip().count("\n") == 0 and "corrupt or truncated" in err and path in err
+    rc, out, err = run_nas("measure", "mnasnet-a1", "--device", "cpu", "--threads", "1", "--image-size", "16",
+                           "--batch-size", "2", "--min-run-time", "0.01", "--table-dir", tmp_path, "--json")
+    assert rc == 2 and "corrupt" in err and err.strip().count("\n") == 0
+    rc, out, err = run_nas(*args, "--rebuild", "--json")
+    assert rc == 0 and json.loads(out)["built_now"], err
