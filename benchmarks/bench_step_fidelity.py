@@ -36,6 +36,7 @@ from nas.device import Runtime
 from nas.errors import NasError, check_int, check_positive
 from nas.measure import measure_step_time
 from nas.steptime import StepTimeModel, default_target, fidelity
+from nas.timing import StepTimeConfig
 from nas.trial import ProxyConfig, proxy_arch
 from search_spaces import get_space
 
@@ -104,9 +105,9 @@ def run(args: argparse.Namespace) -> dict:
         rows = []
         for i, a in enumerate(archs):
             torch.manual_seed(0)
-            p_ms = measure_step_time(proxy_arch(a, proxy), runtime=runtime, batch_size=proxy.batch_size,
+            p_ms = measure_step_time(proxy_arch(a, proxy), runtime=runtime, batch_size=proxy.train.batch_size,
                                      image_size=proxy.image_size, num_classes=10,
-                                     min_run_time=proxy.measure_min_run_time, clock=args.clock).step_time_ms
+                                     min_run_time=StepTimeConfig().min_run_time, clock=args.clock).step_time_ms
             m1 = model.measure(a, min_run_time=args.min_run_time, repeats=args.repeats)
             m2 = model.measure(a, min_run_time=args.min_run_time, repeats=args.repeats)
             rows.append({"arch": a.to_string(), "proxy_ms": p_ms, "measured_ms": (m1 + m2) / 2, "measured_1": m1,

@@ -36,22 +36,31 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = make_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    try:
-        return int(args.func(args) or 0)
-    except NasError as e:
-        print(f"nas: error: {e}", file=sys.stderr)
-        return 2
-    except NasRuntimeError as e:
-        print(f"nas: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("nas: interrupted", file=sys.stderr)
-        return 130
+    # Ctrl-C is only recorded from here on and acted on at a safe point (nas.interrupt): Python's own
+    # handler would raise KeyboardInterrupt anywhere, also inside code torch runs for Python during an
+    # import, after which the interpreter ends by SIGINT (exit -2) even though the exception is caught.
+    from nas import interrupt
+
+    with interrupt.handle_interrupts():
+        try:
+            parser = make_parser()
+            args = parser.parse_args(argv)
+            if not getattr(args, "func", None):
+                parser.print_help()
+                return 2
+            interrupt.check()
+            code = int(args.func(args) or 0)
+            interrupt.check()  # a request no safe point took: the work is done, the exit says interrupted
+            return code
+        except NasError as e:
+            print(f"nas: error: {e}", file=sys.stderr)
+            return 2
+        except NasRuntimeError as e:
+            print(f"nas: error: {e}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("nas: interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":
