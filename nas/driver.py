@@ -160,7 +160,15 @@ def run_extra(job: Job, evaluator) -> dict[str, Any]:
     return {"space": s.space, "reward": evaluator.reward.config(), "sampler": job.sampler, "dataset": s.dataset,
             "num_classes": evaluator.num_classes,
             "target": {"method": st.method, "image_size": st.target_image_size, "batch_size": st.target_batch_size,
-                       "device": s.device}}
+                       "device": _device_name(evaluator)}}
+
+
+def _device_name(evaluator) -> str:
+    timer = getattr(evaluator, "timer", None)
+    if timer is None or not hasattr(timer, "runtime"):  # a stand-in evaluator (tests, plugins)
+        return str(evaluator.settings.device) if hasattr(evaluator, "settings") else "unknown"
+    fp = timer.runtime.fingerprint()
+    return f"{fp['device']} ({fp['device_name']})"
 
 
 def _describe(job: Job, evaluator, echo) -> None:
@@ -171,7 +179,7 @@ def _describe(job: Job, evaluator, echo) -> None:
     else:
         what = f"the full-size training step at {st.target_image_size} px, batch {st.target_batch_size}"
     how = {"table": "predicted by the step-time table", "measure": "measured", "proxy": "measured"}[st.method]
-    echo(f"S = step time of {what}, {how} on {job.settings.device}, relative to the reference")
+    echo(f"S = step time of {what}, {how} on {_device_name(evaluator)}, relative to the reference")
 
 
 # -- fidelity ---------------------------------------------------------------------------------------------

@@ -180,7 +180,8 @@ class StepTimer:
 
             target = Target(self.config.target_image_size, self.config.target_batch_size)
             self._model = StepTimeModel.load_or_build(self.settings.space, self.runtime, target,
-                                                      num_classes=self.num_classes, progress=sys.stderr.isatty())
+                                                      num_classes=self.num_classes, progress=sys.stderr.isatty(),
+                                                      log=lambda line: print(line, file=sys.stderr, flush=True))
         return self._model
 
     def predict(self, arch, image_scale: float = 1.0) -> float:

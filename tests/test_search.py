@@ -5,7 +5,6 @@ trial computes, stand-ins (tests/conftest.py STANDIN) where it is about what sch
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
@@ -82,7 +81,7 @@ def test_search_writes_results_a_user_can_act_on(tmp_path):
     for key in ("device", "device_name", "torch_version", "threads", "memory_format", "dtype"):
         assert key in best["metrics"], key
     assert best["reference"] and best["target"] == {"method": "measure", "image_size": 32, "batch_size": 4,
-                                                    "device": "auto"}
+                                                    "device": f"cpu ({best['metrics']['device_name']})"}
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "best architecture" in stdout and best["arch"] in stdout and "at 10 classes" in stdout
 
@@ -422,10 +421,11 @@ def test_every_step_time_method_end_to_end(tmp_path, method):
 
     plugins = write_plugin(tmp_path / "plugins", "nas_two_space", TWO_SPACE)
     out = tmp_path / method
+    env = {**nas_env(plugins), "NAS_CACHE_DIR": str(tmp_path / "cache")}  # this test's own tables
     target = [] if method == "proxy" else ["--target-image-size", "16", "--target-batch-size", "2"]
     rc, stdout, stderr = run_nas("search", "--plugin", "nas_two_space", "--space", "test-two", "--trials", "4",
                                  "--sampler", "random", "--pruner", "none", "--out", out, *TINY, "--step-time", method,
-                                 *target, "--fidelity-every", "2", env=nas_env(plugins), cwd=tmp_path)
+                                 *target, "--fidelity-every", "2", env=env, cwd=tmp_path)
     assert rc == 0, stdout + stderr
     df = pd.read_csv(out / "trials.csv")
     assert (df["step_time_method"] == method).all() and (df["step_time_ms"] > 0).all()
@@ -443,6 +443,12 @@ def test_every_step_time_method_end_to_end(tmp_path, method):
     fid = json.loads((out / "fidelity.json").read_text())["step_time"]
     assert fid["n"] == 2 and fid["trials"] == [0, 2] and 0 <= fid["within_10pct"] <= 1
     assert "step-time model vs direct timing on 2 trials" in stdout
+    assert "S = step time of the full-size training step at 16 px, batch 2, predicted by the step-time table on cpu (" in stdout
+    assert "building the step-time table of test-two at 16 px, batch 2" in stderr and "step-time table built in" in stderr
     # The table is reused: a second run on the same device and setting builds nothing.
-    tables = list((Path(os.environ["NAS_CACHE_DIR"]) / "steptime").glob("*.json"))
+    tables = list((tmp_path / "cache" / "steptime").glob("*.json"))
     assert len(tables) == 1
+    rc, stdout, stderr = run_nas("search", "--plugin", "nas_two_space", "--space", "test-two", "--trials", "4",
+                                 "--sampler", "random", "--pruner", "none", "--out", tmp_path / "again", *TINY,
+                                 "--step-time", method, *target, "--fidelity-every", "2", env=env, cwd=tmp_path)
+    assert rc == 0 and "building the step-time table" not in stderr, stderr

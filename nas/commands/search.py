@@ -38,9 +38,11 @@ def add_trial_arguments(p: argparse.ArgumentParser) -> None:
                         "per-device step-time model (nas calibrate; built on first use); measure: the same step, "
                         "timed directly; proxy: the shrunk proxy's step, timed (the old method, for comparison)")
     g.add_argument("--target-image-size", type=int, default=None,
-                   help="image size of the training step S stands for (default: 224 on CUDA, 64 on a CPU)")
+                   help="image size of the training step S stands for (default: 64 on a CPU; on CUDA the space's "
+                        "resolution: 384 px for trainaware, 224 for mnasnet)")
     g.add_argument("--target-batch-size", type=int, default=None,
-                   help="batch of the training step S stands for (default: 128 on CUDA, 16 on a CPU)")
+                   help="batch of the training step S stands for (default: 16 on a CPU; on CUDA 128 at 224 px and the "
+                        "same pixels per batch at other sizes: 40 at 384 px)")
     g.add_argument("--measure-time", type=float, default=0.4, help="seconds of timed training steps per timing")
     g.add_argument("--fidelity-every", type=int, default=5,
                    help="with --step-time table, also time every k-th trial directly (default 5; 0: never)")

@@ -163,10 +163,12 @@ class StepTimeModel:
                       table_dir=None, rebuild: bool = False, progress: bool | Progress = False,
                       num_classes: int = 1000, piece_run_time: float = PIECE_RUN_TIME,
                       measure_run_time: float = MEASURE_RUN_TIME,
-                      calibration_samples: int = CALIBRATION_SAMPLES, clock: str = "wall") -> "StepTimeModel":
+                      calibration_samples: int = CALIBRATION_SAMPLES, clock: str = "wall",
+                      log=None) -> "StepTimeModel":
         """The model of this space, runtime and target: the table on disk when there is a complete
         one (``rebuild=False``), else built now (resuming an unfinished one unless ``rebuild``).
-        ``clock="cpu"`` times by process CPU time (one-thread CPU runtimes: :mod:`nas.measure`)."""
+        ``clock="cpu"`` times by process CPU time (one-thread CPU runtimes: :mod:`nas.measure`).
+        ``log`` (a callable taking a line) hears when a build starts and ends."""
         space, runtime, target = cls._args(space, runtime, target, num_classes, piece_run_time, clock)
         check_positive("full-step timing run time", measure_run_time)
         check_int("calibration samples", calibration_samples, 2, 1000)
@@ -184,7 +186,12 @@ class StepTimeModel:
                     return cls(t, space, runtime, target, num_classes, piece_run_time)
                 t = t or tables.Table(path=path, fingerprint=fp)
                 model = cls(t, space, runtime, target, num_classes, piece_run_time)
+                if log:
+                    log(f"building the step-time table of {space.name} at {target} on this device, once for this "
+                        f"device and setting ({'resuming, ' if t.pieces else ''}a few minutes): {path}")
                 model._build(progress, measure_run_time, calibration_samples)
+                if log:
+                    log(f"step-time table built in {model.table.build_s:.0f} s")
                 return model
         except OSError as e:
             raise NasError(f"cannot write the step-time table {str(path)!r}: {e.strerror or e}") from None
