@@ -92,6 +92,7 @@ def check_clock(clock: str, runtime: Runtime) -> str:
 
 
 MIN_STEPS = 3  # a median of fewer timed steps is not reported
+PROGRESS_AFTER_S = 0.5  # a step at least this slow gets a progress line (nas measure on a CPU)
 
 
 def time_step(step, runtime: Runtime, *, warmup: int = 3, min_run_time: float = 1.0, clock: str = "wall",
@@ -101,7 +102,8 @@ def time_step(step, runtime: Runtime, *, warmup: int = 3, min_run_time: float = 
     which only ever slow a block down, disturb least. At least :data:`MIN_STEPS` steps are timed, in
     as many blocks, whatever ``min_run_time`` says: a step slower than ``min_run_time`` would
     otherwise give a "median" of one step. ``progress(done, total, seconds_per_step)`` is called
-    after each of those blocks when steps are that slow (for a progress line)."""
+    after each of those blocks whose step took :data:`PROGRESS_AFTER_S` or more (a progress line for
+    slow steps; fast ones finish before anyone waits)."""
     from nas.interrupt import check
 
     check_clock(clock, runtime)
@@ -118,7 +120,7 @@ def time_step(step, runtime: Runtime, *, warmup: int = 3, min_run_time: float = 
     m = timer.blocked_autorange(min_run_time=min_run_time)
     blocks = [m]
     while sum(len(b.times) for b in blocks) < MIN_STEPS:
-        if progress is not None:
+        if progress is not None and blocks[-1].times[-1] >= PROGRESS_AFTER_S:
             done = sum(len(b.times) for b in blocks)
             progress(done, max(done + 1, MIN_STEPS), blocks[-1].times[-1])
         blocks.append(timer.timeit(1))

@@ -107,3 +107,19 @@ def test_time_step_runs_the_step():
     median, iqr, runs, per_run = time_step(lambda: calls.append(1), Runtime.resolve("cpu"), warmup=3, min_run_time=0.01)
     assert median > 0 and iqr >= 0 and runs >= 1 and per_run >= 1
     assert len(calls) >= 3 + runs * per_run
+
+
+def test_time_step_says_what_it_does_only_for_slow_steps():
+    """A progress line for steps slow enough that someone waits (a full-size network on a CPU), none
+    for fast ones (it once printed "took 0.0 s" lines into nas measure's single-line errors)."""
+    import time as _time
+
+    from nas.device import Runtime
+    from nas.measure import PROGRESS_AFTER_S, time_step
+
+    calls = []
+    time_step(lambda: None, Runtime.resolve("cpu"), warmup=0, min_run_time=0.001, progress=lambda *a: calls.append(a))
+    assert calls == []
+    time_step(lambda: _time.sleep(PROGRESS_AFTER_S + 0.05), Runtime.resolve("cpu"), warmup=0, min_run_time=0.01,
+              progress=lambda *a: calls.append(a))
+    assert calls and all(s >= PROGRESS_AFTER_S for _, _, s in calls) and calls[-1][0] < 3

@@ -54,8 +54,8 @@ def _consistent(out: Path, trials: int) -> pd.DataFrame:
 @pytest.mark.slow
 def test_search_writes_results_a_user_can_act_on(tmp_path):
     out = tmp_path / "run"
-    rc, stdout, stderr = run_nas("search", "--trials", "3", "--out", out, "--seed", "3", "--step-time", "measure",
-                                 "--target-image-size", "32", "--target-batch-size", "4", *TINY)
+    rc, stdout, stderr = run_nas("search", "--trials", "3", "--out", out, "--seed", "3", *TINY, "--step-time",
+                                 "measure", "--target-image-size", "32", "--target-batch-size", "4")
     assert rc == 0, stderr
     df = pd.read_csv(out / "trials.csv")
     assert list(df.columns[: len(TRIAL_COLUMNS)]) == TRIAL_COLUMNS
@@ -94,8 +94,8 @@ def test_search_writes_results_a_user_can_act_on(tmp_path):
     assert best["arch"] in stdout and "top" in stdout
 
     # Rerunning the finished command runs nothing new.
-    rc, stdout, stderr = run_nas("search", "--trials", "3", "--out", out, "--seed", "3", "--step-time", "measure",
-                                 "--target-image-size", "32", "--target-batch-size", "4", *TINY)
+    rc, stdout, stderr = run_nas("search", "--trials", "3", "--out", out, "--seed", "3", *TINY, "--step-time",
+                                 "measure", "--target-image-size", "32", "--target-batch-size", "4")
     assert rc == 0, stderr
     assert "3 of 3 trials already finished" in stdout
     assert pd.read_csv(out / "trials.csv")["number"].tolist() == df["number"].tolist()

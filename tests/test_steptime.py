@@ -20,7 +20,7 @@ from nas.errors import NasError
 from nas.steptime import StepTimeModel, Target, check, default_target, fidelity
 from nas.steptime import table as tables
 from nas.steptime.cover import covering_architectures
-from nas.steptime.correction import fit_correction
+from nas.steptime.correction import correct, fit_correction
 from nas.steptime.pieces import decompose, extract
 from nas.steptime.timing import piece_params
 from search_spaces import Architecture, Stage, build, count_params, get_space, preset, scale
@@ -125,6 +125,8 @@ def test_prediction_is_the_documented_formula(built):
         raw = sum(n * p["ms"] for p, n in pieces)
         params = count_params(arch, 10)
         expected = corr["a"] * raw + corr["b"] * arch.num_blocks + corr["d"] * params + corr["c"]
+        ratios = [p["measured_ms"] / p["raw_ms"] for p in corr["points"]]
+        expected = min(max(expected, 0.9 * min(ratios) * raw), 1.1 * max(ratios) * raw)
         assert built.predict(arch) == pytest.approx(expected, rel=1e-12)
         assert built.breakdown(arch)["params"] == params
 
@@ -149,6 +151,18 @@ def test_correction_is_the_least_squares_fit():
     assert fit_correction(noisy) == {"a": 1.0, "b": 0.0, "d": 0.0, "c": 0.0, "form": "raw",
                                      "loo_mape": pytest.approx(np.mean([.08 / 1.08, .07 / .93, 0, .03 / .97, .06 / 1.06,
                                                                         .08 / .92]))}
+
+
+def test_a_correction_never_extrapolates_past_the_measured_ratios():
+    # Fitted on networks of 200-800 ms with a large negative intercept: a 5 ms network would come out
+    # at -90 ms (what a tiny nas grid-scale base got); it is kept at a ratio that was measured.
+    points = [{"raw_ms": r, "blocks": 40, "params": 1e7, "measured_ms": 1.3 * r - 100} for r in (200, 400, 800)]
+    corr = {"a": 1.3, "b": 0.0, "d": 0.0, "c": -100.0, "form": "a*raw + c", "points": points}
+    ratios = [p["measured_ms"] / p["raw_ms"] for p in points]  # 0.8 .. 1.175
+    assert correct(corr, 5.0, 10, 1e4) == pytest.approx(0.9 * min(ratios) * 5.0)
+    assert correct(corr, 1e5, 10, 1e9) == pytest.approx(1.1 * max(ratios) * 1e5)
+    assert correct(corr, 400, 40, 1e7) == pytest.approx(1.3 * 400 - 100)  # inside: the fit itself
+    assert correct({"a": 1.0, "b": 0.0, "d": 0.0, "c": -10.0}, 5.0, 1, 1) == 5.0  # no points: never negative
 
 
 def test_round_trip_and_no_rebuild(built):

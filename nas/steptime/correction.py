@@ -27,9 +27,22 @@ CORRECTION_FORMS = (("raw", (False, False, False, False)),
 MIN_EXTRA_ROWS = 2  # a form with k coefficients is tried on k + 2 calibration networks or more
 
 
-def correct(corr: dict[str, float], raw_ms: float, blocks: int, params: int) -> float:
-    """The prediction: ``a * raw + b * blocks + d * params + c`` (ms)."""
-    return corr["a"] * raw_ms + corr["b"] * blocks + corr["d"] * params + corr["c"]
+RATIO_MARGIN = 0.10  # how far beyond the calibration networks' measured/raw ratios a prediction may go
+
+
+def correct(corr: dict[str, Any], raw_ms: float, blocks: int, params: int) -> float:
+    """The prediction: ``a * raw + b * blocks + d * params + c`` (ms), kept within the ratios of
+    measured to raw time that the calibration networks showed (``corr["points"]``), widened by
+    :data:`RATIO_MARGIN`. Within the calibration networks' range the bound does not bite; outside it
+    (a network far smaller or larger than any calibration network: a tiny base in ``nas grid-scale``)
+    a fitted intercept would extrapolate to nonsense, down to negative times, where the ratio stays
+    one that was measured."""
+    value = corr["a"] * raw_ms + corr["b"] * blocks + corr["d"] * params + corr["c"]
+    ratios = [p["measured_ms"] / p["raw_ms"] for p in corr.get("points") or () if p.get("raw_ms", 0) > 0]
+    if not ratios:
+        return value if value > 0 else raw_ms
+    lo, hi = min(ratios) * (1 - RATIO_MARGIN), max(ratios) * (1 + RATIO_MARGIN)
+    return min(max(value, lo * raw_ms), hi * raw_ms)
 
 
 def _fit_form(x: np.ndarray, y: np.ndarray, free) -> np.ndarray:

@@ -4,6 +4,8 @@ Prediction (the formula :meth:`StepTimeModel.breakdown` computes and the tests c
 
     raw(arch)  = sum over the pieces p of arch:  count_p * ms_p                   (pieces.py, timing.py)
     predicted  = a * raw(arch) + b * blocks(arch) + d * params(arch) + c          (fit_correction)
+                 bounded to [0.9 * min r, 1.1 * max r] * raw(arch), r: measured / raw of the
+                 calibration networks (correction.correct: no extrapolation past what was measured)
 
 ``ms_p`` is piece p's share of a training step at the target setting (its forward, backward and
 RMSprop step over its parameters), ``blocks`` the network's number of blocks and ``params`` its parameter count
