@@ -384,8 +384,11 @@ class RayBackend(Backend):
         return [trial_row(t, interrupted=True) for t in self._load() if t.config.get("number") is not None]
 
     def extra(self) -> dict[str, Any]:
+        # Each worker process times its own reference; per device, the one recorded is that of the
+        # best trial there (the one best.json describes), then of the next best, and so on.
         refs: dict[str, Any] = {}
-        for r in self.rows():
+        rows = sorted(self.rows(), key=lambda r: -r["reward"] if _number(r.get("reward")) else math.inf)
+        for r in rows:
             if r.get("reference_step_time_ms") is not None:
                 refs.setdefault(f"{r.get('device')}: {r.get('device_name')}",
                                 {"step_time_ms": r["reference_step_time_ms"], "params": r.get("reference_params"),
@@ -430,3 +433,7 @@ class RayBackend(Backend):
                                               failure_config=tune.FailureConfig(max_failures=opts.max_failures),
                                               callbacks=[_exporter(str(run.path), spec, run.extra, True)]))
             tuner.fit()
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
