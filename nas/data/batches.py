@@ -20,6 +20,7 @@ and a run resumed from a checkpoint sees exactly the batches of an uninterrupted
 
 from __future__ import annotations
 
+import abc
 from typing import Iterator
 
 import torch
@@ -48,7 +49,7 @@ class Epoch:
             yield normalise(images if augment is None else augment(images)), labels
 
 
-class Batches:
+class Batches(abc.ABC):
     """Batches of one split on one device (base class; :func:`make_batches` picks the kind).
 
     Training batches are shuffled and a last incomplete batch is dropped (BatchNorm cannot train on
@@ -74,8 +75,10 @@ class Batches:
             return torch.arange(n)
         return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
 
+    @abc.abstractmethod
     def uint8_batches(self, size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        raise NotImplementedError
+        """The epoch's (uint8 images at ``size`` px on the device, labels) batches, in
+        :meth:`order` ``(seed)``; each kind of set gets them its own way."""
 
     def close(self) -> None:
         """Release worker processes (if any); the object can still serve epochs afterwards."""
