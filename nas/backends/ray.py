@@ -433,8 +433,13 @@ class RayBackend(Backend):
         # Each worker process times its own reference; per device, the one recorded is that of the
         # best trial there (the one best.json describes), then of the next best, and so on.
         refs: dict[str, Any] = {}
-        rows = sorted(self.rows(), key=lambda r: -r["reward"] if _number(r.get("reward")) else math.inf)
-        for r in rows:
+        problem = self.job.problem
+
+        def rank(r: dict[str, Any]) -> float:  # the problem's own best first (as ResultsWriter ranks)
+            key = problem.best_key(r) if r.get("state") == "COMPLETE" else None
+            return -key if key is not None else math.inf
+
+        for r in sorted(self.rows(), key=rank):
             if r.get("reference_step_time_ms") is not None:
                 refs.setdefault(f"{r.get('device')}: {r.get('device_name')}",
                                 {"step_time_ms": r["reference_step_time_ms"], "params": r.get("reference_params"),
@@ -479,7 +484,3 @@ class RayBackend(Backend):
                                               failure_config=tune.FailureConfig(max_failures=opts.max_failures),
                                               callbacks=[_exporter(str(run.path), spec, run.extra, True)]))
             tuner.fit()
-
-
-def _number(v) -> bool:
-    return isinstance(v, (int, float)) and math.isfinite(v)
