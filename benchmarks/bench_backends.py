@@ -78,7 +78,7 @@ def _open_storage(kind: str, root: str):
     import optuna
 
     if kind == "sqlite":
-        from nas.storage import make_storage
+        from nas.study.storage import make_storage
 
         return make_storage(None, Path(root))
     from optuna.storages.journal import JournalFileBackend

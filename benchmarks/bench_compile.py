@@ -49,9 +49,9 @@ def main(argv=None) -> int:
         os.environ["TORCHINDUCTOR_FORCE_DISABLE_CACHES"] = "1"
     import torch
 
-    from nas.device import Runtime, device_name
-    from nas.measure import make_train_step, time_step
-    from nas.step import TrainStep
+    from nas.core.device import Runtime, device_name
+    from nas.steptime.measure import make_train_step, time_step
+    from nas.training.step import TrainStep
     from search_spaces import build, preset, scale
 
     if args.threads:

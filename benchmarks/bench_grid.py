@@ -18,10 +18,12 @@ from pathlib import Path
 
 import torch
 
-from nas.driver import Job, run
+from nas.study.job import Job
+from nas.search.driver import run
 from nas.scaling.grid import GridOptions, GridSpec, enumerate_candidates, select_spread
-from nas.scaling.problem import GridProblem
-from nas.trial import Evaluator, ProxyConfig, TrialSettings
+from nas.study.grid import GridProblem
+from nas.trial.evaluator import Evaluator
+from nas.trial.settings import ProxyConfig, TrialSettings
 from search_spaces import Architecture
 
 TINY = Architecture.from_string("stem8,r1_k3_s2_e1_i8_o8_c1,r1_k3_s2_e4_i8_o16,head32,res32")

@@ -26,9 +26,11 @@ import time
 import torch
 
 from nas.data import load_dataset, make_loader
-from nas.progressive import get_schedule
-from nas.resolve import resolve_arch
-from nas.train import TrainConfig, evaluate, fit
+from nas.training.progressive import get_schedule
+from nas.core.resolve import resolve_arch
+from nas.training.config import TrainConfig
+from nas.training.evaluation import evaluate
+from nas.training.loop import fit
 from search_spaces import build, scale
 
 

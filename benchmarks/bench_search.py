@@ -26,8 +26,10 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from nas.search import SearchOptions, search
-from nas.trial import Evaluator, ProxyConfig, TrialSettings
+from nas.study.space import SearchOptions
+from nas.search.api import search
+from nas.trial.evaluator import Evaluator
+from nas.trial.settings import ProxyConfig, TrialSettings
 from search_spaces import Stage, get_space
 
 CACHE = Path(__file__).resolve().parent / ".cache"

@@ -32,12 +32,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from nas.device import Runtime
+from nas.core.device import Runtime
 from nas.errors import NasError, check_int, check_positive
-from nas.measure import measure_step_time
+from nas.steptime.measure import measure_step_time
 from nas.steptime import StepTimeModel, default_target, fidelity
-from nas.timing import StepTimeConfig
-from nas.trial import ProxyConfig, proxy_arch
+from nas.steptime.methods import StepTimeConfig
+from nas.trial.settings import ProxyConfig, proxy_arch
 from search_spaces import get_space
 
 

@@ -20,8 +20,8 @@ import pandas as pd
 import torch
 import torchvision
 
-from nas.device import Runtime, device_name
-from nas.measure import make_train_step, time_step
+from nas.core.device import Runtime, device_name
+from nas.steptime.measure import make_train_step, time_step
 from search_spaces import build, preset
 from nas.errors import NasError
 

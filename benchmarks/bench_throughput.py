@@ -51,8 +51,8 @@ import pandas as pd
 import torch
 
 from nas.cli import main as nas_main
-from nas.device import Runtime, device_name
-from nas.measure import make_train_step, time_step
+from nas.core.device import Runtime, device_name
+from nas.steptime.measure import make_train_step, time_step
 from search_spaces import Architecture, build
 
 

@@ -138,7 +138,7 @@ import hashlib
 import os
 import time
 
-from nas import trial as _trial
+from nas.trial import evaluator as _trial
 from search_spaces import count_params
 
 NUM_CLASSES = 10

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from nas.data import TensorImages, make_batches
-from nas.device import Runtime, resolve_device
+from nas.core.device import Runtime, resolve_device
 from nas.errors import NasError
-from nas.train import TrainConfig
+from nas.training.config import TrainConfig
 
 
 @pytest.fixture
@@ -60,7 +60,7 @@ def test_malformed_device_names_are_refused(name):
 
 
 def test_cudnn_autotune_is_on_for_the_block_only():
-    from nas.device import cudnn_autotune
+    from nas.core.device import cudnn_autotune
 
     before = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = False

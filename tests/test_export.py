@@ -13,8 +13,10 @@ import torch
 from nas.cli import main
 from nas.data import Splits, TensorImages, load_dataset
 from nas.errors import NasError
-from nas.export import calibrate_random, check, export, load_source
-from nas.train import TrainConfig, fit
+from nas.export.source import calibrate_random, load_source
+from nas.export.formats import check, export
+from nas.training.config import TrainConfig
+from nas.training.loop import fit
 from search_spaces import Architecture, build
 
 TINY = "stem8,r1_k3_s2_e1_i8_o8_c1,r1_k3_s2_e4_i8_o16_se0.25,head32,res32"

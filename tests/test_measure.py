@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 import torch
 
-from nas.device import Runtime, resolve_device
-from nas.measure import StepTime, make_train_step, measure_step_time, time_step
+from nas.core.device import Runtime, resolve_device
+from nas.steptime.measure import StepTime, make_train_step, measure_step_time, time_step
 from search_spaces import Architecture, NasError, build
 
 TINY = Architecture.from_string("stem8,r1_k3_s1_e1_i8_o8_se0.25,r2_k3_s2_e4_i8_o16_c1,head32,res32")
@@ -114,8 +114,8 @@ def test_time_step_says_what_it_does_only_for_slow_steps():
     for fast ones (it once printed "took 0.0 s" lines into nas measure's single-line errors)."""
     import time as _time
 
-    from nas.device import Runtime
-    from nas.measure import PROGRESS_AFTER_S, time_step
+    from nas.core.device import Runtime
+    from nas.steptime.measure import PROGRESS_AFTER_S, time_step
 
     calls = []
     time_step(lambda: None, Runtime.resolve("cpu"), warmup=0, min_run_time=0.001, progress=lambda *a: calls.append(a))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from nas.errors import NasError
-from nas.progressive import PRESETS, ProgressiveSchedule, StageSettings, get_schedule
+from nas.training.progressive import PRESETS, ProgressiveSchedule, StageSettings, get_schedule
 
 # EfficientNetV2 Table 6, stage by stage for M = 4: start and end are the paper's, the middle
 # stages are the linear interpolation i / 3 (image size and RandAugment rounded to integers).

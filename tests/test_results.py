@@ -10,10 +10,10 @@ import stat
 import pandas as pd
 import pytest
 
-from nas.files import append_line, atomic_write_json, atomic_write_text, to_json
-from nas.results import EXTRA_COLUMNS, TRIAL_COLUMNS, ResultsWriter, common_error, pareto_mask, read_rows
-from nas.search import SearchOptions, SearchProblem
-from nas.trial import TrialSettings
+from nas.core.files import append_line, atomic_write_json, atomic_write_text, to_json
+from nas.study.results import EXTRA_COLUMNS, TRIAL_COLUMNS, ResultsWriter, common_error, pareto_mask, read_rows
+from nas.study.space import SearchOptions, SearchProblem
+from nas.trial.settings import TrialSettings
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from nas.errors import NasError
-from nas.rundir import RunDir, config_diff
+from nas.study.rundir import RunDir, config_diff
 
 from conftest import REPO
 
@@ -27,7 +27,7 @@ def test_a_second_owner_is_refused_with_the_holder_named(tmp_path):
 
 def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
     run = tmp_path / "run"
-    code = ("import sys, time; sys.path.insert(0, %r); from nas.rundir import RunDir\n"
+    code = ("import sys, time; sys.path.insert(0, %r); from nas.study.rundir import RunDir\n"
             "with RunDir(%r).own({'kind': 'search'}):\n    print('held', flush=True); time.sleep(60)") % (str(REPO), str(run))
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:

@@ -16,7 +16,7 @@ import pytest
 
 from nas.cli import main
 from nas.scaling.grid import Candidate, scale_candidate
-from nas.resolve import resolve_arch
+from nas.core.resolve import resolve_arch
 from search_spaces import REFERENCE, Architecture, compound, preset
 
 SMALL = ("stem16,r1_k3_s1_e1_i16_o16,r2_k3_s2_e6_i16_o24,r2_k5_s2_e6_i24_o40_se0.25,"

@@ -12,7 +12,7 @@ import pytest
 from nas.errors import NasError
 from nas.scaling.grid import (BASE, Candidate, GridOptions, GridSpec, enumerate_candidates, plan_grid,
                               proxy_duplicates, scale_candidate, select_spread)
-from nas.trial import ProxyConfig, TrialSettings
+from nas.trial.settings import ProxyConfig, TrialSettings
 from search_spaces import Architecture, count_params, preset
 
 PAPER = Candidate(1.2, 1.1, 1.15)

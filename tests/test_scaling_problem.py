@@ -9,9 +9,8 @@ import optuna
 import pandas as pd
 import pytest
 
-from nas.errors import NasError
 from nas.scaling.grid import BASE, GridSpec, enumerate_candidates, scale_candidate, select_spread
-from nas.trial import Evaluator
+from nas.trial.evaluator import Evaluator
 from search_spaces import Architecture
 
 from conftest import TINY

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from nas.results import TRIAL_COLUMNS
+from nas.study.results import TRIAL_COLUMNS
 from search_spaces import Architecture, get_space
 
 from conftest import FAILING, REPO, STANDIN, TINY, nas_env, run_nas, write_plugin
@@ -256,7 +256,7 @@ def test_failing_trials_are_recorded_with_their_reason_and_the_search_goes_on(tm
 
 def test_when_every_trial_fails_the_reason_is_said_and_no_best_is_claimed(tmp_path, capsys, monkeypatch, standin):
     from nas.cli import main
-    from nas.trial import Evaluator
+    from nas.trial.evaluator import Evaluator
 
     def broken(self, arch, **kw):
         raise RuntimeError("CUDA error: device-side assert")
@@ -384,7 +384,7 @@ def test_a_different_command_in_the_same_run_dir_is_refused(tmp_path, capsys, st
 def test_validate_top_retrains_the_top_and_random_trials_and_reports_the_rank_correlation(tmp_path, capsys,
                                                                                           monkeypatch, standin):
     from nas.cli import main
-    from nas.trial import Evaluator
+    from nas.trial.evaluator import Evaluator
 
     calls = []
     inner = Evaluator.evaluate

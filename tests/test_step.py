@@ -7,13 +7,14 @@ import dataclasses
 import pytest
 import torch
 
-import nas.step as step_mod
+import nas.training.step as step_mod
 from nas.data import Splits, TensorImages, load_dataset
-from nas.device import Runtime
+from nas.core.device import Runtime
 from nas.errors import NasError
-from nas.measure import measure_step_time
-from nas.step import AUTO_COMPILE_MIN_STEPS, TrainStep, resolve_compile
-from nas.train import TrainConfig, fit
+from nas.steptime.measure import measure_step_time
+from nas.training.step import AUTO_COMPILE_MIN_STEPS, TrainStep, resolve_compile
+from nas.training.config import TrainConfig
+from nas.training.loop import fit
 from search_spaces import Architecture, build
 
 TINY = "stem8,r1_k3_s2_e1_i8_o8_c1,r1_k3_s2_e4_i8_o16,head32,res16"

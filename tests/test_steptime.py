@@ -15,14 +15,14 @@ import pytest
 import torch
 
 from nas.cli import main
-from nas.device import Runtime
+from nas.core.device import Runtime
 from nas.errors import NasError
 from nas.steptime import StepTimeModel, Target, check, default_target, fidelity
 from nas.steptime import table as tables
 from nas.steptime.cover import covering_architectures
 from nas.steptime.correction import correct, fit_correction
 from nas.steptime.pieces import decompose, extract
-from nas.steptime.timing import piece_params
+from nas.steptime.pieces import piece_params
 from search_spaces import Architecture, Stage, build, count_params, get_space, preset, scale
 from search_spaces.base import SearchSpace
 

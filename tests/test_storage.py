@@ -9,7 +9,7 @@ import time
 import optuna
 import pytest
 
-from nas.storage import GRACE_S, INTERRUPTED, close_dead_trials, finished, make_storage, study_rows
+from nas.study.storage import GRACE_S, INTERRUPTED, close_dead_trials, finished, make_storage, study_rows
 
 
 @pytest.fixture

@@ -18,12 +18,14 @@ import torch
 from torch import nn
 
 import nas.data.batches as batches_mod
-import nas.train as train_mod
+import nas.training.loop as train_mod
 from nas.data import Splits, TensorImages, load_dataset, make_loader
 from nas.errors import NasError
-from nas.progressive import get_schedule
-from nas.checkpoint import load_checkpoint
-from nas.train import TrainConfig, TrainingDiverged, evaluate, fit
+from nas.training.progressive import get_schedule
+from nas.training.checkpoint import load_checkpoint
+from nas.training.config import TrainConfig, TrainingDiverged
+from nas.training.evaluation import evaluate
+from nas.training.loop import fit
 from search_spaces import Architecture, build
 
 TINY = "stem8,r1_k3_s2_e1_i8_o8_c1,r1_k3_s2_e4_i8_o16,head32,res16"
@@ -476,7 +478,7 @@ def test_bn_recalibration_replaces_stale_running_stats_with_the_batch_average():
     import torch
     from torch import nn
 
-    from nas.train import recalibrate_bn
+    from nas.training.evaluation import recalibrate_bn
 
     model = nn.Sequential(nn.BatchNorm2d(3, momentum=0.1))
     model[0].running_mean.fill_(100.0)  # stale statistics, as after a short run

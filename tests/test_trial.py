@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 
 import pytest
 
 from nas.errors import NasError
-from nas.timing import StepTimeConfig
-from nas.trial import Evaluator, ProxyConfig, TrialFailed, TrialPruned, TrialSettings, run_objective
+from nas.steptime.methods import StepTimeConfig
+from nas.trial.evaluator import Evaluator, TrialFailed
+from nas.trial.settings import ProxyConfig, TrialSettings
+from nas.trial.objective import run_objective
 from search_spaces import Architecture
 
 from conftest import TINY_ARCH
@@ -57,7 +58,7 @@ def test_step_time_target_defaults_by_device():
 
 @pytest.fixture
 def search_problem():
-    from nas.search import SearchOptions, SearchProblem
+    from nas.study.space import SearchOptions, SearchProblem
 
     return SearchProblem(TrialSettings(dataset="fake", proxy=ProxyConfig.of(image_size=16, epochs=3)), SearchOptions())
 

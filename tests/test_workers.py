@@ -12,7 +12,7 @@ import pytest
 
 from nas.backends.workers import Claims, plan_workers
 from nas.errors import NasError
-from nas.plugins import import_plugins
+from nas.core.plugins import import_plugins
 
 from conftest import TINY, TWO_SPACE, nas_env, write_plugin
 
@@ -83,7 +83,7 @@ def test_claims_make_each_architecture_evaluated_once(tmp_path):
     duplicate of a killed owner takes over; a duplicate of a complete owner copies its row."""
     import optuna
 
-    from nas.storage import make_storage
+    from nas.study.storage import make_storage
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     storage = make_storage(None, tmp_path)

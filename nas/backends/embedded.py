@@ -19,10 +19,18 @@ from typing import Any, Callable, Iterator
 import optuna
 
 from nas.backends import Backend
-from nas.interrupt import check as check_interrupt, critical
-from nas.storage import (HEARTBEAT_S, close_dead_trials, finished, load_study, make_pruner, make_sampler,
-                         make_storage, study_rows)
-from nas.trial import place, run_objective
+from nas.core.interrupt import check as check_interrupt
+from nas.core.interrupt import critical
+from nas.study.storage import (
+    HEARTBEAT_S,
+    close_dead_trials,
+    finished,
+    make_pruner,
+    make_sampler,
+    make_storage,
+    study_rows,
+)
+from nas.trial.objective import place, run_objective
 
 REFERENCE_PREFIX = "reference:"  # study user attribute: a reference timed on one device and setting
 
@@ -181,7 +189,7 @@ def run_trials(study: optuna.Study, problem, evaluator, writer, n: int, *, tags:
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
             raise
         except Exception as e:  # a space or plugin that fails to propose: recorded like a failed trial
-            from nas.trial import error_text
+            from nas.trial.objective import error_text
 
             row = {"number": trial.number, "state": "FAIL", "error": error_text(e)}
         row = {**row, **tags}

@@ -91,8 +91,8 @@ def cached_evaluator(problem):
     """This process's evaluator for ``problem`` on the device it resolves to here: the reference is
     timed once per worker process and device (another GPU kind, another CUDA_VISIBLE_DEVICES gets
     its own), and a reused Tune actor keeps it."""
-    from nas.device import device_name, resolve_device
-    from nas.trial import Evaluator
+    from nas.core.device import device_name, resolve_device
+    from nas.trial.evaluator import Evaluator
 
     dev = resolve_device(problem.settings.device)
     ref = problem.reference_arch()
@@ -108,9 +108,9 @@ def tune_trial(config: dict[str, Any], *, spec: dict[str, Any], plugins: Sequenc
     the ``proposal``; reports ``objective_so_far`` per epoch and the trial's row at the end."""
     from ray import tune
 
-    from nas.plugins import import_plugins
-    from nas.problem import problem_from_config
-    from nas.trial import Outcome, error_text, place, run_objective
+    from nas.core.plugins import import_plugins
+    from nas.study.problems import problem_from_config
+    from nas.trial.objective import Outcome, error_text, place, run_objective
 
     def report(epoch: int, value: float) -> bool:
         tune.report({"epoch": epoch, "objective_so_far": value})
@@ -153,7 +153,7 @@ class Proposer:
 
     def __call__(self, trial) -> dict[str, Any]:
         if self._problem is None:
-            from nas.problem import problem_from_config
+            from nas.study.problems import problem_from_config
 
             self._problem = problem_from_config(self.spec)[0]
         return {"number": trial.number, "proposal": self._problem.propose(trial)}
@@ -165,7 +165,7 @@ class Proposer:
 def _searcher(problem, spec: dict[str, Any], sampler: str, seed: int):
     from ray.tune.search.optuna import OptunaSearch
 
-    from nas.storage import make_sampler
+    from nas.study.storage import make_sampler
 
     class NasOptunaSearch(OptunaSearch):
         """Tells Optuna only final results (per-epoch ones feed Tune's scheduler), a failed trial as a
@@ -272,8 +272,8 @@ def _exporter(run_dir: str, problem_spec: dict[str, Any], extra: dict[str, Any],
                 self._write(row)
 
         def _write(self, row: dict) -> None:
-            from nas.problem import problem_from_config
-            from nas.results import ResultsWriter
+            from nas.study.problems import problem_from_config
+            from nas.study.results import ResultsWriter
 
             if self._writer is None:
                 self._writer = ResultsWriter(Path(run_dir), problem_from_config(problem_spec)[0], extra)
@@ -449,7 +449,7 @@ class RayBackend(Backend):
     def execute(self, run, remaining: int) -> None:
         from ray import tune
 
-        from nas.plugins import import_plugins
+        from nas.core.plugins import import_plugins
 
         job, opts = self.job, self.opts
         problem = job.problem

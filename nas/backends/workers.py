@@ -34,11 +34,17 @@ from typing import Any, Sequence
 
 import optuna
 
-from nas.backends.embedded import OptunaBackend, run_trials, stored_reference, describe_reference
+from nas.backends.embedded import (
+    OptunaBackend,
+    describe_reference,
+    run_trials,
+    stored_reference,
+)
+from nas.core.files import file_lock
+from nas.core.interrupt import check as check_interrupt
+from nas.core.interrupt import critical
 from nas.errors import NasError, check_int
-from nas.files import file_lock
-from nas.interrupt import check as check_interrupt, critical
-from nas.storage import finished, load_study, make_storage
+from nas.study.storage import finished, load_study, make_storage
 
 CLAIM_LOCK = ".claims.lock"
 WORKER_SLOTS_ATTR = "worker_slots"  # study user attribute: how many workers have started
@@ -83,7 +89,7 @@ class Claims:
         return None
 
     def _wait(self, owner: int, number: int) -> dict[str, Any] | None:
-        from nas.storage import close_dead_trials, trial_row
+        from nas.study.storage import close_dead_trials, trial_row
 
         while True:
             t = next(t for t in self.study.get_trials(deepcopy=False) if t.number == owner)
@@ -118,7 +124,7 @@ def plan_workers(n_workers: int | None, remaining: int, device: str, *, per_devi
     ``per_device``: that many workers on every device in use (each visible GPU for ``cuda``, the named
     one for ``cuda:K``, the CPU as one device); ``n_workers``: that many in all, round-robin over the
     GPUs. On a CPU the cores are divided between the workers."""
-    from nas.device import resolve_device
+    from nas.core.device import resolve_device
 
     if (n_workers is None) == (per_device is None):
         raise NasError("give one of --workers N or --trials-per-device N")
@@ -215,12 +221,12 @@ def supervise(run_dir: Path, plan: WorkerPlan, plugins: Sequence[str], count, ba
 def run_worker(run_dir: Path, n_trials: int, *, echo=print) -> int:
     """Run ``n_trials`` trials of the run in ``run_dir`` in this process (``nas worker``); returns how
     many completed."""
-    from nas.driver import Job, run_extra
-    from nas.problem import problem_from_config
-    from nas.results import ResultsWriter
-    from nas.rundir import CONFIG
-    from nas.files import read_json
-    from nas.trial import Evaluator
+    from nas.core.files import read_json
+    from nas.study.job import Job, run_extra
+    from nas.study.problems import problem_from_config
+    from nas.study.results import ResultsWriter
+    from nas.study.rundir import CONFIG
+    from nas.trial.evaluator import Evaluator
 
     check_int("--trials", n_trials, 1, 1_000_000)
     run_dir = Path(run_dir)

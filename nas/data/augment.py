@@ -20,11 +20,12 @@ import torch
 from torchvision.transforms import v2
 
 from nas.errors import NasError, check_number
-from nas.progressive import MAX_RANDAUGMENT
 
 # ImageNet statistics: the presets' conventions, and harmless for the small sets.
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
+
+MAX_RANDAUGMENT = 30  # torchvision's RandAugment has 31 magnitude bins: 0..30
 
 
 def check_randaugment(magnitude) -> int:

@@ -7,14 +7,15 @@ from pathlib import Path
 from typing import Any
 
 from nas.errors import NasError
-from nas.scaling.grid import DEPTH_ROUNDING, Candidate, check_phi, scale_candidate
+from nas.scaling.grid import DEPTH_ROUNDING, Candidate, check_phi
 from search_spaces import Architecture, count_macs, count_params, scale_v2
+
 
 def parse_coefficients(spec: str) -> tuple[Candidate, str | None]:
     """``A,B,G``, a ``coefficients.json`` (from ``nas grid-scale``, or ``{"alpha":..,"beta":..,"gamma":..}``
     or ``[a, b, g]``), or a grid-scale run directory. Returns the coefficients and, when the file
     names one, the base architecture string it was searched on."""
-    from nas.files import read_json
+    from nas.core.files import read_json
 
     if not isinstance(spec, str) or not spec.strip():
         raise NasError("no coefficients given (--coefficients A,B,G or a coefficients.json)")

@@ -234,7 +234,7 @@ def proxy_duplicates(base: Architecture, settings, plan: GridPlan) -> list[list[
     """Groups of candidates that the proxy's width / depth shrinking makes identical: rounding to
     multiples of 8 at a small width multiplier can erase a beta of 1.1, and ceil at a small depth
     multiplier an alpha of 1.2, so such candidates differ only by measurement noise."""
-    from nas.trial import proxy_arch
+    from nas.trial.settings import proxy_arch
 
     groups: dict[tuple[str, int], list[Candidate]] = {}
     for c in plan.candidates:

@@ -34,7 +34,8 @@ piece and the optimiser), :mod:`~nas.steptime.cover` (which networks hold every 
 :mod:`~nas.steptime.fidelity` (the agreement figures and the self-check).
 """
 
-from nas.steptime.fidelity import check, fidelity
+from nas.core.agreement import fidelity
+from nas.steptime.check import check
 from nas.steptime.model import StepTimeModel
 from nas.steptime.table import default_table_dir
 from nas.steptime.target import Target, default_target

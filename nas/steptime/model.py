@@ -41,14 +41,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from nas.device import Runtime
+from nas.core.device import Runtime
 from nas.errors import NasError, check_int, check_positive
 from nas.steptime import table as tables
 from nas.steptime.correction import correct, fit_correction
 from nas.steptime.cover import covering_architectures
-from nas.steptime.pieces import PieceRef, decompose, extract
+from nas.steptime.pieces import PieceRef, decompose, extract, piece_params, time_piece
 from nas.steptime.target import Target, default_target
-from nas.steptime.timing import piece_params, time_piece
 from search_spaces import Architecture, build
 
 CALIBRATION_SAMPLES = 5
@@ -119,7 +118,7 @@ class StepTimeModel:
     # -- making one ----------------------------------------------------------------------------
     @staticmethod
     def _args(space, runtime, target, num_classes, piece_run_time, clock):
-        from nas.measure import check_clock
+        from nas.steptime.measure import check_clock
 
         space = _space(space)
         runtime = runtime if isinstance(runtime, Runtime) else Runtime.resolve(runtime or "auto")
@@ -348,7 +347,7 @@ class StepTimeModel:
 
     def _measure(self, arch: Architecture, image_size: int | None, min_run_time: float,
                  repeats: int = MEASURE_REPEATS) -> float:
-        from nas.measure import measure_step_time
+        from nas.steptime.measure import measure_step_time
 
         r = measure_step_time(arch, runtime=self.runtime, batch_size=self.target.batch_size,
                               image_size=image_size or self.target.image_size, num_classes=self.num_classes,

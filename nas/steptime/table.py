@@ -78,7 +78,7 @@ class Table:
                 "created": self.created}
 
     def save(self) -> None:
-        from nas.files import atomic_write_json
+        from nas.core.files import atomic_write_json
 
         atomic_write_json(self.path, self.to_dict())
 
@@ -159,7 +159,7 @@ def load(path: Path, expected: dict[str, Any]) -> Table | None:
 def locked(path: Path) -> Iterator[None]:
     """An exclusive lock on the table at ``path`` (:func:`nas.files.file_lock` on ``path + '.lock'``),
     held by whoever builds or extends it; readers need none (writes are atomic)."""
-    from nas.files import file_lock
+    from nas.core.files import file_lock
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(path.with_name(path.name + ".lock")):

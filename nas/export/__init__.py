@@ -1,0 +1,1 @@
+"""What a network becomes after training: an ONNX or TorchScript file, checked against PyTorch."""

@@ -1,0 +1,195 @@
+"""Honest training-step timing: forward, loss, backward and optimizer step on the target device.
+
+The step is timed with ``torch.utils.benchmark.Timer`` (which synchronises CUDA) after warm-up, and
+reported as the median and inter-quartile range over repeated blocks, with the provenance needed to
+compare two numbers (device, torch version, threads, dtype, memory format, batch, image size, clock).
+
+Clocks: ``wall`` (default) is elapsed time, what a step costs. ``cpu`` is the process's CPU time,
+for a CPU shared with other jobs: it leaves out the time other processes hold the core, so on one
+thread it estimates the step's wall time on an idle machine (2-core CPU busy with two other jobs,
+EfficientNetV2-S at 64 px, batch 16, 4 repeats: wall 1,426-1,986 ms, CPU 608-800 ms). It needs the
+CPU device and one thread: with more, idle threads spinning at barriers count as CPU time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+# torch.utils.benchmark imports cpp_extension, which warns on every start on a machine without a CUDA
+# runtime although nothing is compiled; that line would bury the one line a user should read.
+logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+from torch.utils import benchmark  # noqa: E402
+
+from nas.core.device import Runtime
+from nas.errors import NasError, check_choice, check_int
+from search_spaces import Architecture, build
+
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
+CLOCKS = ("wall", "cpu")
+STATISTICS = ("median", "min")
+_FORMAT_SWITCH = {"auto": "auto", "channels_last": "on", "contiguous": "off"}
+
+
+@dataclass(frozen=True)
+class StepTime:
+    step_time_ms: float
+    iqr_ms: float
+    runs: int
+    steps_per_run: int
+    device: str
+    device_name: str
+    torch_version: str
+    threads: int
+    dtype: str
+    amp: bool
+    memory_format: str
+    optimizer: str
+    batch_size: int
+    image_size: int
+    num_classes: int
+    compiled: bool = False           # the step timed is the torch.compile'd one (nas.step)
+    compile_s: float | None = None   # compiled: how much longer the first (compiling) step took
+    clock: str = "wall"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def make_train_step(model: nn.Module, *, runtime: Runtime, batch_size: int, image_size: int, num_classes: int,
+                    optimizer: str = "rmsprop", compile: bool = False):
+    """``(step, settings)``: a closure running one :class:`nas.train.TrainStep` (the step ``nas train``
+    runs, with ``optimizer`` as it configures it, compiled when ``compile``) on fixed random data, and
+    the settings it runs with."""
+    from nas.training.config import TrainConfig
+    from nas.training.step import TrainStep, make_optimizer
+
+    model = runtime.prepare(model).train()
+    x = runtime.images(torch.randn(batch_size, 3, image_size, image_size))
+    y = torch.randint(0, num_classes, (batch_size,), device=runtime.device)
+    train_step = TrainStep(model, make_optimizer(model, TrainConfig(optimizer=optimizer)), runtime, compile=compile)
+
+    def step() -> None:
+        train_step(x, y)
+
+    settings = {"dtype": runtime.dtype_name, "amp": runtime.amp is not None,
+                "memory_format": "channels_last" if runtime.channels_last else "contiguous", "optimizer": optimizer,
+                "compiled": compile}
+    return step, settings
+
+
+def check_clock(clock: str, runtime: Runtime) -> str:
+    """``wall``, or ``cpu`` on a one-thread CPU runtime (see the module docstring)."""
+    check_choice("clock", clock, CLOCKS)
+    if clock == "cpu" and (runtime.device.type != "cpu" or torch.get_num_threads() != 1):
+        raise NasError(f"the cpu clock needs the CPU device and 1 thread (--threads 1), got {runtime.device.type} "
+                       f"with {torch.get_num_threads()} threads")
+    return clock
+
+
+MIN_STEPS = 3  # a median of fewer timed steps is not reported
+PROGRESS_AFTER_S = 0.5  # a step at least this slow gets a progress line (nas measure on a CPU)
+
+
+def time_step(step, runtime: Runtime, *, warmup: int = 3, min_run_time: float = 1.0, clock: str = "wall",
+              statistic: str = "median", progress=None) -> tuple[float, float, int, int]:
+    """Median (or, with ``statistic="min"``, fastest) and IQR (ms) of one step over repeated blocks;
+    Timer synchronises CUDA. The fastest block is the estimate that other jobs on a shared machine,
+    which only ever slow a block down, disturb least. At least :data:`MIN_STEPS` steps are timed, in
+    as many blocks, whatever ``min_run_time`` says: a step slower than ``min_run_time`` would
+    otherwise give a "median" of one step. ``progress(done, total, seconds_per_step)`` is called
+    after each of those blocks whose step took :data:`PROGRESS_AFTER_S` or more (a progress line for
+    slow steps; fast ones finish before anyone waits)."""
+    from nas.core.interrupt import check
+
+    check_clock(clock, runtime)
+    check_choice("statistic", statistic, STATISTICS)
+
+    def checked() -> None:
+        check()  # Ctrl-C stops here, between steps (nas.interrupt)
+        step()
+
+    for _ in range(warmup):
+        checked()
+    timer = benchmark.Timer(stmt="step()", globals={"step": checked}, num_threads=torch.get_num_threads(),
+                            **({"timer": time.process_time} if clock == "cpu" else {}))
+    m = timer.blocked_autorange(min_run_time=min_run_time)
+    blocks = [m]
+    while sum(len(b.times) for b in blocks) < MIN_STEPS:
+        if progress is not None and blocks[-1].times[-1] >= PROGRESS_AFTER_S:
+            done = sum(len(b.times) for b in blocks)
+            progress(done, max(done + 1, MIN_STEPS), blocks[-1].times[-1])
+        blocks.append(timer.timeit(1))
+    runtime.synchronize()
+    if len(blocks) > 1:
+        m = benchmark.Measurement.merge(blocks)[0]
+    value = m.median if statistic == "median" else min(m.times)
+    return value * 1e3, m.iqr * 1e3, len(m.times), m.number_per_run
+
+
+def measure_step_time(arch_or_model: Architecture | nn.Module, *, device: str = "auto", batch_size: int = 32,
+                      image_size: int | None = None, num_classes: int = 1000, amp: str = "auto",
+                      memory_format: str = "auto", optimizer: str = "rmsprop", warmup: int = 3,
+                      min_run_time: float = 1.0, seed: int = 0, compile: bool = False,
+                      runtime: Runtime | None = None, clock: str = "wall", repeats: int = 1,
+                      statistic: str = "median", progress=None) -> StepTime:
+    """Time the real training step of an architecture (or an already built model).
+
+    With ``compile`` the step timed is the compiled one; the compilation (the first step) is timed
+    on its own and reported as ``compile_s``, beyond a compiled step's time.
+
+    ``repeats`` > 1 times the step that many times (``min_run_time`` each, warm-up once) and reports
+    the fastest: on a shared machine other jobs only ever slow a timing down. ``statistic="min"``
+    reports the fastest block instead of the median (:func:`time_step`, which also takes
+    ``progress``).
+
+    ``runtime``, when given, is used as resolved (``device``, ``amp`` and ``memory_format`` are then
+    ignored): the step-time model (:mod:`nas.steptime`) times candidates on the runtime its table
+    was made for. A model passed in is trained in place by the timed steps (weights, BatchNorm
+    statistics and memory format change): pass a fresh or a copied one."""
+    check_int("batch size", batch_size, 1, 1 << 16)
+    check_int("repeats", repeats, 1, 1000)
+    check_choice("memory format", memory_format, MEMORY_FORMATS)
+    if isinstance(arch_or_model, Architecture):
+        image_size = arch_or_model.resolution if image_size is None else image_size
+        torch.manual_seed(seed)
+        model = build(arch_or_model, num_classes)
+    else:
+        model = arch_or_model
+        if image_size is None:
+            raise NasError("image_size is required when timing a model")
+    check_int("image size", image_size, 8, 2048)
+    if min_run_time <= 0:
+        raise NasError(f"min_run_time must be positive, got {min_run_time}")
+    if not isinstance(compile, bool):
+        raise NasError(f"compile must be true or false, got {compile!r}")
+    if runtime is None:
+        runtime = Runtime.resolve(device, amp, _FORMAT_SWITCH[memory_format])
+    check_clock(clock, runtime)
+    if compile:
+        from nas.training.step import resolve_compile
+
+        resolve_compile("on", runtime, 0)  # refuses a compile this machine cannot run, in one line
+    step, settings = make_train_step(model, runtime=runtime, batch_size=batch_size, image_size=image_size,
+                                     num_classes=num_classes, optimizer=optimizer, compile=compile)
+    first_s = None
+    if compile:
+        t0 = time.perf_counter()
+        step()
+        runtime.synchronize()
+        first_s = time.perf_counter() - t0
+    timings = [time_step(step, runtime, warmup=warmup if i == 0 else 0, min_run_time=min_run_time, clock=clock,
+                         statistic=statistic, progress=progress) for i in range(repeats)]
+    median, iqr, _, per_run = min(timings)
+    runs = sum(t[2] for t in timings)
+    if first_s is not None:
+        settings["compile_s"] = max(0.0, first_s - median / 1e3)
+    fp = runtime.fingerprint()
+    return StepTime(step_time_ms=median, iqr_ms=iqr, runs=runs, steps_per_run=per_run, device=fp["device"],
+                    device_name=fp["device_name"], torch_version=fp["torch"], threads=torch.get_num_threads(),
+                    batch_size=batch_size, image_size=image_size, num_classes=num_classes, clock=clock, **settings)

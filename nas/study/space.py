@@ -1,0 +1,190 @@
+"""``nas search``: architectures sampled from a search space, scored by a reward (EfficientNetV2
+section 3.3, MnasNet section 3). The problem half of a search; any backend runs it
+(:mod:`nas.backends`), through the one driver (:mod:`nas.driver`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from nas.core.files import atomic_write_json
+from nas.errors import NasError, check_choice, check_int
+from nas.study.problem import Problem
+from nas.study.results import (
+    common_error,
+    complete,
+    figure,
+    format_table,
+    pareto_mask,
+    save_figure,
+    state_counts,
+)
+from nas.study.storage import PRUNERS, SAMPLERS
+
+STUDY_NAME = "nas-search"
+# Multi-objective (nsga2): accuracy up, step time down, parameters down.
+OBJECTIVES = (("accuracy", "maximize"), ("step_time_ms", "minimize"), ("params", "minimize"))
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """How many trials, drawn how, stored where (none of it changes what a trial computes)."""
+
+    n_trials: int = 20
+    sampler: str = "tpe"
+    pruner: str = "median"
+    storage: str | None = None
+    study_name: str = STUDY_NAME
+    out: str = "runs/search-trainaware"
+    validate_top: int = 0          # retrain the top K and K random trials (nas.validate); 0: off
+    validate_epochs: int | None = None  # None: 4x the proxy's epochs
+
+    def __post_init__(self) -> None:
+        check_int("--trials", self.n_trials, 1, 1_000_000)
+        check_int("--validate-top", self.validate_top, 0, 10_000)
+        if self.validate_epochs is not None:
+            check_int("--validate-epochs", self.validate_epochs, 1, 100_000)
+        check_choice("--sampler", self.sampler, SAMPLERS)
+        check_choice("--pruner", self.pruner, PRUNERS)
+        if self.sampler == "nsga2" and self.pruner != "none":
+            raise NasError(f"pruner {self.pruner!r} cannot be used with the multi-objective nsga2 sampler "
+                           "(Optuna prunes single-objective studies only); use --pruner none")
+
+    @property
+    def multi_objective(self) -> bool:
+        return self.sampler == "nsga2"
+
+
+class SearchProblem(Problem):
+    kind = "search"
+    results_file = "trials.csv"
+
+    def __init__(self, settings, opts: SearchOptions):
+        from search_spaces import get_space
+
+        super().__init__(settings)
+        self.opts = opts
+        self.study_name = opts.study_name
+        self.space = get_space(settings.space)
+        self.multi = opts.multi_objective
+        self.directions = tuple(d for _, d in OBJECTIVES) if self.multi else ("maximize",)
+
+    def config(self) -> dict[str, Any]:
+        return {"kind": self.kind, "settings": self.settings.to_dict(), "sampler": self.opts.sampler,
+                "pruner": self.opts.pruner, "storage": self.opts.storage, "study_name": self.opts.study_name,
+                "options": {"validate_top": self.opts.validate_top, "validate_epochs": self.opts.validate_epochs}}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]):
+        from nas.trial.settings import TrialSettings
+
+        opts = SearchOptions(sampler=config["sampler"], pruner=config["pruner"], storage=config["storage"],
+                             study_name=config["study_name"], **config.get("options", {}))
+        return cls(TrialSettings.from_dict(config["settings"]), opts), opts.sampler, opts.pruner, opts.storage
+
+    def propose(self, trial) -> dict[str, Any]:
+        return {"arch": self.space.sample(trial).to_string()}  # define-by-run: the space asks the trial
+
+    def seed(self, number: int) -> int:
+        return self.settings.seed + number
+
+    def pruning_value(self, reward, known, accuracy):
+        # The pruner sees the reward so far (the epoch's accuracy with the S and P measured before
+        # training), so a fast but slightly less accurate candidate is judged by what the search maximises.
+        if self.multi:
+            return None
+        return float(reward({**{k: known[k] for k in reward.needs if k in known}, "accuracy": accuracy}))
+
+    def values(self, row):
+        return [float(row[k]) for k, _ in OBJECTIVES] if self.multi else float(row["reward"])
+
+    def param_columns(self) -> list[str]:
+        return [f"param_{name}" for name, _ in self.space.decisions()]
+
+    def best_key(self, row):
+        v = row.get("reward") if row else None
+        return float(v) if v is not None and math.isfinite(float(v)) else None
+
+    def write_best(self, run_dir: Path, df: pd.DataFrame, extra: dict[str, Any]):
+        ok = complete(df)
+        if not len(ok):
+            return None
+        best = ok.loc[ok["reward"].astype(float).idxmax()]
+        metrics = {k: _plain(best[k]) for k in best.index if k != "arch" and _plain(best[k]) is not None}
+        front = ok[pareto_mask(ok["accuracy"].astype(float), ok["step_time_ms"].astype(float))]
+        data = {"arch": best["arch"], "objective": "reward", "num_classes": metrics.get("num_classes"),
+                "metrics": metrics, **extra, "pareto_front": [int(n) for n in front["number"]]}
+        atomic_write_json(Path(run_dir) / "best.json", data, durable=False)
+        return {"arch": best["arch"], **metrics}
+
+    def plot(self, run_dir: Path, df: pd.DataFrame, extra: dict[str, Any]):
+        """Accuracy against step time for every complete trial, colour = reward, front marked."""
+        ok = complete(df)
+        if not len(ok):
+            return None
+        acc, st = ok["accuracy"].astype(float), ok["step_time_ms"].astype(float)
+        front = pareto_mask(acc, st)
+        fig, ax = figure((7, 4.5))
+        sc = ax.scatter(st, acc, c=ok["reward"].astype(float), cmap="viridis", s=28, label="trials")
+        fig.colorbar(sc, ax=ax, label="reward")
+        f = ok[front].sort_values("step_time_ms")
+        ax.plot(f["step_time_ms"].astype(float), f["accuracy"].astype(float), "r-o", mfc="none", ms=10,
+                label="Pareto front")
+        best = ok.loc[ok["reward"].astype(float).idxmax()]
+        ax.scatter([best["step_time_ms"]], [best["accuracy"]], marker="*", s=220, c="red", label="best reward", zorder=5)
+        return save_figure(fig, ax, Path(run_dir) / "pareto.png", xlabel=f"training step time (ms, {_step_label(extra)})",
+                           ylabel="validation accuracy (proxy)", title=f"nas search: {extra.get('space', '')}")
+
+    def summary(self, df: pd.DataFrame, top: int = 10) -> str:
+        return summary_table(df, top)
+
+    def finish(self, run_dir: Path, df: pd.DataFrame, echo) -> dict[str, Any]:
+        """After every trial finished: the accuracy side of fidelity (``--validate-top``)."""
+        if not self.opts.validate_top:
+            return {}
+        from nas.study.validation import validate_top
+
+        epochs = self.opts.validate_epochs or 4 * self.settings.proxy.epochs
+        data = validate_top(run_dir, df, self.settings, self.opts.validate_top, epochs, echo=echo)
+        return {"accuracy": data} if data else {}
+
+    def files(self) -> str:
+        return "trials.csv, best.json, pareto.png"
+
+
+def summary_table(df: pd.DataFrame, top: int = 10) -> str:
+    head = f"trials: {state_counts(df)}"
+    ok = complete(df)
+    if not len(ok):
+        err = common_error(df)
+        return head + (f"\nmost common error: {err}" if err else "")
+    cols = [c for c in ["number", "reward", "accuracy", "step_time_ms", "S", "P", "params", "macs",
+                        "duration_s"] if c in ok.columns]
+    t = ok.sort_values("reward", ascending=False).head(top)[cols]
+    n_classes = ok["num_classes"].dropna() if "num_classes" in ok else []
+    note = f" (params and MACs at {int(n_classes.iloc[0])} classes)" if len(n_classes) else ""
+    table = format_table(t, {"reward": "{:.4f}", "accuracy": "{:.4f}", "step_time_ms": "{:.2f}", "S": "{:.3f}",
+                             "P": "{:.3f}", "duration_s": "{:.1f}", "params": "int", "macs": "int"})
+    return f"{head}\ntop {len(t)} by reward{note}:\n{table}"
+
+
+def _step_label(extra: dict[str, Any]) -> str:
+    t = extra.get("target") or {}
+    if t.get("method") == "proxy":
+        return "proxy"
+    return f"full size, {t.get('image_size')} px, batch {t.get('batch_size')}"
+
+
+def _plain(v: Any) -> Any:
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    return v
+
+

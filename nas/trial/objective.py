@@ -1,0 +1,64 @@
+"""TODO docstring."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from nas.trial.evaluator import Evaluator, TrialPruned
+from search_spaces import Architecture
+
+
+@dataclass
+class Outcome:
+    """How a trial ended: ``state`` COMPLETE, PRUNED or FAIL; ``row`` every figure it produced (what
+    was measured stays in the row even when it was pruned or failed); ``error`` the reason of a FAIL."""
+
+    state: str
+    row: dict[str, Any]
+    error: str | None = None
+
+
+def error_text(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}".splitlines()[0][:500]
+
+
+def place() -> dict[str, Any]:
+    """Where a trial runs: the host and process (a rerun closes trials whose process is gone)."""
+    return {"hostname": socket.gethostname(), "pid": os.getpid()}
+
+
+def run_objective(problem, evaluator: Evaluator, proposal: dict[str, Any], number: int,
+                  report: Callable[[int, float], bool] | None = None) -> Outcome:
+    """Evaluate ``proposal`` (from ``problem.propose``) as trial ``number``.
+
+    ``report(epoch, value)`` is the backend's pruning hook (Optuna's pruner, Ray Tune's scheduler);
+    ``value`` is ``problem.pruning_value``: the same signal for every backend (for a search, the reward
+    so far: the epoch's accuracy with the S and P measured before training). It returns True to stop
+    the trial. The seed is ``problem.seed(number)``; a failure of any kind is a FAIL with its reason.
+    """
+    t_start = time.time()
+    arch = Architecture.from_string(proposal["arch"])
+    base = {"number": number, **proposal.get("facts", {}), "arch": proposal["arch"], **place(), "t_start": t_start}
+    hook = None
+    if report is not None:
+        def hook(epoch: int, accuracy: float, known: dict[str, Any]) -> bool:
+            value = problem.pruning_value(evaluator.reward, known, accuracy)
+            return value is not None and bool(report(epoch, value))
+
+    def finish(state: str, metrics: dict[str, Any], error: str | None = None) -> Outcome:
+        t_end = time.time()
+        return Outcome(state, {**base, **metrics, "state": state, "error": error, "t_end": t_end,
+                               "duration_s": t_end - t_start}, error)
+
+    try:
+        m = evaluator.evaluate(arch, seed=problem.seed(number), image_scale=float(proposal.get("image_scale", 1.0)),
+                               fidelity=evaluator.samples_fidelity(number), on_epoch=hook)
+    except TrialPruned as p:
+        return finish("PRUNED", p.metrics)
+    except Exception as e:  # the candidate's failure: recorded with its reason, the search goes on
+        return finish("FAIL", getattr(e, "metrics", None) or {}, error_text(e))
+    return finish("COMPLETE", m)
