@@ -14,7 +14,7 @@ same everywhere. Reported per configuration:
 
 * ``wall_s``: the whole command, start-up (imports, Ray start) included;
 * ``trials/h``: trials / wall time (what a user gets);
-* ``trial_s``: mean time inside a trial (:meth:`nas.trial.Evaluator.evaluate`: timing + training);
+* ``trial_s``: mean time inside a trial (:meth:`nas.trial.evaluator.Evaluator.evaluate`: timing + training);
 * ``overhead/trial_s``: ``(wall_s * slots - sum(trial_s)) / trials``, the slot time not spent
   evaluating, per trial (start-up, scheduling, reference measurements, result export). ``slots``
   is the number of trials that can run at once.
@@ -24,7 +24,7 @@ on a shared machine are noisy; compare within one run.
 
 ``--storage-stress N`` measures the storage layer alone instead: N processes each ask/tell K
 trivial trials (``--stress-trials K``) with the user attributes a worker writes, against the
-SQLite study that ``nas worker`` uses (``nas.storage.make_storage``: long lock timeout)
+SQLite study that ``nas worker`` uses (``nas.study.storage.make_storage``: long lock timeout)
 and against Optuna's JournalStorage on a file; it checks that exactly N*K trials with distinct
 numbers were recorded and reports trials per second and errors.
 """
@@ -42,8 +42,21 @@ from pathlib import Path
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--dataset", "fake", "--measure-time", "0.05", "--width-mult", "0.1", "--depth-mult", "0.1", "--batch-size",
-        "32", "--seed", "0", "--no-progress"]
+TINY = [
+    "--dataset",
+    "fake",
+    "--measure-time",
+    "0.05",
+    "--width-mult",
+    "0.1",
+    "--depth-mult",
+    "0.1",
+    "--batch-size",
+    "32",
+    "--seed",
+    "0",
+    "--no-progress",
+]
 # No early stopping anywhere (Ray runs without a scheduler), so every configuration trains every trial.
 CONFIGS = {
     "embedded": (["--pruner", "none"], 1),
@@ -56,10 +69,28 @@ CONFIGS = {
 def run_one(name: str, trials: int, root: Path, epochs: int, image_size: int) -> dict:
     extra, slots = CONFIGS[name]
     out = root / name
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    cmd = [sys.executable, "-m", "nas.cli", "search", "--trials", str(trials), "--out", str(out), "--epochs",
-           str(epochs), "--image-size", str(image_size), *TINY, *extra]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "nas.cli",
+        "search",
+        "--trials",
+        str(trials),
+        "--out",
+        str(out),
+        "--epochs",
+        str(epochs),
+        "--image-size",
+        str(image_size),
+        *TINY,
+        *extra,
+    ]
     t0 = time.perf_counter()
     p = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -68,10 +99,16 @@ def run_one(name: str, trials: int, root: Path, epochs: int, image_size: int) ->
     df = pd.read_csv(out / "trials.csv")
     done = df[df["state"] == "COMPLETE"]
     busy = float(done["duration_s"].sum())
-    return {"config": name, "slots": slots, "trials": len(done), "wall_s": wall,
-            "trials/h": len(done) / wall * 3600, "trial_s": float(done["duration_s"].mean()),
-            "overhead/trial_s": (wall * slots - busy) / len(done),
-            "mean_S": float(done["S"].mean())}
+    return {
+        "config": name,
+        "slots": slots,
+        "trials": len(done),
+        "wall_s": wall,
+        "trials/h": len(done) / wall * 3600,
+        "trial_s": float(done["duration_s"].mean()),
+        "overhead/trial_s": (wall * slots - busy) / len(done),
+        "mean_S": float(done["S"].mean()),
+    }
 
 
 def _open_storage(kind: str, root: str):
@@ -94,8 +131,9 @@ def _stress_worker(kind: str, root: str, k: int, seed: int) -> int:
 
     warnings.simplefilter("ignore")
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study = optuna.load_study(study_name="stress", storage=_open_storage(kind, root),
-                              sampler=optuna.samplers.RandomSampler(seed=seed))
+    study = optuna.load_study(
+        study_name="stress", storage=_open_storage(kind, root), sampler=optuna.samplers.RandomSampler(seed=seed)
+    )
     errors = 0
     for _ in range(k):
         try:
@@ -126,9 +164,18 @@ def storage_stress(n_procs: int, k: int) -> pd.DataFrame:
             wall = time.perf_counter() - t0
             trials = optuna.load_study(study_name="stress", storage=_open_storage(kind, root)).get_trials()
             numbers = [t.number for t in trials]
-            rows.append({"storage": kind, "processes": n_procs, "trials": len(trials), "expected": n_procs * k,
-                         "distinct_numbers": len(set(numbers)), "errors": errors, "wall_s": wall,
-                         "trials/s": len(trials) / wall})
+            rows.append(
+                {
+                    "storage": kind,
+                    "processes": n_procs,
+                    "trials": len(trials),
+                    "expected": n_procs * k,
+                    "distinct_numbers": len(set(numbers)),
+                    "errors": errors,
+                    "wall_s": wall,
+                    "trials/s": len(trials) / wall,
+                }
+            )
     return pd.DataFrame(rows).set_index("storage")
 
 
@@ -138,8 +185,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, from {', '.join(CONFIGS)}")
     ap.add_argument("--epochs", type=int, default=1, help="proxy epochs: longer trials amortise the overhead")
     ap.add_argument("--image-size", type=int, default=16)
-    ap.add_argument("--storage-stress", type=int, default=None, metavar="N",
-                    help="instead: N processes hammering one study (SQLite vs JournalStorage)")
+    ap.add_argument(
+        "--storage-stress",
+        type=int,
+        default=None,
+        metavar="N",
+        help="instead: N processes hammering one study (SQLite vs JournalStorage)",
+    )
     ap.add_argument("--stress-trials", type=int, default=50, metavar="K", help="trials per stress process")
     args = ap.parse_args(argv)
     if args.storage_stress is not None:
@@ -157,15 +209,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"running {n} ...", file=sys.stderr, flush=True)
             rows.append(run_one(n, args.trials, Path(tmp), args.epochs, args.image_size))
     table = pd.DataFrame(rows).set_index("config")
-    print(f"{args.trials} trials each, fake data, proxy {args.image_size} px, width/depth 0.1, {args.epochs} epoch(s), "
-          f"OMP_NUM_THREADS=1, {os.cpu_count()} CPUs")
+    print(
+        f"{args.trials} trials each, fake data, proxy {args.image_size} px, width/depth 0.1, {args.epochs} epoch(s), "
+        f"OMP_NUM_THREADS=1, {os.cpu_count()} CPUs"
+    )
     print(table.to_string(float_format=lambda v: f"{v:.2f}"))
     if "embedded" in table.index:
         base = table.loc["embedded"]
         for n in table.index.drop("embedded"):
             r = table.loc[n]
-            print(f"{n} / embedded: trials/h x{r['trials/h'] / base['trials/h']:.2f}, "
-                  f"overhead per trial x{r['overhead/trial_s'] / base['overhead/trial_s']:.2f}")
+            print(
+                f"{n} / embedded: trials/h x{r['trials/h'] / base['trials/h']:.2f}, "
+                f"overhead per trial x{r['overhead/trial_s'] / base['overhead/trial_s']:.2f}"
+            )
     return 0
 
 

@@ -1,16 +1,16 @@
 """Compiled against eager training step, in one process and setting: step time and compile time.
 
-Three steps of the same network, batch and image size (:func:`nas.measure.make_train_step`):
+Three steps of the same network, batch and image size (:func:`nas.steptime.measure.make_train_step`):
 
 * ``eager``: what ``--compile off`` runs;
-* ``compiled``: what ``--compile on`` runs (``torch.compile`` of forward and loss; :mod:`nas.step`);
+* ``compiled``: what ``--compile on`` runs (``torch.compile`` of forward and loss; :mod:`nas.training.step`);
 * ``compiled+opt``: the same with the optimiser step compiled as well (not what ``nas`` does: with a
   learning-rate schedule the optimiser's learning rate changes every step; shown to say what it
   would gain).
 
 Each step's first call is timed on its own (for the compiled ones: the compilation); then rounds
 alternate the three (order reversed every other round) and each is timed for ``--min-run-time`` by
-:func:`nas.measure.time_step`. ``--cold`` turns off Inductor's on-disk caches, so the compile time
+:func:`nas.steptime.measure.time_step`. ``--cold`` turns off Inductor's on-disk caches, so the compile time
 is a first run's on a fresh machine; without it a repeated run reuses compiled kernels.
 
     python benchmarks/bench_compile.py --threads 1                    # digits-sized B0 x 0.25, CPU
@@ -61,9 +61,14 @@ def main(argv=None) -> int:
     steps, first = {}, {}
     for name in args.variants.split(","):
         torch.manual_seed(0)
-        step, _ = make_train_step(build(arch, args.num_classes), runtime=runtime, batch_size=args.batch_size,
-                                  image_size=args.image_size, num_classes=args.num_classes,
-                                  compile=name != "eager")
+        step, _ = make_train_step(
+            build(arch, args.num_classes),
+            runtime=runtime,
+            batch_size=args.batch_size,
+            image_size=args.image_size,
+            num_classes=args.num_classes,
+            compile=name != "eager",
+        )
         if name == "compiled+opt":  # the TrainStep that make_train_step's closure runs
             train_step = next(c.cell_contents for c in step.__closure__ if isinstance(c.cell_contents, TrainStep))
             train_step.optimizer.step = torch.compile(train_step.optimizer.step)
@@ -79,11 +84,15 @@ def main(argv=None) -> int:
         for name in order:
             times[name].append(time_step(steps[name], runtime, warmup=2, min_run_time=args.min_run_time)[0])
         print(f"round {r + 1}: " + ", ".join(f"{n} {times[n][-1]:.1f} ms" for n in steps), flush=True)
-    print(f"\n== training step, eager against compiled: {arch.to_string()[:60]}..., batch {args.batch_size}, "
-          f"{args.image_size} px ==")
-    print(f"device {runtime.device} ({device_name(runtime.device)}), torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, {runtime.dtype_name}, "
-          f"{'channels_last' if runtime.channels_last else 'contiguous'}, caches {'off' if args.cold else 'on'}")
+    print(
+        f"\n== training step, eager against compiled: {arch.to_string()[:60]}..., batch {args.batch_size}, "
+        f"{args.image_size} px =="
+    )
+    print(
+        f"device {runtime.device} ({device_name(runtime.device)}), torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, {runtime.dtype_name}, "
+        f"{'channels_last' if runtime.channels_last else 'contiguous'}, caches {'off' if args.cold else 'on'}"
+    )
     eager = statistics.median(times["eager"]) if "eager" in times else None
     for name in steps:
         med = statistics.median(times[name])
@@ -92,8 +101,11 @@ def main(argv=None) -> int:
         if eager is not None and name != "eager":
             saved = (eager - med) / 1e3
             line += f", speed-up {eager / med:.2f}x"
-            line += (f", compile pays for itself after {extra / saved:,.0f} steps" if saved > 0
-                     else ", never pays for itself")
+            line += (
+                f", compile pays for itself after {extra / saved:,.0f} steps"
+                if saved > 0
+                else ", never pays for itself"
+            )
         print(line)
     return 0
 

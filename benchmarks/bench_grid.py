@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from nas.study.job import Job
-from nas.search.driver import run
 from nas.scaling.grid import GridOptions, GridSpec, enumerate_candidates, select_spread
+from nas.search.driver import run
 from nas.study.grid import GridProblem
+from nas.study.job import Job
 from nas.trial.evaluator import Evaluator
 from nas.trial.settings import ProxyConfig, TrialSettings
 from search_spaces import Architecture
@@ -38,21 +38,48 @@ class InstantEvaluator(Evaluator):
         pass
 
     def reference(self):
-        return {"device": "cpu", "device_name": platform.machine(), "step_time_ms": 1.0, "params": 1,
-                "method": "instant", "image_size": 16, "batch_size": 1, "key": "instant"}
+        return {
+            "device": "cpu",
+            "device_name": platform.machine(),
+            "step_time_ms": 1.0,
+            "params": 1,
+            "method": "instant",
+            "image_size": 16,
+            "batch_size": 1,
+            "key": "instant",
+        }
 
     def reference_key(self):
         return "instant"
 
     def evaluate(self, arch, **kw):
-        return {"arch": arch.to_string(), "params": 1, "num_classes": 10, "macs": 1, "step_time_ms": 1.0, "S": 1.0,
-                "P": 1.0, "accuracy": kw.get("image_scale", 1.0) / 2, "reward": 0.5}
+        return {
+            "arch": arch.to_string(),
+            "params": 1,
+            "num_classes": 10,
+            "macs": 1,
+            "step_time_ms": 1.0,
+            "S": 1.0,
+            "P": 1.0,
+            "accuracy": kw.get("image_scale", 1.0) / 2,
+            "reward": 0.5,
+        }
 
 
 def grid_run(settings, opts: GridOptions) -> None:
     problem = GridProblem(settings, TINY, opts)
-    run(Job(problem=problem, n_trials=len(problem.plan.candidates), out=opts.out, sampler="random", pruner="none",
-            progress=False, echo=lambda s: None, evaluator=InstantEvaluator(settings, reference=TINY)))
+    run(
+        Job(
+            problem=problem,
+            n_trials=len(problem.plan.candidates),
+            out=opts.out,
+            sampler="random",
+            pruner="none",
+            progress=False,
+            echo=lambda s: None,
+            evaluator=InstantEvaluator(settings, reference=TINY),
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,8 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         grid_run(settings, opts)
         resume = time.perf_counter() - t0
     n = a.candidates + 1
-    print(f"driver: {n} candidates with an instant evaluation in {first:.2f} s ({first / n:.3f} s per candidate, "
-          f"storage, exports and the final plot included); a rerun with all done: {resume:.2f} s")
+    print(
+        f"driver: {n} candidates with an instant evaluation in {first:.2f} s ({first / n:.3f} s per candidate, "
+        f"storage, exports and the final plot included); a rerun with all done: {resume:.2f} s"
+    )
     return 0
 
 

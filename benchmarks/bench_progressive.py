@@ -25,25 +25,32 @@ import time
 
 import torch
 
-from nas.data import load_dataset, make_loader
-from nas.training.progressive import get_schedule
 from nas.core.resolve import resolve_arch
+from nas.data import load_dataset, make_loader
 from nas.training.config import TrainConfig
 from nas.training.evaluation import evaluate
 from nas.training.loop import fit
+from nas.training.progressive import get_schedule
 from search_spaces import build, scale
 
 
 def run_one(kind: str, arch, splits, args, seed: int) -> dict:
     sched = get_schedule(args.schedule, stages=args.stages).scaled_to(args.size)
     end = sched.stage(sched.stages - 1)
-    common = dict(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, device="cpu",
-                  seed=seed, eval_image_size=args.size)
+    common = dict(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        device="cpu",
+        seed=seed,
+        eval_image_size=args.size,
+    )
     if kind == "progressive":
         cfg = TrainConfig(progressive=sched, **common)
     elif kind == "fixed+reg":
-        cfg = TrainConfig(image_size=args.size, randaugment=end.randaugment, mixup=end.mixup,
-                          dropout=end.dropout, **common)
+        cfg = TrainConfig(
+            image_size=args.size, randaugment=end.randaugment, mixup=end.mixup, dropout=end.dropout, **common
+        )
     else:
         cfg = TrainConfig(image_size=args.size, **common)
     torch.manual_seed(seed)
@@ -53,10 +60,16 @@ def run_one(kind: str, arch, splits, args, seed: int) -> dict:
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     loader = make_loader(splits.val, image_size=args.size, batch_size=256, train=False)
     acc = evaluate(result.eval_model, loader, "cpu")
-    return {"kind": kind, "seed": seed, "wall_s": wall, "cpu_s": cpu, "val_accuracy": acc,
-            "step_ms": 1000 * result.mean_step_time_s,
-            "sizes": [h["image_size"] for h in result.history],
-            "curve": [round(h["val_accuracy"], 4) for h in result.history]}
+    return {
+        "kind": kind,
+        "seed": seed,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "val_accuracy": acc,
+        "step_ms": 1000 * result.mean_step_time_s,
+        "sizes": [h["image_size"] for h in result.history],
+        "curve": [round(h["val_accuracy"], 4) for h in result.history],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,18 +93,23 @@ def main(argv: list[str] | None = None) -> int:
     arch = scale(resolve_arch(args.arch), width=args.width_mult, depth=args.depth_mult, rounding="v2")
     splits = load_dataset("digits")
     kinds = ["progressive", "fixed+reg", "fixed"]
-    print(f"{args.arch} x width {args.width_mult:g} depth {args.depth_mult:g} "
-          f"({build(arch, 10).num_params():,} params); digits {len(splits.train)}/{len(splits.val)}; "
-          f"{args.epochs} epochs, {args.seeds} seed(s), {torch.get_num_threads()} thread(s), "
-          f"torch {torch.__version__}")
+    print(
+        f"{args.arch} x width {args.width_mult:g} depth {args.depth_mult:g} "
+        f"({build(arch, 10).num_params():,} params); digits {len(splits.train)}/{len(splits.val)}; "
+        f"{args.epochs} epochs, {args.seeds} seed(s), {torch.get_num_threads()} thread(s), "
+        f"torch {torch.__version__}"
+    )
     print(get_schedule(args.schedule, stages=args.stages).scaled_to(args.size).table(args.epochs))
     runs = []
     for seed in range(args.seeds):
         for kind in kinds:
             r = run_one(kind, arch, splits, args, seed)
             runs.append(r)
-            print(f"  seed {seed} {kind:<12} wall {r['wall_s']:6.1f}s  cpu {r['cpu_s']:6.1f}s  "
-                  f"val {100 * r['val_accuracy']:5.1f}%  sizes {r['sizes']}", flush=True)
+            print(
+                f"  seed {seed} {kind:<12} wall {r['wall_s']:6.1f}s  cpu {r['cpu_s']:6.1f}s  "
+                f"val {100 * r['val_accuracy']:5.1f}%  sizes {r['sizes']}",
+                flush=True,
+            )
 
     def mean(kind: str, key: str) -> float:
         return statistics.fmean(r[key] for r in runs if r["kind"] == kind)
@@ -102,12 +120,16 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\n{'run':<12} {'wall s':>8} {'cpu s':>8} {'ms/step':>8} {'val acc %':>12}")
     for kind in kinds:
-        print(f"{kind:<12} {mean(kind, 'wall_s'):8.1f} {mean(kind, 'cpu_s'):8.1f} {mean(kind, 'step_ms'):8.1f} "
-              f"{100 * mean(kind, 'val_accuracy'):7.1f} ±{100 * spread(kind, 'val_accuracy'):3.1f}")
+        print(
+            f"{kind:<12} {mean(kind, 'wall_s'):8.1f} {mean(kind, 'cpu_s'):8.1f} {mean(kind, 'step_ms'):8.1f} "
+            f"{100 * mean(kind, 'val_accuracy'):7.1f} ±{100 * spread(kind, 'val_accuracy'):3.1f}"
+        )
     for base in ("fixed+reg", "fixed"):
-        print(f"progressive / {base:<9}: wall {mean('progressive', 'wall_s') / mean(base, 'wall_s'):.2f}x, "
-              f"cpu {mean('progressive', 'cpu_s') / mean(base, 'cpu_s'):.2f}x, accuracy "
-              f"{100 * (mean('progressive', 'val_accuracy') - mean(base, 'val_accuracy')):+.1f} points")
+        print(
+            f"progressive / {base:<9}: wall {mean('progressive', 'wall_s') / mean(base, 'wall_s'):.2f}x, "
+            f"cpu {mean('progressive', 'cpu_s') / mean(base, 'cpu_s'):.2f}x, accuracy "
+            f"{100 * (mean('progressive', 'val_accuracy') - mean(base, 'val_accuracy')):+.1f} points"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "runs": runs}, f, indent=2)

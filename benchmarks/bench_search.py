@@ -26,8 +26,8 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from nas.study.space import SearchOptions
 from nas.search.api import search
+from nas.study.space import SearchOptions
 from nas.trial.evaluator import Evaluator
 from nas.trial.settings import ProxyConfig, TrialSettings
 from search_spaces import Stage, get_space
@@ -50,26 +50,37 @@ def overhead(n_trials: int, dataset: str, epochs: int) -> None:
     print(f"whole run                {wall:8.1f} s (includes one reference measurement and start-up)")
     print(f"inside trials            {trial_wall:8.1f} s")
     print(f"  measuring + training   {work:8.1f} s")
-    print(f"  other (build, sample)  {trial_wall - work:8.1f} s  = {(trial_wall - work) / trial_wall:.1%} of trial time")
+    print(
+        f"  other (build, sample)  {trial_wall - work:8.1f} s  = {(trial_wall - work) / trial_wall:.1%} of trial time"
+    )
     between = wall - trial_wall
-    print(f"outside trials           {between:8.1f} s  = {between / wall:.1%} of the run "
-          "(storage, one trials.csv line per trial, best.json when it changes, the reference, imports)")
-    print(f"framework overhead share {(wall - work) / wall:.1%} of wall time; per trial {(wall - work) / len(ok):.2f} s")
+    print(
+        f"outside trials           {between:8.1f} s  = {between / wall:.1%} of the run "
+        "(storage, one trials.csv line per trial, best.json when it changes, the reference, imports)"
+    )
+    print(
+        f"framework overhead share {(wall - work) / wall:.1%} of wall time; per trial {(wall - work) / len(ok):.2f} s"
+    )
 
 
 # A sub-space of trainaware: op x expansion of stages 2 and 3 (36 architectures); the rest is V2-S.
-SUB = [("s2_op", ["mbconv", "fused"]), ("s2_expansion", [1, 4, 6]), ("s3_op", ["mbconv", "fused"]),
-       ("s3_expansion", [1, 4, 6])]
+SUB = [
+    ("s2_op", ["mbconv", "fused"]),
+    ("s2_expansion", [1, 4, 6]),
+    ("s3_op", ["mbconv", "fused"]),
+    ("s3_expansion", [1, 4, 6]),
+]
 
 
-def sub_arch(choice: dict) -> "object":
+def sub_arch(choice: dict) -> object:
     ref = get_space("trainaware").reference()
     stages = list(ref.stages)
     for i in (2, 3):
         s = stages[i - 1]
         op = choice[f"s{i}_op"]
-        stages[i - 1] = Stage(op, s.kernel, s.stride, choice[f"s{i}_expansion"], s.out, s.repeats,
-                              0.25 if op == "mbconv" else 0.0)
+        stages[i - 1] = Stage(
+            op, s.kernel, s.stride, choice[f"s{i}_expansion"], s.out, s.repeats, 0.25 if op == "mbconv" else 0.0
+        )
     return ref.replace(stages=tuple(stages))
 
 
@@ -95,25 +106,39 @@ def samplers(budget: int, seeds: int, dataset: str, epochs: int) -> None:
 
     def run(sampler) -> list[float]:
         study = optuna.create_study(direction="maximize", sampler=sampler)
-        study.optimize(lambda t: table[json.dumps({n: t.suggest_categorical(n, o) for n, o in SUB}, sort_keys=True)],
-                       n_trials=budget)
+        study.optimize(
+            lambda t: table[json.dumps({n: t.suggest_categorical(n, o) for n, o in SUB}, sort_keys=True)],
+            n_trials=budget,
+        )
         return list(np.maximum.accumulate([t.value for t in study.trials]))
 
     rows = []
-    for name, make in (("random", lambda s: optuna.samplers.RandomSampler(seed=s)),
-                       ("tpe", lambda s: optuna.samplers.TPESampler(seed=s, multivariate=True, n_startup_trials=5))):
+    for name, make in (
+        ("random", lambda s: optuna.samplers.RandomSampler(seed=s)),
+        ("tpe", lambda s: optuna.samplers.TPESampler(seed=s, multivariate=True, n_startup_trials=5)),
+    ):
         curves = np.array([run(make(s)) for s in range(seeds)])
         for b in sorted({max(1, budget // 2), budget}):
-            rows.append({"sampler": name, "budget": b, "mean best reward": curves[:, b - 1].mean(),
-                         "mean regret": (optimum - curves[:, b - 1]).mean(),
-                         "found optimum": f"{(curves[:, b - 1] >= optimum).mean():.0%}"})
+            rows.append(
+                {
+                    "sampler": name,
+                    "budget": b,
+                    "mean best reward": curves[:, b - 1].mean(),
+                    "mean regret": (optimum - curves[:, b - 1]).mean(),
+                    "found optimum": f"{(curves[:, b - 1] >= optimum).mean():.0%}",
+                }
+            )
     df = pd.DataFrame(rows)
-    print(f"\n== TPE vs random: {len(table)}-architecture cached objective ({dataset}, {epochs} epochs), "
-          f"{seeds} seeds ==")
+    print(
+        f"\n== TPE vs random: {len(table)}-architecture cached objective ({dataset}, {epochs} epochs), {seeds} seeds =="
+    )
     print(df.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     r = df[(df.budget == budget)].set_index("sampler")["mean regret"]
-    print(f"regret ratio tpe/random at budget {budget}: {r['tpe'] / r['random']:.2f}" if r["random"] > 0
-          else "random search found the optimum every time")
+    print(
+        f"regret ratio tpe/random at budget {budget}: {r['tpe'] / r['random']:.2f}"
+        if r["random"] > 0
+        else "random search found the optimum every time"
+    )
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Training-step time of our EfficientNet-B0 against torchvision's, in the same process and setting.
 
 Both models do the same full step (forward, cross-entropy, backward, SGD) from
-``nas.measure.make_train_step``, timed by ``nas.measure.time_step``, at the same batch and image size,
+``nas.steptime.measure.make_train_step``, timed by ``nas.steptime.measure.time_step``, at the same batch and image size,
 in both memory formats. Rounds are interleaved (ours, torchvision, ours, torchvision, ..., with the
 order reversed every other round) so that a slow patch of a shared machine hits both alike; the
 ratio is taken within each round and its median reported.
@@ -21,9 +21,9 @@ import torch
 import torchvision
 
 from nas.core.device import Runtime, device_name
+from nas.errors import NasError
 from nas.steptime.measure import make_train_step, time_step
 from search_spaces import build, preset
-from nas.errors import NasError
 
 FORMATS = ("contiguous", "channels_last")
 MODELS = {
@@ -60,8 +60,14 @@ def run(args: argparse.Namespace) -> dict:
         for name, make in MODELS.items():
             torch.manual_seed(0)
             runtime = Runtime.resolve(args.device, args.amp, "on" if fmt == "channels_last" else "off")
-            step, s = make_train_step(make(), runtime=runtime, batch_size=args.batch_size, image_size=args.image_size,
-                                      num_classes=1000, optimizer="sgd")
+            step, s = make_train_step(
+                make(),
+                runtime=runtime,
+                batch_size=args.batch_size,
+                image_size=args.image_size,
+                num_classes=1000,
+                optimizer="sgd",
+            )
             for _ in range(args.warmup):
                 step()
             steps[name, fmt] = step
@@ -69,16 +75,27 @@ def run(args: argparse.Namespace) -> dict:
     times: dict[tuple[str, str], list[float]] = {k: [] for k in steps}
     order = list(steps)
     for r in range(args.rounds):
-        for key in (order if r % 2 == 0 else order[::-1]):
+        for key in order if r % 2 == 0 else order[::-1]:
             median_ms, _, _, _ = time_step(steps[key], runtime, warmup=1, min_run_time=args.min_run_time)
             times[key].append(median_ms)
-        print(f"round {r + 1}/{args.rounds}: " + "  ".join(f"{m}/{f} {times[m, f][-1]:.1f}" for m, f in order),
-              file=sys.stderr, flush=True)
-    return {"device": runtime.device.type, "device_name": device_name(runtime.device), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "threads": torch.get_num_threads(),
-            "batch_size": args.batch_size, "image_size": args.image_size, "dtype": settings.get("dtype"),
-            "rounds": args.rounds, "min_run_time": args.min_run_time,
-            "times_ms": {f"{m}/{f}": t for (m, f), t in times.items()}}
+        print(
+            f"round {r + 1}/{args.rounds}: " + "  ".join(f"{m}/{f} {times[m, f][-1]:.1f}" for m, f in order),
+            file=sys.stderr,
+            flush=True,
+        )
+    return {
+        "device": runtime.device.type,
+        "device_name": device_name(runtime.device),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "threads": torch.get_num_threads(),
+        "batch_size": args.batch_size,
+        "image_size": args.image_size,
+        "dtype": settings.get("dtype"),
+        "rounds": args.rounds,
+        "min_run_time": args.min_run_time,
+        "times_ms": {f"{m}/{f}": t for (m, f), t in times.items()},
+    }
 
 
 def report(result: dict) -> str:
@@ -86,27 +103,56 @@ def report(result: dict) -> str:
     rows = []
     for (model, fmt), t in times.items():
         q = statistics.quantiles(t, n=4) if len(t) > 1 else [t[0]] * 3
-        rows.append({"model": model, "format": fmt, "median ms": statistics.median(t), "IQR ms": q[2] - q[0],
-                     "min ms": min(t), "rounds": len(t)})
+        rows.append(
+            {
+                "model": model,
+                "format": fmt,
+                "median ms": statistics.median(t),
+                "IQR ms": q[2] - q[0],
+                "min ms": min(t),
+                "rounds": len(t),
+            }
+        )
     table = pd.DataFrame(rows).sort_values(["format", "model"])
 
     ratios = []
     for fmt in FORMATS:
         paired = [a / b for a, b in zip(times["ours", fmt], times["torchvision", fmt])]
         q = statistics.quantiles(paired, n=4) if len(paired) > 1 else [paired[0]] * 3
-        ratios.append({"comparison": f"{fmt}", "ours/torchvision (median of per-round ratios)": statistics.median(paired),
-                       "IQR": q[2] - q[0], "min": min(paired), "max": max(paired)})
+        ratios.append(
+            {
+                "comparison": f"{fmt}",
+                "ours/torchvision (median of per-round ratios)": statistics.median(paired),
+                "IQR": q[2] - q[0],
+                "min": min(paired),
+                "max": max(paired),
+            }
+        )
     med = {k: statistics.median(v) for k, v in times.items()}
     best = {m: min(FORMATS, key=lambda f: med[m, f]) for m in ("ours", "torchvision")}
-    ratios.append({"comparison": f"best format (ours {best['ours']}, torchvision {best['torchvision']})",
-                   "ours/torchvision (median of per-round ratios)": med["ours", best["ours"]] / med["torchvision", best["torchvision"]],
-                   "IQR": float("nan"), "min": float("nan"), "max": float("nan")})
-    head = (f"EfficientNet-B0 training step: batch {result['batch_size']}, {result['image_size']} px, {result['dtype']}, "
-            f"{result['device']} ({result['device_name']}), {result['threads']} threads, torch {result['torch']}, "
-            f"torchvision {result['torchvision']}, {result['rounds']} interleaved rounds of {result['min_run_time']} s")
+    ratios.append(
+        {
+            "comparison": f"best format (ours {best['ours']}, torchvision {best['torchvision']})",
+            "ours/torchvision (median of per-round ratios)": med["ours", best["ours"]]
+            / med["torchvision", best["torchvision"]],
+            "IQR": float("nan"),
+            "min": float("nan"),
+            "max": float("nan"),
+        }
+    )
+    head = (
+        f"EfficientNet-B0 training step: batch {result['batch_size']}, {result['image_size']} px, {result['dtype']}, "
+        f"{result['device']} ({result['device_name']}), {result['threads']} threads, torch {result['torch']}, "
+        f"torchvision {result['torchvision']}, {result['rounds']} interleaved rounds of {result['min_run_time']} s"
+    )
     fmt = {"median ms": "{:.1f}".format, "IQR ms": "{:.1f}".format, "min ms": "{:.1f}".format}
-    return "\n\n".join([head, table.to_string(index=False, formatters=fmt),
-                        pd.DataFrame(ratios).to_string(index=False, float_format="{:.3f}".format)])
+    return "\n\n".join(
+        [
+            head,
+            table.to_string(index=False, formatters=fmt),
+            pd.DataFrame(ratios).to_string(index=False, float_format="{:.3f}".format),
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

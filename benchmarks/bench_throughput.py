@@ -7,7 +7,7 @@ Part ``train``: ``nas train`` images/s against the bare training step's images/s
   (``--progressive off``) at ``--image-size``; its images/s is the training pass of each epoch
   (``metrics.csv``'s ``images_per_s``), median over the epochs after the first (the first pays for
   warm-up: cuDNN autotuning, compilation, caches).
-* The bare step is :func:`nas.measure.make_train_step` timed by :func:`nas.measure.time_step`: the
+* The bare step is :func:`nas.steptime.measure.make_train_step` timed by :func:`nas.steptime.measure.time_step`: the
   same network (``final.json``'s architecture), batch, image size, device, precision, memory format
   and compilation, on one fixed random batch; its images/s is ``batch / median step time``.
 * Rounds alternate the two (train, step, train, step, ...) so a busy patch of a shared machine hits
@@ -44,8 +44,8 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 import torch
@@ -68,7 +68,7 @@ class GpuUtilisation:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> "GpuUtilisation":
+    def __enter__(self) -> GpuUtilisation:
         if self.device.type != "cuda":
             self.why = "not on CUDA"
             return self
@@ -98,10 +98,29 @@ class GpuUtilisation:
 
 
 def _train_once(args, out: Path) -> tuple[float, dict, GpuUtilisation]:
-    argv = ["train", args.arch, "--dataset", args.dataset, "--progressive", "off", "--image-size",
-            str(args.image_size), "--batch-size", str(args.batch_size), "--epochs", str(args.epochs),
-            "--device", args.device, "--compile", args.compile, "--final-bn-recalibration", "0",
-            "--no-progress", "--out", str(out)]
+    argv = [
+        "train",
+        args.arch,
+        "--dataset",
+        args.dataset,
+        "--progressive",
+        "off",
+        "--image-size",
+        str(args.image_size),
+        "--batch-size",
+        str(args.batch_size),
+        "--epochs",
+        str(args.epochs),
+        "--device",
+        args.device,
+        "--compile",
+        args.compile,
+        "--final-bn-recalibration",
+        "0",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     for flag, value in (("--width-mult", args.width_mult), ("--depth-mult", args.depth_mult)):
         if value is not None:
             argv += [flag, str(value)]
@@ -121,9 +140,15 @@ def _bare_step(args, final: dict) -> float:
     runtime = Runtime.resolve(args.device)
     torch.manual_seed(0)
     model = build(Architecture.from_string(final["arch"]), final["num_classes"])
-    step, _ = make_train_step(model, runtime=runtime, batch_size=args.batch_size, image_size=args.image_size,
-                              num_classes=final["num_classes"], optimizer=final["config"]["optimizer"],
-                              compile=bool(final["compiled"]))
+    step, _ = make_train_step(
+        model,
+        runtime=runtime,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        num_classes=final["num_classes"],
+        optimizer=final["config"]["optimizer"],
+        compile=bool(final["compiled"]),
+    )
     median_ms, _, _, _ = time_step(step, runtime, warmup=args.warmup, min_run_time=args.min_run_time)
     return args.batch_size / (median_ms / 1e3)
 
@@ -137,22 +162,42 @@ def train_part(args) -> dict:
             train_ips, final, util = _train_once(args, Path(tmp) / f"run{r}")
             wall = time.perf_counter() - t0
             step_ips = _bare_step(args, final)
-            rounds.append({"round": r + 1, "train_images_per_s": train_ips, "step_images_per_s": step_ips,
-                           "ratio": train_ips / step_ips, "sm_util_pct": util.mean, "train_wall_s": wall,
-                           "compiled": final["compiled"], "arch": final["arch"], "util_note": util.why})
-            print(f"round {r + 1}: nas train {train_ips:,.0f} img/s, bare step {step_ips:,.0f} img/s, "
-                  f"ratio {train_ips / step_ips:.1%}"
-                  + (f", SM utilisation {util.mean:.0f}%" if util.mean is not None else ""), flush=True)
+            rounds.append(
+                {
+                    "round": r + 1,
+                    "train_images_per_s": train_ips,
+                    "step_images_per_s": step_ips,
+                    "ratio": train_ips / step_ips,
+                    "sm_util_pct": util.mean,
+                    "train_wall_s": wall,
+                    "compiled": final["compiled"],
+                    "arch": final["arch"],
+                    "util_note": util.why,
+                }
+            )
+            print(
+                f"round {r + 1}: nas train {train_ips:,.0f} img/s, bare step {step_ips:,.0f} img/s, "
+                f"ratio {train_ips / step_ips:.1%}"
+                + (f", SM utilisation {util.mean:.0f}%" if util.mean is not None else ""),
+                flush=True,
+            )
     df = pd.DataFrame(rounds)
     runtime = Runtime.resolve(args.device)
-    print(f"\n== nas train against the bare training step: {args.dataset}, batch {args.batch_size}, "
-          f"{args.image_size} px, {args.epochs} epochs ==")
-    print(f"device {runtime.device} ({device_name(runtime.device)}), torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, {runtime.dtype_name}, "
-          f"{'channels_last' if runtime.channels_last else 'contiguous'}, compiled {rounds[0]['compiled']}")
+    print(
+        f"\n== nas train against the bare training step: {args.dataset}, batch {args.batch_size}, "
+        f"{args.image_size} px, {args.epochs} epochs =="
+    )
+    print(
+        f"device {runtime.device} ({device_name(runtime.device)}), torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, {runtime.dtype_name}, "
+        f"{'channels_last' if runtime.channels_last else 'contiguous'}, compiled {rounds[0]['compiled']}"
+    )
     print(f"network {rounds[0]['arch']}")
-    print(df[["round", "train_images_per_s", "step_images_per_s", "ratio", "sm_util_pct"]]
-          .to_string(index=False, float_format=lambda v: f"{v:,.3f}"))
+    print(
+        df[["round", "train_images_per_s", "step_images_per_s", "ratio", "sm_util_pct"]].to_string(
+            index=False, float_format=lambda v: f"{v:,.3f}"
+        )
+    )
     ratio = df["ratio"].median()
     print(f"median ratio nas train / bare step: {ratio:.1%} (goal on a GPU: >= 90%)")
     if rounds[0]["util_note"]:
@@ -179,10 +224,30 @@ def search_part(args) -> dict:
     runtime = Runtime.resolve(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "search"
-        argv = ["search", "--trials", str(args.search_trials), "--dataset", args.dataset, "--device", args.device,
-                "--width-mult", str(args.search_width_mult), "--depth-mult", str(args.search_depth_mult),
-                "--image-size", str(args.search_image_size), "--epochs", str(args.search_epochs),
-                "--step-time", args.step_time, "--pruner", "none", "--no-progress", "--out", str(out)]
+        argv = [
+            "search",
+            "--trials",
+            str(args.search_trials),
+            "--dataset",
+            args.dataset,
+            "--device",
+            args.device,
+            "--width-mult",
+            str(args.search_width_mult),
+            "--depth-mult",
+            str(args.search_depth_mult),
+            "--image-size",
+            str(args.search_image_size),
+            "--epochs",
+            str(args.search_epochs),
+            "--step-time",
+            args.step_time,
+            "--pruner",
+            "none",
+            "--no-progress",
+            "--out",
+            str(out),
+        ]
         if args.trials_per_device:
             argv += ["--trials-per-device", str(args.trials_per_device)]
         log = io.StringIO()
@@ -195,19 +260,36 @@ def search_part(args) -> dict:
         df = pd.read_csv(out / "trials.csv")
     done = df[df["state"].isin(["COMPLETE", "PRUNED"])]
     covered, span = busy_share(done["t_start"].tolist(), done["t_end"].tolist())
-    result = {"part": "search", "trials": len(done), "wall_s": wall, "trials_per_hour": len(done) / wall * 3600,
-              "inside_trials_share": covered / span, "driver_overhead_share": 1 - covered / span,
-              "mean_trial_s": float(done["duration_s"].mean()), "sm_util_pct": util.mean, "util_note": util.why}
-    print(f"\n== nas search: {len(done)} trials, {args.dataset}, proxy width {args.search_width_mult:g} depth "
-          f"{args.search_depth_mult:g} {args.search_image_size} px, {args.search_epochs} epochs, step time "
-          f"{args.step_time}, {args.trials_per_device or 1} trial(s) per device ==")
-    print(f"device {runtime.device} ({device_name(runtime.device)}), torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
+    result = {
+        "part": "search",
+        "trials": len(done),
+        "wall_s": wall,
+        "trials_per_hour": len(done) / wall * 3600,
+        "inside_trials_share": covered / span,
+        "driver_overhead_share": 1 - covered / span,
+        "mean_trial_s": float(done["duration_s"].mean()),
+        "sm_util_pct": util.mean,
+        "util_note": util.why,
+    }
+    print(
+        f"\n== nas search: {len(done)} trials, {args.dataset}, proxy width {args.search_width_mult:g} depth "
+        f"{args.search_depth_mult:g} {args.search_image_size} px, {args.search_epochs} epochs, step time "
+        f"{args.step_time}, {args.trials_per_device or 1} trial(s) per device =="
+    )
+    print(
+        f"device {runtime.device} ({device_name(runtime.device)}), torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
     print(f"wall {wall:.1f} s, {result['trials_per_hour']:,.0f} trials/h, mean trial {result['mean_trial_s']:.2f} s")
-    print(f"inside trials {covered:.1f} s of the {span:.1f} s from the first trial's start to the last one's end: "
-          f"driver overhead {result['driver_overhead_share']:.1%} (goal <= 2%)")
-    print(f"SM utilisation during the search: {util.mean:.0f}%" if util.mean is not None
-          else f"SM utilisation: not sampled ({util.why})")
+    print(
+        f"inside trials {covered:.1f} s of the {span:.1f} s from the first trial's start to the last one's end: "
+        f"driver overhead {result['driver_overhead_share']:.1%} (goal <= 2%)"
+    )
+    print(
+        f"SM utilisation during the search: {util.mean:.0f}%"
+        if util.mean is not None
+        else f"SM utilisation: not sampled ({util.why})"
+    )
     return result
 
 

@@ -14,10 +14,18 @@ This module imports nothing heavy (it is loaded by ``nas --help``).
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
-__all__ = ["NasError", "check_int", "check_number", "check_positive", "check_choice", "check_probability",
-           "fmt_range"]
+__all__ = [
+    "NasError",
+    "check_choice",
+    "check_int",
+    "check_number",
+    "check_positive",
+    "check_probability",
+    "fmt_range",
+]
 
 
 class NasError(ValueError):
@@ -37,8 +45,9 @@ def check_int(name: str, value: Any, lo: int, hi: int) -> int:
     return value
 
 
-def check_number(name: str, value: Any, lo: float = -math.inf, hi: float = math.inf, *,
-                 lo_open: bool = False, hi_open: bool = False) -> float:
+def check_number(
+    name: str, value: Any, lo: float = -math.inf, hi: float = math.inf, *, lo_open: bool = False, hi_open: bool = False
+) -> float:
     """A finite number in the range (bounds closed unless ``lo_open`` / ``hi_open``)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise NasError(f"{name} must be a finite number, got {value!r}")

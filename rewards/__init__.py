@@ -4,5 +4,14 @@ from rewards.base import Reward, get_reward, param_names, parse_params, register
 from rewards.mnasnet import MnasNetReward
 from rewards.trainaware import TrainAwareReward
 
-__all__ = ["Reward", "get_reward", "param_names", "parse_params", "register", "reward_class", "reward_names",
-           "MnasNetReward", "TrainAwareReward"]
+__all__ = [
+    "MnasNetReward",
+    "Reward",
+    "TrainAwareReward",
+    "get_reward",
+    "param_names",
+    "parse_params",
+    "register",
+    "reward_class",
+    "reward_names",
+]

@@ -13,7 +13,8 @@ import abc
 import dataclasses
 import math
 import typing
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from nas.errors import NasError
 
@@ -34,8 +35,10 @@ class Reward(abc.ABC):
     def __init__(self, **params: Any):
         unknown = sorted(set(params) - {f.name for f in dataclasses.fields(self.Params)})
         if unknown:
-            raise NasError(f"reward {self.name!r} has no parameter {unknown[0]!r}; "
-                           f"its parameters: {', '.join(param_names(type(self))) or 'none'}")
+            raise NasError(
+                f"reward {self.name!r} has no parameter {unknown[0]!r}; "
+                f"its parameters: {', '.join(param_names(type(self))) or 'none'}"
+            )
         self.params = self.Params(**params)
 
     def __getattr__(self, key: str) -> Any:  # r.w, r.target_ms: the parameters read as attributes
@@ -78,6 +81,7 @@ def check_exponent(name: str, x: Any) -> float:
 
 # -- parameters from the command line -------------------------------------------------------------------
 
+
 def param_names(cls: type[Reward]) -> list[str]:
     return [f.name for f in dataclasses.fields(cls.Params)]
 
@@ -92,8 +96,10 @@ def parse_params(cls: type[Reward], pairs: list[str], aliases: dict[str, Any] | 
         if value is None:
             continue
         if flag not in hints:
-            raise NasError(f"--{flag.replace('_', '-')} does not apply to reward {cls.name!r} "
-                           f"(its parameters: {', '.join(param_names(cls)) or 'none'})")
+            raise NasError(
+                f"--{flag.replace('_', '-')} does not apply to reward {cls.name!r} "
+                f"(its parameters: {', '.join(param_names(cls)) or 'none'})"
+            )
         out[flag] = value
     for pair in pairs or []:
         key, sep, text = str(pair).partition("=")
@@ -101,8 +107,9 @@ def parse_params(cls: type[Reward], pairs: list[str], aliases: dict[str, Any] | 
         if not sep or not key:
             raise NasError(f"--reward-param takes KEY=VALUE, got {pair!r}")
         if key not in hints:
-            raise NasError(f"reward {cls.name!r} has no parameter {key!r}; "
-                           f"its parameters: {', '.join(param_names(cls)) or 'none'}")
+            raise NasError(
+                f"reward {cls.name!r} has no parameter {key!r}; its parameters: {', '.join(param_names(cls)) or 'none'}"
+            )
         out[key] = _convert(key, text.strip(), hints[key])
     return out
 
@@ -129,6 +136,7 @@ def register(name: str):
         cls.name = name
         _REGISTRY[name] = cls
         return cls
+
     return deco
 
 

@@ -19,7 +19,7 @@ CONSTRAINTS = {"soft": (-0.07, -0.07), "hard": (0.0, -1.0)}
 class MnasNetParams:
     target_ms: float | None = None  # T; None: the reference's own step time (LAT/T == S)
     constraint: str = "soft"
-    alpha: float | None = None      # None: the constraint's value
+    alpha: float | None = None  # None: the constraint's value
     beta: float | None = None
 
     def __post_init__(self) -> None:
@@ -46,4 +46,4 @@ class MnasNetReward(Reward):
         acc = need(metrics, "accuracy", positive=False)
         ratio = need(metrics, "S") if self.target_ms is None else need(metrics, "step_time_ms") / self.target_ms
         w = self.alpha if ratio <= 1.0 else self.beta
-        return acc * ratio ** w
+        return acc * ratio**w

@@ -28,4 +28,4 @@ class TrainAwareReward(Reward):
     def __call__(self, metrics):
         a = need(metrics, "accuracy", positive=False)
         s, p = need(metrics, "S"), need(metrics, "P")
-        return a * s ** self.w * p ** self.v
+        return a * s**self.w * p**self.v

@@ -5,7 +5,8 @@ network-level tokens around them)::
 
     stem32,r1_k3_s1_e1_i32_o16_se0.25,r2_k3_s2_e6_i16_o24_se0.25,...,head1280,res224,drop0.2,sd0.2,act_silu
 
-Stage grammar: ``r<repeats>_k<kernel>_s<stride>_e<expansion>_i<in>_o<out>[_se<ratio>][_fc<C>][_c<type>][_noskip|_poolskip]``
+Stage grammar:
+``r<repeats>_k<kernel>_s<stride>_e<expansion>_i<in>_o<out>[_se<ratio>][_fc<C>][_c<type>][_noskip|_poolskip]``
 
 * ``c1`` marks a Fused-MBConv stage (``c0`` or no ``c`` token: MBConv), as in EfficientNetV2's configs.
 * Strides may be written ``s2`` (V2) or ``s22`` (V1 / MnasNet); the canonical form is ``s2``.
@@ -41,8 +42,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from nas.errors import NasError, check_choice, check_int, check_number, check_probability
 
@@ -111,7 +113,7 @@ class Stage:
         return s
 
     @staticmethod
-    def parse(text: str) -> tuple["Stage", int | None]:
+    def parse(text: str) -> tuple[Stage, int | None]:
         """Parse one stage string; returns the stage and its ``i`` value (None when absent)."""
         fields: dict[str, Any] = {}
         in_channels = None
@@ -146,9 +148,16 @@ class Stage:
             elif key == "i":
                 in_channels = val
             else:
-                fields[{"r": "repeats", "k": "kernel", "s": "stride", "e": "expansion", "o": "out",
-                        "fc": "nominal_in"}[key]] = val
-        missing = [t for t, f in (("r", "repeats"), ("k", "kernel"), ("s", "stride"), ("e", "expansion"), ("o", "out")) if f not in fields]
+                fields[
+                    {"r": "repeats", "k": "kernel", "s": "stride", "e": "expansion", "o": "out", "fc": "nominal_in"}[
+                        key
+                    ]
+                ] = val
+        missing = [
+            t
+            for t, f in (("r", "repeats"), ("k", "kernel"), ("s", "stride"), ("e", "expansion"), ("o", "out"))
+            if f not in fields
+        ]
         if missing:
             raise NasError(f"stage {text!r} is missing token(s) {', '.join(missing)}")
         fields.setdefault("block", "mbconv")
@@ -204,10 +213,10 @@ class Architecture:
         object.__setattr__(self, "dropout", check_probability("dropout", self.dropout))
         object.__setattr__(self, "drop_path", check_probability("stochastic depth rate", self.drop_path))
         check_choice("activation", self.activation, ACTIVATIONS)
-        object.__setattr__(self, "bn_eps", check_number("BatchNorm epsilon", self.bn_eps, 0, MAX_BN_EPS,
-                                                        lo_open=True))
-        object.__setattr__(self, "bn_momentum", check_number("BatchNorm momentum", self.bn_momentum, 0, 1,
-                                                             lo_open=True))
+        object.__setattr__(self, "bn_eps", check_number("BatchNorm epsilon", self.bn_eps, 0, MAX_BN_EPS, lo_open=True))
+        object.__setattr__(
+            self, "bn_momentum", check_number("BatchNorm momentum", self.bn_momentum, 0, 1, lo_open=True)
+        )
         check_choice("padding", self.padding, PADDINGS)
         stages = tuple(self.stages)
         if not stages:
@@ -230,7 +239,7 @@ class Architecture:
             prev = s.out
         return ins
 
-    def replace(self, **changes: Any) -> "Architecture":
+    def replace(self, **changes: Any) -> Architecture:
         return dataclasses.replace(self, **changes)
 
     # -- text form -------------------------------------------------------------------------
@@ -257,7 +266,7 @@ class Architecture:
         return self.to_string()
 
     @classmethod
-    def from_string(cls, text: str) -> "Architecture":
+    def from_string(cls, text: str) -> Architecture:
         if not isinstance(text, str) or not text.strip():
             raise NasError(f"empty architecture string: {text!r}")
         net: dict[str, Any] = {}
@@ -295,8 +304,10 @@ class Architecture:
                 # A nominal i (not the real input): the TF decoders' convention. Architecture keeps
                 # it as fc where it changes the network and drops it where it does not.
                 if stage.nominal_in is not None and stage.nominal_in != i:
-                    raise NasError(f"stage {tok!r} has the nominal input channels twice, i{i} and "
-                                   f"fc{stage.nominal_in} (its real input has {prev})")
+                    raise NasError(
+                        f"stage {tok!r} has the nominal input channels twice, i{i} and "
+                        f"fc{stage.nominal_in} (its real input has {prev})"
+                    )
                 stage = dataclasses.replace(stage, nominal_in=i)
             stages.append(stage)
             prev = stage.out
@@ -312,7 +323,7 @@ class Architecture:
         return json.dumps(self.to_dict(), indent=indent)
 
     @classmethod
-    def from_dict(cls, data: Any) -> "Architecture":
+    def from_dict(cls, data: Any) -> Architecture:
         if not isinstance(data, dict):
             raise NasError(f"architecture JSON must be an object, got {type(data).__name__}")
         data = dict(data)
@@ -322,7 +333,9 @@ class Architecture:
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - fields)
         if unknown:
-            raise NasError(f"unknown architecture field(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(sorted(fields))}")
+            raise NasError(
+                f"unknown architecture field(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(sorted(fields))}"
+            )
         if "stem" not in data or "stages" not in data:
             raise NasError("architecture JSON needs 'stem' and 'stages'")
         stages_raw = data.pop("stages")
@@ -343,7 +356,7 @@ class Architecture:
         return cls(stages=tuple(stages), **data)
 
     @classmethod
-    def from_json(cls, text: str) -> "Architecture":
+    def from_json(cls, text: str) -> Architecture:
         try:
             data = json.loads(text)
         except (json.JSONDecodeError, TypeError) as e:

@@ -7,12 +7,13 @@ Optuna trial (:class:`OptunaChooser`) or from a seeded NumPy generator (:class:`
 from __future__ import annotations
 
 import abc
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
-from search_spaces.arch import Architecture
 from nas.errors import NasError
+from search_spaces.arch import Architecture
 
 
 class Chooser(abc.ABC):
@@ -81,6 +82,7 @@ def register(name: str):
         cls.name = name
         _REGISTRY[name] = cls
         return cls
+
     return deco
 
 

@@ -8,7 +8,7 @@ are torchvision ops (``ConvNormActivation``, ``SqueezeExcitation``, ``Stochastic
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -44,9 +44,17 @@ class Conv2dSameNormActivation(ConvNormActivation):
         super().__init__(*args, conv_layer=Conv2dSame, **kwargs)
 
 
-def conv_norm_act(cin: int, cout: int, kernel: int, stride: int = 1, *, groups: int = 1,
-                  norm: Callable[..., nn.Module], act: Callable[..., nn.Module] | None,
-                  padding: str = "symmetric") -> nn.Module:
+def conv_norm_act(
+    cin: int,
+    cout: int,
+    kernel: int,
+    stride: int = 1,
+    *,
+    groups: int = 1,
+    norm: Callable[..., nn.Module],
+    act: Callable[..., nn.Module] | None,
+    padding: str = "symmetric",
+) -> nn.Module:
     """Conv, BatchNorm, activation: torchvision's ``Conv2dNormActivation`` layout (keys ``0`` conv,
     ``1`` norm), with TensorFlow's asymmetric "same" padding where it differs from the symmetric one."""
     if padding == "same" and stride > 1:
@@ -123,9 +131,22 @@ class MBConv(_Block):
     expanded and SE widths; the convolutions still read the ``cin`` channels they are given.
     """
 
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int, expansion: int, se: float,
-                 skip: str, drop_path: float, act: Callable[..., nn.Module], norm: Callable[..., nn.Module],
-                 *, padding: str = "symmetric", nominal_in: int | None = None):
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kernel: int,
+        stride: int,
+        expansion: int,
+        se: float,
+        skip: str,
+        drop_path: float,
+        act: Callable[..., nn.Module],
+        norm: Callable[..., nn.Module],
+        *,
+        padding: str = "symmetric",
+        nominal_in: int | None = None,
+    ):
         super().__init__()
         width_in = nominal_in or cin
         mid = expanded_channels(width_in, expansion) if expansion != 1 else cin
@@ -147,9 +168,22 @@ class FusedMBConv(_Block):
     MnasNet's "regular convolution" op. ``nominal_in`` as for :class:`MBConv`.
     """
 
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int, expansion: int, se: float,
-                 skip: str, drop_path: float, act: Callable[..., nn.Module], norm: Callable[..., nn.Module],
-                 *, padding: str = "symmetric", nominal_in: int | None = None):
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kernel: int,
+        stride: int,
+        expansion: int,
+        se: float,
+        skip: str,
+        drop_path: float,
+        act: Callable[..., nn.Module],
+        norm: Callable[..., nn.Module],
+        *,
+        padding: str = "symmetric",
+        nominal_in: int | None = None,
+    ):
         super().__init__()
         width_in = nominal_in or cin
         layers: list[nn.Module] = []

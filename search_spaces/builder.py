@@ -8,9 +8,9 @@ from functools import partial
 import torch
 from torch import nn
 
+from nas.errors import NasError
 from search_spaces.arch import Architecture
 from search_spaces.blocks import ACTIVATION_LAYERS, BLOCK_CLASSES, conv_norm_act
-from nas.errors import NasError
 
 
 class Network(nn.Module):
@@ -24,17 +24,31 @@ class Network(nn.Module):
         self.num_classes = num_classes
         act = ACTIVATION_LAYERS[arch.activation]
         norm = partial(nn.BatchNorm2d, eps=arch.bn_eps, momentum=arch.bn_momentum)
-        layers: list[nn.Module] = [conv_norm_act(in_channels, arch.stem, 3, 2, norm=norm, act=act, padding=arch.padding)]
+        layers: list[nn.Module] = [
+            conv_norm_act(in_channels, arch.stem, 3, 2, norm=norm, act=act, padding=arch.padding)
+        ]
         total, idx, cin = arch.num_blocks, 0, arch.stem
         for stage in arch.stages:
             blocks = []
             for r in range(stage.repeats):
                 # Stochastic depth grows linearly with the block index (EfficientNet, torchvision).
                 drop = arch.drop_path * idx / total
-                blocks.append(BLOCK_CLASSES[stage.block](
-                    cin, stage.out, stage.kernel, stage.stride if r == 0 else 1, stage.expansion,
-                    stage.se, stage.skip, drop, act, norm, padding=arch.padding,
-                    nominal_in=stage.nominal_in if r == 0 else None))
+                blocks.append(
+                    BLOCK_CLASSES[stage.block](
+                        cin,
+                        stage.out,
+                        stage.kernel,
+                        stage.stride if r == 0 else 1,
+                        stage.expansion,
+                        stage.se,
+                        stage.skip,
+                        drop,
+                        act,
+                        norm,
+                        padding=arch.padding,
+                        nominal_in=stage.nominal_in if r == 0 else None,
+                    )
+                )
                 cin = stage.out
                 idx += 1
             layers.append(nn.Sequential(*blocks))

@@ -26,9 +26,11 @@ LAYER_DELTAS = [-1, 0, 1]
 
 @register("mnasnet")
 class MnasNetSpace(SearchSpace):
-    description = ("MnasNet factorized hierarchical space on the MobileNetV2 baseline: per stage conv op "
-                   "{conv, sepconv, mbconv3, mbconv6} x kernel {3, 5} x SE {0, 0.25} x skip {pool, id, none} "
-                   "x filters {0.75, 1, 1.25} x layers {-1, 0, +1}")
+    description = (
+        "MnasNet factorized hierarchical space on the MobileNetV2 baseline: per stage conv op "
+        "{conv, sepconv, mbconv3, mbconv6} x kernel {3, 5} x SE {0, 0.25} x skip {pool, id, none} "
+        "x filters {0.75, 1, 1.25} x layers {-1, 0, +1}"
+    )
 
     def __init__(self, baseline: Architecture = MOBILENETV2):
         self.baseline = baseline
@@ -40,16 +42,32 @@ class MnasNetSpace(SearchSpace):
             # to the same multiple of 8.
             filters = sorted({make_divisible(st.out * m, 8) for m in FILTER_MULTS})
             layers = sorted({max(1, st.repeats + d) for d in LAYER_DELTAS})
-            out += [(f"b{i}_conv", list(CONV_OPS)), (f"b{i}_kernel", KERNELS), (f"b{i}_se", SE_RATIOS),
-                    (f"b{i}_skip", SKIPS), (f"b{i}_filters", filters), (f"b{i}_layers", layers)]
+            out += [
+                (f"b{i}_conv", list(CONV_OPS)),
+                (f"b{i}_kernel", KERNELS),
+                (f"b{i}_se", SE_RATIOS),
+                (f"b{i}_skip", SKIPS),
+                (f"b{i}_filters", filters),
+                (f"b{i}_layers", layers),
+            ]
         return out
 
     def make(self, choice):
         stages = []
         for i, st in enumerate(self.baseline.stages, start=1):
             block, expansion = CONV_OPS[choice[f"b{i}_conv"]]
-            stages.append(Stage(block, choice[f"b{i}_kernel"], st.stride, expansion, choice[f"b{i}_filters"],
-                                choice[f"b{i}_layers"], choice[f"b{i}_se"], choice[f"b{i}_skip"]))
+            stages.append(
+                Stage(
+                    block,
+                    choice[f"b{i}_kernel"],
+                    st.stride,
+                    expansion,
+                    choice[f"b{i}_filters"],
+                    choice[f"b{i}_layers"],
+                    choice[f"b{i}_se"],
+                    choice[f"b{i}_skip"],
+                )
+            )
         return self.baseline.replace(stages=tuple(stages))
 
     def reference(self):

@@ -24,13 +24,13 @@ SOURCES = ("torchvision", "timm")
 
 # Conventions, as Architecture fields that differ from this package's defaults
 # (BatchNorm eps 1e-3, momentum 0.1, symmetric padding).
-TORCHVISION_B0_B4 = {"bn_eps": 1e-5}            # efficientnet_b0..b4: PyTorch's BatchNorm defaults
-TORCHVISION_B5_B7 = {"bn_momentum": 0.01}       # efficientnet_b5..b7: eps 1e-3, momentum 0.01
-TORCHVISION_V2: dict[str, Any] = {}             # efficientnet_v2_*: eps 1e-3, momentum 0.1
+TORCHVISION_B0_B4 = {"bn_eps": 1e-5}  # efficientnet_b0..b4: PyTorch's BatchNorm defaults
+TORCHVISION_B5_B7 = {"bn_momentum": 0.01}  # efficientnet_b5..b7: eps 1e-3, momentum 0.01
+TORCHVISION_V2: dict[str, Any] = {}  # efficientnet_v2_*: eps 1e-3, momentum 0.1
 TORCHVISION_MNASNET = {"bn_eps": 1e-5, "bn_momentum": 0.0003}  # mnasnet*: momentum 1 - 0.9997
-RELU6_PYTORCH_BN = {"bn_eps": 1e-5, "activation": "relu6"}     # mobilenet_v2 / mobilenetv2_100
-TIMM_TF = {"padding": "same"}                   # timm tf_*: TF's eps 1e-3 and "same" padding
-TIMM = {"bn_eps": 1e-5}                         # timm's own (non-tf_) models
+RELU6_PYTORCH_BN = {"bn_eps": 1e-5, "activation": "relu6"}  # mobilenet_v2 / mobilenetv2_100
+TIMM_TF = {"padding": "same"}  # timm tf_*: TF's eps 1e-3 and "same" padding
+TIMM = {"bn_eps": 1e-5}  # timm's own (non-tf_) models
 
 
 @dataclass(frozen=True)
@@ -59,8 +59,13 @@ class Counterpart:
         return f"{self.source} {self.model}"
 
 
-def _ref(params: int, macs: int, torchvision: tuple[str, dict] | None = None,
-         timm: tuple[str, dict] | None = None, **notes: Any) -> dict[str, Any]:
+def _ref(
+    params: int,
+    macs: int,
+    torchvision: tuple[str, dict] | None = None,
+    timm: tuple[str, dict] | None = None,
+    **notes: Any,
+) -> dict[str, Any]:
     out: dict[str, Any] = {"params": params, "macs": macs, **notes}
     for source, value in (("torchvision", torchvision), ("timm", timm)):
         if value is not None:
@@ -70,19 +75,41 @@ def _ref(params: int, macs: int, torchvision: tuple[str, dict] | None = None,
 
 # preset: parameters at 1000 classes, MACs at its native resolution, its public counterparts.
 REFERENCE: dict[str, dict[str, Any]] = {
-    "efficientnet-b0": _ref(5_288_548, 385_814_752, ("efficientnet_b0", TORCHVISION_B0_B4), ("tf_efficientnet_b0", TIMM_TF)),
-    "efficientnet-b1": _ref(7_794_184, 686_802_832, ("efficientnet_b1", TORCHVISION_B0_B4), ("tf_efficientnet_b1", TIMM_TF)),
-    "efficientnet-b2": _ref(9_109_994, 993_561_872, ("efficientnet_b2", TORCHVISION_B0_B4), ("tf_efficientnet_b2", TIMM_TF)),
-    "efficientnet-b3": _ref(12_233_232, 1_827_141_392, ("efficientnet_b3", TORCHVISION_B0_B4), ("tf_efficientnet_b3", TIMM_TF)),
-    "efficientnet-b4": _ref(19_341_616, 4_393_771_024, ("efficientnet_b4", TORCHVISION_B0_B4), ("tf_efficientnet_b4", TIMM_TF)),
-    "efficientnet-b5": _ref(30_389_784, 10_266_384_752, ("efficientnet_b5", TORCHVISION_B5_B7), ("tf_efficientnet_b5", TIMM_TF)),
-    "efficientnet-b6": _ref(43_040_704, 19_067_593_536, ("efficientnet_b6", TORCHVISION_B5_B7), ("tf_efficientnet_b6", TIMM_TF)),
-    "efficientnet-b7": _ref(66_347_960, 37_745_884_192, ("efficientnet_b7", TORCHVISION_B5_B7), ("tf_efficientnet_b7", TIMM_TF)),
+    "efficientnet-b0": _ref(
+        5_288_548, 385_814_752, ("efficientnet_b0", TORCHVISION_B0_B4), ("tf_efficientnet_b0", TIMM_TF)
+    ),
+    "efficientnet-b1": _ref(
+        7_794_184, 686_802_832, ("efficientnet_b1", TORCHVISION_B0_B4), ("tf_efficientnet_b1", TIMM_TF)
+    ),
+    "efficientnet-b2": _ref(
+        9_109_994, 993_561_872, ("efficientnet_b2", TORCHVISION_B0_B4), ("tf_efficientnet_b2", TIMM_TF)
+    ),
+    "efficientnet-b3": _ref(
+        12_233_232, 1_827_141_392, ("efficientnet_b3", TORCHVISION_B0_B4), ("tf_efficientnet_b3", TIMM_TF)
+    ),
+    "efficientnet-b4": _ref(
+        19_341_616, 4_393_771_024, ("efficientnet_b4", TORCHVISION_B0_B4), ("tf_efficientnet_b4", TIMM_TF)
+    ),
+    "efficientnet-b5": _ref(
+        30_389_784, 10_266_384_752, ("efficientnet_b5", TORCHVISION_B5_B7), ("tf_efficientnet_b5", TIMM_TF)
+    ),
+    "efficientnet-b6": _ref(
+        43_040_704, 19_067_593_536, ("efficientnet_b6", TORCHVISION_B5_B7), ("tf_efficientnet_b6", TIMM_TF)
+    ),
+    "efficientnet-b7": _ref(
+        66_347_960, 37_745_884_192, ("efficientnet_b7", TORCHVISION_B5_B7), ("tf_efficientnet_b7", TIMM_TF)
+    ),
     "efficientnet-b8": _ref(87_413_142, 62_597_461_568, timm=("tf_efficientnet_b8", TIMM_TF)),
     "efficientnet-l2": _ref(480_309_308, 475_703_653_280, timm=("tf_efficientnet_l2", TIMM_TF)),
-    "efficientnetv2-s": _ref(21_458_488, 8_365_617_152, ("efficientnet_v2_s", TORCHVISION_V2), ("tf_efficientnetv2_s", TIMM_TF)),
-    "efficientnetv2-m": _ref(54_139_356, 24_582_460_384, ("efficientnet_v2_m", TORCHVISION_V2), ("tf_efficientnetv2_m", TIMM_TF)),
-    "efficientnetv2-l": _ref(118_515_272, 56_079_699_008, ("efficientnet_v2_l", TORCHVISION_V2), ("tf_efficientnetv2_l", TIMM_TF)),
+    "efficientnetv2-s": _ref(
+        21_458_488, 8_365_617_152, ("efficientnet_v2_s", TORCHVISION_V2), ("tf_efficientnetv2_s", TIMM_TF)
+    ),
+    "efficientnetv2-m": _ref(
+        54_139_356, 24_582_460_384, ("efficientnet_v2_m", TORCHVISION_V2), ("tf_efficientnetv2_m", TIMM_TF)
+    ),
+    "efficientnetv2-l": _ref(
+        118_515_272, 56_079_699_008, ("efficientnet_v2_l", TORCHVISION_V2), ("tf_efficientnetv2_l", TIMM_TF)
+    ),
     "efficientnetv2-xl": _ref(208_119_808, 93_353_451_520, timm=("tf_efficientnetv2_xl", TIMM_TF)),
     "efficientnetv2-b0": _ref(7_139_704, 718_086_176, timm=("tf_efficientnetv2_b0", TIMM_TF)),
     "efficientnetv2-b1": _ref(8_141_052, 1_196_819_360, timm=("tf_efficientnetv2_b1", TIMM_TF)),
@@ -100,7 +127,9 @@ REFERENCE: dict[str, dict[str, Any]] = {
     "mnasnet-b1": _ref(4_383_312, 314_415_872, ("mnasnet1_0", TORCHVISION_MNASNET), ("mnasnet_100", TIMM)),
     "mnasnet-small": _ref(2_030_264, 68_339_184, timm=("mnasnet_small", TIMM)),
     # MnasNet's baseline uses ReLU (as MnasNet does); MobileNetV2 itself, ReLU6.
-    "mobilenetv2": _ref(3_504_872, 300_774_272, ("mobilenet_v2", RELU6_PYTORCH_BN), ("mobilenetv2_100", RELU6_PYTORCH_BN)),
+    "mobilenetv2": _ref(
+        3_504_872, 300_774_272, ("mobilenet_v2", RELU6_PYTORCH_BN), ("mobilenetv2_100", RELU6_PYTORCH_BN)
+    ),
 }
 
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from nas.errors import NasError, check_int, check_positive
 from search_spaces.arch import MAX_RESOLUTION, MIN_RESOLUTION, Architecture, Stage
 from search_spaces.blocks import make_divisible
-from nas.errors import NasError, check_int, check_positive
 
 ROUNDINGS = ("v1", "v2")
 
@@ -44,9 +44,18 @@ def round_repeats(repeats: int, depth: float, rounding: str = "ceil") -> int:
     raise NasError(f"depth rounding must be one of {', '.join(DEPTH_ROUNDINGS)}; got {rounding!r}")
 
 
-def scale(arch: Architecture, *, width: float = 1.0, depth: float = 1.0, resolution: int | None = None,
-          resolution_mult: float = 1.0, rounding: str = "v1", dropout: float | None = None,
-          depth_rounding: str = "ceil", fix_head_stem: bool = False) -> Architecture:
+def scale(
+    arch: Architecture,
+    *,
+    width: float = 1.0,
+    depth: float = 1.0,
+    resolution: int | None = None,
+    resolution_mult: float = 1.0,
+    rounding: str = "v1",
+    dropout: float | None = None,
+    depth_rounding: str = "ceil",
+    fix_head_stem: bool = False,
+) -> Architecture:
     """Scale width (channels), depth (repeats) and resolution; returns a new architecture.
 
     ``resolution`` sets the new native resolution directly (EfficientNet-B2 is B0 at 260 px);
@@ -64,8 +73,11 @@ def scale(arch: Architecture, *, width: float = 1.0, depth: float = 1.0, resolut
 
     stages = tuple(
         dataclasses.replace(
-            s, out=round_filters(s.out, width, rounding), repeats=repeats(k, s),
-            nominal_in=None if s.nominal_in is None else round_filters(s.nominal_in, width, rounding))
+            s,
+            out=round_filters(s.out, width, rounding),
+            repeats=repeats(k, s),
+            nominal_in=None if s.nominal_in is None else round_filters(s.nominal_in, width, rounding),
+        )
         for k, s in enumerate(arch.stages)
     )
     res = resolution if resolution is not None else int(round(arch.resolution * resolution_mult))
@@ -78,21 +90,43 @@ def scale(arch: Architecture, *, width: float = 1.0, depth: float = 1.0, resolut
     )
 
 
-def compound(arch: Architecture, phi: float, alpha: float, beta: float, gamma: float,
-             rounding: str = "v1", depth_rounding: str = "ceil") -> Architecture:
+def compound(
+    arch: Architecture,
+    phi: float,
+    alpha: float,
+    beta: float,
+    gamma: float,
+    rounding: str = "v1",
+    depth_rounding: str = "ceil",
+) -> Architecture:
     """EfficientNet's compound scaling: depth alpha**phi, width beta**phi, resolution gamma**phi."""
     if isinstance(phi, bool) or not isinstance(phi, (int, float)) or phi < 0:
         raise NasError(f"phi must be a non-negative number, got {phi!r}")
     for name, v in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
         if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 1.0:
             raise NasError(f"{name} must be a number >= 1, got {v!r}")
-    return scale(arch, width=beta ** phi, depth=alpha ** phi, resolution_mult=gamma ** phi, rounding=rounding,
-                 depth_rounding=depth_rounding)
+    return scale(
+        arch,
+        width=beta**phi,
+        depth=alpha**phi,
+        resolution_mult=gamma**phi,
+        rounding=rounding,
+        depth_rounding=depth_rounding,
+    )
 
 
-def scale_v2(arch: Architecture, *, width: float = 1.0, depth: float = 1.0, resolution: int | None = None,
-             resolution_mult: float = 1.0, max_resolution: int = 480, depth_rounding: str = "ceil",
-             late_stages: int = 0, dropout: float | None = None) -> Architecture:
+def scale_v2(
+    arch: Architecture,
+    *,
+    width: float = 1.0,
+    depth: float = 1.0,
+    resolution: int | None = None,
+    resolution_mult: float = 1.0,
+    max_resolution: int = 480,
+    depth_rounding: str = "ceil",
+    late_stages: int = 0,
+    dropout: float | None = None,
+) -> Architecture:
     """EfficientNetV2's scaling (V2 section 4.3, and the authors' ``effnetv2_model.py``):
 
     * channels are rounded the V2 way (nearest multiple of 8, no 90% rule), layers per stage
@@ -107,8 +141,16 @@ def scale_v2(arch: Architecture, *, width: float = 1.0, depth: float = 1.0, reso
     late_stages = check_int("late stages", late_stages, 0, len(arch.stages))
     max_resolution = check_int("maximum resolution", max_resolution, MIN_RESOLUTION, MAX_RESOLUTION)
     per_stage = depth if not late_stages else 1.0
-    scaled = scale(arch, width=width, depth=per_stage, resolution=resolution, resolution_mult=resolution_mult,
-                   rounding="v2", dropout=dropout, depth_rounding=depth_rounding)
+    scaled = scale(
+        arch,
+        width=width,
+        depth=per_stage,
+        resolution=resolution,
+        resolution_mult=resolution_mult,
+        rounding="v2",
+        dropout=dropout,
+        depth_rounding=depth_rounding,
+    )
     scaled = scaled.replace(resolution=min(scaled.resolution, max_resolution))
     if not late_stages:
         return scaled

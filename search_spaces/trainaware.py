@@ -21,8 +21,10 @@ LAYER_DELTAS = [-1, 0, 1]
 
 @register("trainaware")
 class TrainAwareSpace(SearchSpace):
-    description = ("EfficientNetV2 training-aware space on the V2-S backbone: per stage op {mbconv, fused} "
-                   "x kernel {3, 5} x expansion {1, 4, 6} x layers {-1, 0, +1} of V2-S")
+    description = (
+        "EfficientNetV2 training-aware space on the V2-S backbone: per stage op {mbconv, fused} "
+        "x kernel {3, 5} x expansion {1, 4, 6} x layers {-1, 0, +1} of V2-S"
+    )
 
     def __init__(self, backbone: Architecture = EFFICIENTNETV2_S):
         self.backbone = backbone
@@ -33,16 +35,30 @@ class TrainAwareSpace(SearchSpace):
     def decisions(self):
         out = []
         for i, st in enumerate(self.backbone.stages, start=1):
-            out += [(f"s{i}_op", OPS), (f"s{i}_kernel", KERNELS), (f"s{i}_expansion", EXPANSIONS),
-                    (f"s{i}_layers", self._layers(st.repeats))]
+            out += [
+                (f"s{i}_op", OPS),
+                (f"s{i}_kernel", KERNELS),
+                (f"s{i}_expansion", EXPANSIONS),
+                (f"s{i}_layers", self._layers(st.repeats)),
+            ]
         return out
 
     def make(self, choice):
         stages = []
         for i, st in enumerate(self.backbone.stages, start=1):
             op = choice[f"s{i}_op"]
-            stages.append(Stage(op, choice[f"s{i}_kernel"], st.stride, choice[f"s{i}_expansion"], st.out,
-                                choice[f"s{i}_layers"], 0.25 if op == "mbconv" else 0.0, "id"))
+            stages.append(
+                Stage(
+                    op,
+                    choice[f"s{i}_kernel"],
+                    st.stride,
+                    choice[f"s{i}_expansion"],
+                    st.out,
+                    choice[f"s{i}_layers"],
+                    0.25 if op == "mbconv" else 0.0,
+                    "id",
+                )
+            )
         return self.backbone.replace(stages=tuple(stages))
 
     def reference(self):

@@ -9,19 +9,20 @@ the architecture also has its conventions (BatchNorm epsilon, ReLU6, "same" padd
 The translation is written per block kind, from the layer order of each library (which our blocks
 share: expand, depthwise, SE, project):
 
-=====================  ===========================  ==========================  ==============================
-our block              timm (EfficientNet class)    torchvision EfficientNet    torchvision MobileNetV2 / MNASNet
-=====================  ===========================  ==========================  ==============================
-MBConv, expansion > 1  InvertedResidual             MBConv (same keys as ours)  InvertedResidual / _InvertedResidual
-MBConv, expansion 1    DepthwiseSeparableConv       MBConv                      InvertedResidual / MNASNet's first sepconv
-Fused-MBConv, e > 1    EdgeResidual                 FusedMBConv                 -
-Fused-MBConv, e 1      ConvBnAct                    FusedMBConv                 -
-=====================  ===========================  ==========================  ==============================
+=====================  ======================  ==========================  ==================================
+our block              timm (EfficientNet)     torchvision EfficientNet    torchvision MobileNetV2 / MNASNet
+=====================  ======================  ==========================  ==================================
+MBConv, expansion > 1  InvertedResidual        MBConv (same keys as ours)  InvertedResidual / _InvertedResidual
+MBConv, expansion 1    DepthwiseSeparableConv  MBConv                      InvertedResidual / MNASNet sepconv
+Fused-MBConv, e > 1    EdgeResidual            FusedMBConv                 -
+Fused-MBConv, e 1      ConvBnAct               FusedMBConv                 -
+=====================  ======================  ==========================  ==================================
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -158,7 +159,9 @@ def _torchvision_mnasnet_pairs(model: Network) -> Iterator[tuple[str, str]]:
     stages = list(f)[1:-1]
     first = stages[0][0]
     if len(stages[0]) != 1 or _kind(first) != "ds" or any(u == "se" for _, _, u in _units(first)):
-        raise NasError("torchvision's MNASNet starts with one depthwise-separable conv without SE; this network does not")
+        raise NasError(
+            "torchvision's MNASNet starts with one depthwise-separable conv without SE; this network does not"
+        )
     yield from _pairs_for_cna("features.0", "layers.0", "layers.1", f[0])
     for (_, path, _), (conv, norm) in zip(_units(first), (("layers.3", "layers.4"), ("layers.6", "layers.7"))):
         yield from _pairs_for_cna(f"features.1.0.{path}", conv, norm, first.get_submodule(path))
@@ -171,8 +174,9 @@ def _torchvision_mnasnet_pairs(model: Network) -> Iterator[tuple[str, str]]:
         theirs = f"layers.{8 + k - 2}.{j}.layers"
         for role, path, _ in _units(block):
             c, n = names[role]
-            yield from _pairs_for_cna(f"features.{k}.{j}.{path}", f"{theirs}.{c}", f"{theirs}.{n}",
-                                      block.get_submodule(path))
+            yield from _pairs_for_cna(
+                f"features.{k}.{j}.{path}", f"{theirs}.{c}", f"{theirs}.{n}", block.get_submodule(path)
+            )
     head = 8 + len(stages) - 1
     yield from _pairs_for_cna(f"features.{len(f) - 1}", f"layers.{head}", f"layers.{head + 1}", f[-1])
     yield from (("classifier.weight", "classifier.1.weight"), ("classifier.bias", "classifier.1.bias"))
@@ -192,8 +196,9 @@ def key_map(model: Network, state_dict: Mapping[str, Any], source: str) -> dict[
     return dict(pairs)
 
 
-def load_weights(model: nn.Module, state_dict: Mapping[str, Any], source: str = "torchvision", *,
-                 classifier: bool = True) -> dict[str, str]:
+def load_weights(
+    model: nn.Module, state_dict: Mapping[str, Any], source: str = "torchvision", *, classifier: bool = True
+) -> dict[str, str]:
     """Load a torchvision or timm state dict into ``model`` (a :class:`Network`).
 
     Every tensor of ``model`` must find its public counterpart with the same shape, and every public
@@ -219,16 +224,21 @@ def load_weights(model: nn.Module, state_dict: Mapping[str, Any], source: str = 
     missing = [(k, v) for k, v in mapping.items() if v not in state_dict and not v.endswith(_OPTIONAL)]
     if missing:
         k, v = missing[0]
-        raise NasError(f"the {source} state dict has no {v!r} (for our {k!r}; {len(missing)} missing): "
-                       "not the same architecture")
+        raise NasError(
+            f"the {source} state dict has no {v!r} (for our {k!r}; {len(missing)} missing): not the same architecture"
+        )
     if extra:
-        raise NasError(f"the {source} state dict has {len(extra)} tensor(s) this network has no place for, "
-                       f"first {extra[0]!r}: not the same architecture")
+        raise NasError(
+            f"the {source} state dict has {len(extra)} tensor(s) this network has no place for, "
+            f"first {extra[0]!r}: not the same architecture"
+        )
     for k, v in mapping.items():
         if v in state_dict and tuple(state_dict[v].shape) != tuple(ours[k].shape):
-            raise NasError(f"shape mismatch: {source} {v!r} is {list(state_dict[v].shape)} but our {k!r} is "
-                           f"{list(ours[k].shape)}: not the same architecture"
-                           + (" (or another class count: classifier=False keeps ours)" if k.startswith("classifier.") else ""))
+            raise NasError(
+                f"shape mismatch: {source} {v!r} is {list(state_dict[v].shape)} but our {k!r} is "
+                f"{list(ours[k].shape)}: not the same architecture"
+                + (" (or another class count: classifier=False keeps ours)" if k.startswith("classifier.") else "")
+            )
     new = dict(ours)
     new.update({k: state_dict[v] for k, v in mapping.items() if v in state_dict})
     model.load_state_dict(new)

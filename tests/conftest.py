@@ -25,8 +25,25 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_ARCH = "stem8,r1_k3_s1_e1_i8_o8_se0.25,r2_k3_s2_e4_i8_o16_c1,head32,res32"
-TINY = ["--dataset", "fake", "--epochs", "1", "--image-size", "16", "--measure-time", "0.05", "--width-mult", "0.1",
-        "--depth-mult", "0.1", "--batch-size", "32", "--step-time", "proxy", "--no-progress"]
+TINY = [
+    "--dataset",
+    "fake",
+    "--epochs",
+    "1",
+    "--image-size",
+    "16",
+    "--measure-time",
+    "0.05",
+    "--width-mult",
+    "0.1",
+    "--depth-mult",
+    "0.1",
+    "--batch-size",
+    "32",
+    "--step-time",
+    "proxy",
+    "--no-progress",
+]
 
 
 def nas_env(*path: str | os.PathLike, **extra: str) -> dict:
@@ -35,15 +52,22 @@ def nas_env(*path: str | os.PathLike, **extra: str) -> dict:
     return {**os.environ, "PYTHONPATH": pp, **extra}
 
 
-def run_nas(*args: str, cwd: str | os.PathLike | None = None, timeout: float = 300,
-            env: dict | None = None) -> tuple[int, str, str]:
+def run_nas(
+    *args: str, cwd: str | os.PathLike | None = None, timeout: float = 300, env: dict | None = None
+) -> tuple[int, str, str]:
     """Run the CLI as a user does, in a fresh interpreter: ``python -m nas.cli *args``.
 
     Returns ``(returncode, stdout, stderr)``. Warnings are not silenced, so a stray warning on stderr
     fails the tests that demand a single error line.
     """
-    p = subprocess.run([sys.executable, "-m", "nas.cli", *map(str, args)], capture_output=True, text=True,
-                       cwd=cwd or REPO, env=env or nas_env(), timeout=timeout)
+    p = subprocess.run(
+        [sys.executable, "-m", "nas.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd or REPO,
+        env=env or nas_env(),
+        timeout=timeout,
+    )
     return p.returncode, p.stdout, p.stderr
 
 
@@ -74,7 +98,7 @@ def write_plugin(directory: Path, name: str, source: str) -> Path:
 
 
 # A space of exactly two architectures: four trials must propose one of them twice.
-TWO_SPACE = '''
+TWO_SPACE = """
 from search_spaces import Architecture, Stage
 from search_spaces.base import SearchSpace, register
 
@@ -92,7 +116,7 @@ class TwoArchitectures(SearchSpace):
 
     def reference(self):
         return self.make({"kernel": 3})
-'''
+"""
 
 # A plugin the way a user writes one: a module that registers a space and a reward. It is written
 # to a directory that is on the driver's PYTHONPATH only, so the Ray workers can import it only if

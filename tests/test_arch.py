@@ -98,15 +98,16 @@ def test_stage_string_i_must_match_previous_out_or_is_nominal():
 
 
 def test_nominal_input_sets_the_first_blocks_widths():
-    from search_spaces import build
     from torch import nn
+
+    from search_spaces import build
 
     a = Architecture.from_string("stem32,r2_k3_s2_e4_i24_o24_se0.25,head64,res32")
     first, second = build(a).features[1]
     convs = [m for m in first.modules() if isinstance(m, nn.Conv2d)]
     # expand 32 -> 96 (24 * 4, not 32 * 4), SE squeeze int(24 * 0.25) = 6; the second block is ordinary
     assert [(c.in_channels, c.out_channels) for c in convs] == [(32, 96), (96, 96), (96, 6), (6, 96), (96, 24)]
-    assert [m.out_channels for m in second.modules() if isinstance(m, nn.Conv2d)][0] == 96  # 24 * 4
+    assert next(m.out_channels for m in second.modules() if isinstance(m, nn.Conv2d)) == 96  # 24 * 4
 
 
 BAD_STRINGS = [
@@ -228,7 +229,7 @@ def test_json_format_tag_is_written_and_optional():
 def test_constructors_validate_too():
     with pytest.raises(NasError, match="got 9"):
         Stage("mbconv", 9, 1, 1, 16, 1)
-    with pytest.raises(NasError, match="got -0.1"):
+    with pytest.raises(NasError, match=r"got -0.1"):
         Architecture(stem=32, stages=(Stage("mbconv", 3, 1, 1, 16, 1),), dropout=-0.1)
     with pytest.raises(NasError, match="Stage objects"):
         Architecture(stem=32, stages=("r1_k3_s1_e1_i32_o16",))
@@ -255,22 +256,38 @@ def test_stages_given_as_list_become_a_tuple():
 
 # -- the format's extensions: conventions, kernel 7, large expansions, nominal inputs ----------------
 
+
 def random_architecture(rng: np.random.Generator) -> Architecture:
     """Any architecture the format can hold, well beyond what the search spaces sample."""
     stages = []
     for _ in range(int(rng.integers(1, 8))):
         expansion = int(rng.integers(1, 10))
         se = float(rng.choice([0.0, 0.25, 0.125, 1 / 3]))
-        stages.append(Stage(str(rng.choice(["mbconv", "fused"])), int(rng.choice([3, 5, 7])), int(rng.choice([1, 2])),
-                            expansion, int(rng.integers(1, 400)), int(rng.integers(1, 20)), se,
-                            str(rng.choice(["id", "none", "pool"])),
-                            int(rng.integers(1, 400)) if rng.random() < 0.3 else None))
+        stages.append(
+            Stage(
+                str(rng.choice(["mbconv", "fused"])),
+                int(rng.choice([3, 5, 7])),
+                int(rng.choice([1, 2])),
+                expansion,
+                int(rng.integers(1, 400)),
+                int(rng.integers(1, 20)),
+                se,
+                str(rng.choice(["id", "none", "pool"])),
+                int(rng.integers(1, 400)) if rng.random() < 0.3 else None,
+            )
+        )
     return Architecture(
-        stem=int(rng.integers(1, 100)), stages=tuple(stages), head=int(rng.integers(1, 3000)),
-        resolution=int(rng.integers(8, 1000)), dropout=float(rng.random() * 0.9), drop_path=float(rng.random() * 0.5),
+        stem=int(rng.integers(1, 100)),
+        stages=tuple(stages),
+        head=int(rng.integers(1, 3000)),
+        resolution=int(rng.integers(8, 1000)),
+        dropout=float(rng.random() * 0.9),
+        drop_path=float(rng.random() * 0.5),
         activation=str(rng.choice(["silu", "relu", "relu6"])),
-        bn_eps=float(rng.choice([1e-3, 1e-5, 1.001e-3, 0.1])), bn_momentum=float(rng.choice([0.1, 0.01, 0.0003, 1.0])),
-        padding=str(rng.choice(["symmetric", "same"])))
+        bn_eps=float(rng.choice([1e-3, 1e-5, 1.001e-3, 0.1])),
+        bn_momentum=float(rng.choice([0.1, 0.01, 0.0003, 1.0])),
+        padding=str(rng.choice(["symmetric", "same"])),
+    )
 
 
 def test_every_format_feature_roundtrips():
@@ -289,7 +306,8 @@ def test_new_tokens_appear_only_when_used():
     assert b0.to_string() == (
         "stem32,r1_k3_s1_e1_i32_o16_se0.25,r2_k3_s2_e6_i16_o24_se0.25,r2_k5_s2_e6_i24_o40_se0.25,"
         "r3_k3_s2_e6_i40_o80_se0.25,r3_k5_s1_e6_i80_o112_se0.25,r4_k5_s2_e6_i112_o192_se0.25,"
-        "r1_k3_s1_e6_i192_o320_se0.25,head1280,res224,drop0.2,sd0.2,act_silu")
+        "r1_k3_s1_e6_i192_o320_se0.25,head1280,res224,drop0.2,sd0.2,act_silu"
+    )
     for name in preset_names():
         text = preset(name).to_string()
         assert not re.search(r"bneps|bnmom|pad_", text), name
@@ -303,28 +321,31 @@ def test_new_tokens_appear_only_when_used():
     for st in d["stages"]:
         del st["nominal_in"]
     assert Architecture.from_dict(d) == b0
-    assert Architecture.from_string(tv.to_string().replace("pad_same", "pad_symmetric")) == tv.replace(padding="symmetric")
+    assert Architecture.from_string(tv.to_string().replace("pad_same", "pad_symmetric")) == tv.replace(
+        padding="symmetric"
+    )
 
 
 # The TF decoders' definitions that the format used to refuse (tensorflow/tpu mnasnet_models.py and
 # efficientnet/edgetpu/efficientnet_edgetpu_builder.py): kernel 7, expansion 9, nominal i values.
 TF_DEFINITIONS = {
     "mnasnet-d1": "stem32,r1_k3_s11_e9_i32_o24,r3_k3_s22_e9_i24_o36,r5_k3_s22_e9_i36_o48,r4_k5_s22_e9_i48_o96,"
-                  "r5_k7_s11_e3_i96_o96,r3_k3_s22_e9_i96_o80,r1_k7_s11_e6_i80_o320_noskip,act_relu",
+    "r5_k7_s11_e3_i96_o96,r3_k3_s22_e9_i96_o80,r1_k7_s11_e6_i80_o320_noskip,act_relu",
     "mnasnet-d1-320": "stem32,r3_k5_s11_e6_i32_o24,r4_k7_s22_e9_i24_o36,r5_k5_s22_e9_i36_o48,r5_k7_s22_e6_i48_o96,"
-                      "r5_k3_s11_e9_i96_o144,r5_k5_s22_e6_i144_o160,r1_k7_s11_e9_i160_o320,act_relu",
+    "r5_k3_s11_e9_i96_o144,r5_k5_s22_e6_i144_o160,r1_k7_s11_e9_i160_o320,act_relu",
     "mnasnet-small": "stem8,r1_k3_s11_e1_i16_o8,r1_k3_s22_e3_i8_o16,r2_k3_s22_e6_i16_o16,r4_k5_s22_e6_i16_o32_se0.25,"
-                     "r3_k3_s11_e6_i32_o32_se0.25,r3_k5_s22_e6_i32_o88_se0.25,r1_k3_s11_e6_i88_o144,act_relu",
+    "r3_k3_s11_e6_i32_o32_se0.25,r3_k5_s22_e6_i32_o88_se0.25,r1_k3_s11_e6_i88_o144,act_relu",
     "efficientnet-edgetpu-s": "stem32,r1_k3_s11_e4_i24_o24_c1_noskip,r2_k3_s22_e8_i24_o32_c1,r4_k3_s22_e8_i32_o48_c1,"
-                              "r5_k5_s22_e8_i48_o96,r4_k5_s11_e8_i96_o144,r2_k5_s22_e8_i144_o192,act_relu",
+    "r5_k5_s22_e8_i48_o96,r4_k5_s11_e8_i96_o144,r2_k5_s22_e8_i144_o192,act_relu",
 }
 
 
 @pytest.mark.parametrize("name", sorted(TF_DEFINITIONS))
 def test_tf_definitions_are_accepted(name):
-    from search_spaces import build
-    from torch import nn
     import torch
+    from torch import nn
+
+    from search_spaces import build
 
     a = Architecture.from_string(TF_DEFINITIONS[name])
     _roundtrips(a)

@@ -8,7 +8,6 @@ import json
 
 import pandas as pd
 import pytest
-
 from conftest import STANDIN, TINY, nas_env, run_nas, write_plugin
 
 # What a trial computes and how it ended: identical whatever scheduled it.
@@ -34,8 +33,9 @@ def test_embedded_and_workers_produce_the_same_trials_and_files(tmp_path, standi
     ref = embedded_reference(tmp_path, standin)
     plugins = write_plugin(tmp_path / "plugins", "nas_standin", STANDIN)
     out = tmp_path / "workers"
-    rc, stdout, stderr = run_nas(*SEARCH, "--plugin", "nas_standin", "--workers", "1", "--out", out,
-                                 env=nas_env(plugins), cwd=tmp_path)
+    rc, stdout, stderr = run_nas(
+        *SEARCH, "--plugin", "nas_standin", "--workers", "1", "--out", out, env=nas_env(plugins), cwd=tmp_path
+    )
     assert rc == 0, stdout + stderr
     pd.testing.assert_frame_equal(contract_frame(out), contract_frame(ref))
     a, b = (json.loads((d / "best.json").read_text()) for d in (ref, out))

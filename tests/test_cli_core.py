@@ -159,8 +159,9 @@ def test_show_states_the_class_count_a_run_records(tmp_path, capsys):
     assert (info["num_classes"], info["params"]) == (10, count_params(arch, 10))
     assert info["num_classes_from"] == str(run / "best.json")
     # --num-classes wins; a run that records none is counted at 1000 classes, and says so.
-    assert json.loads(_ok(main_in_process(["show", str(run), "--json", "--num-classes", "3"], capsys)))["params"] \
-        == count_params(arch, 3)
+    assert json.loads(_ok(main_in_process(["show", str(run), "--json", "--num-classes", "3"], capsys)))[
+        "params"
+    ] == count_params(arch, 3)
     (run / "best.json").write_text(json.dumps({"arch": TINY}))
     assert "(at 1000 classes)" in _ok(main_in_process(["show", str(run)], capsys))
 
@@ -175,8 +176,19 @@ def test_show_prints_the_conventions_and_nominal_inputs(capsys):
 @subprocess_runs
 def test_measure_json(runs):
     r = json.loads(_ok(runs["measure"]))
-    assert {"step_time_ms", "iqr_ms", "device", "arch", "params", "batch_size", "image_size", "threads",
-            "torch_version", "dtype", "memory_format"} <= set(r)
+    assert {
+        "step_time_ms",
+        "iqr_ms",
+        "device",
+        "arch",
+        "params",
+        "batch_size",
+        "image_size",
+        "threads",
+        "torch_version",
+        "dtype",
+        "memory_format",
+    } <= set(r)
     assert r["step_time_ms"] > 0 and r["iqr_ms"] >= 0
     assert r["device"] == "cpu"
     assert (r["batch_size"], r["image_size"]) == (2, 32)
@@ -208,7 +220,7 @@ def test_more_bad_input_in_process(tmp, capsys, case):
 
 
 def test_argparse_errors_are_one_line_too(capsys):
-    rc, out, err = main_in_process(["measure", TINY, "--batch-size", "x"], capsys)
+    rc, _out, err = main_in_process(["measure", TINY, "--batch-size", "x"], capsys)
     assert rc == 2
     assert len(err.splitlines()) == 1 and re.match(r"nas measure: error: ", err)
     assert "'x'" in err

@@ -5,12 +5,21 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from torchvision.transforms import v2
 
 import nas.data.batches as batches_mod
-from nas.data import (DATASETS, BatchRandAugment, Splits, TensorImages, load_dataset, make_batches, make_loader,
-                      make_mixup, resize, split_indices)
+from nas.data import (
+    DATASETS,
+    BatchRandAugment,
+    Splits,
+    TensorImages,
+    load_dataset,
+    make_batches,
+    make_loader,
+    make_mixup,
+    resize,
+    split_indices,
+)
 from nas.errors import NasError
 
 
@@ -100,8 +109,7 @@ def test_loader_yields_normalised_float_batches(digits, size):
 
 def test_train_shuffle_is_seeded_and_drops_the_partial_batch(digits):
     def order(seed):
-        return torch.cat([y for _, y in make_loader(digits.train, image_size=8, batch_size=100, train=True,
-                                                    seed=seed)])
+        return torch.cat([y for _, y in make_loader(digits.train, image_size=8, batch_size=100, train=True, seed=seed)])
 
     first, again, other = order(0), order(0), order(1)
     assert torch.equal(first, again) and not torch.equal(first, other)
@@ -168,9 +176,18 @@ def test_randaugment_draws_its_ops_per_image_like_the_per_image_transform(digits
     assert torch.equal(BatchRandAugment(magnitude=12)(x), reference)  # same draws, same images
 
 
-@pytest.mark.parametrize("kw", [dict(image_size=4), dict(image_size=16.0), dict(batch_size=0),
-                                dict(batch_size=True), dict(randaugment_magnitude=31),
-                                dict(randaugment_magnitude=-1), dict(num_workers=-1)])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(image_size=4),
+        dict(image_size=16.0),
+        dict(batch_size=0),
+        dict(batch_size=True),
+        dict(randaugment_magnitude=31),
+        dict(randaugment_magnitude=-1),
+        dict(num_workers=-1),
+    ],
+)
 def test_bad_loader_arguments(digits, kw):
     args = dict(image_size=16, batch_size=8, train=True) | kw
     with pytest.raises(NasError):

@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nas.data import TensorImages, make_batches
 from nas.core.device import Runtime, resolve_device
+from nas.data import TensorImages, make_batches
 from nas.errors import NasError
 from nas.training.config import TrainConfig
 
@@ -40,8 +40,12 @@ def test_training_forks_and_places_everything_on_the_named_gpu(two_gpus):
     # Data goes where training runs: in-memory sets to that GPU, image-folder batches pinned for it.
     images = TensorImages(torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.zeros(4, dtype=torch.int64))
     assert make_batches(images, device=rt.device, batch_size=2, train=True).device == torch.device("cuda:1")
-    folder = make_batches(torch.utils.data.TensorDataset(torch.zeros(4, 3, 8, 8, dtype=torch.uint8),
-                                                         torch.zeros(4)), device=rt.device, batch_size=2, train=True)
+    folder = make_batches(
+        torch.utils.data.TensorDataset(torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.zeros(4)),
+        device=rt.device,
+        batch_size=2,
+        train=True,
+    )
     loader = folder._get_loader()
     assert loader.pin_memory and loader.pin_memory_device == "cuda:1"
 

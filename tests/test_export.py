@@ -13,8 +13,8 @@ import torch
 from nas.cli import main
 from nas.data import Splits, TensorImages, load_dataset
 from nas.errors import NasError
-from nas.export.source import calibrate_random, load_source
 from nas.export.formats import check, export
+from nas.export.source import calibrate_random, load_source
 from nas.training.config import TrainConfig
 from nas.training.loop import fit
 from search_spaces import Architecture, build
@@ -95,8 +95,9 @@ def test_export_command_text_and_json(capsys, tmp_path):
     assert rc == 0 and err == "", err
     assert "at 7 classes" in out and "input [batch, 3, 32, 32] with any batch size" in out
     assert "largest difference from PyTorch" in out and "onnxruntime" in out
-    rc, out, err = cli(capsys, "export", TINY, "--format", "torchscript", "--out", tmp_path, "--image-size", "40",
-                       "--json")
+    rc, out, err = cli(
+        capsys, "export", TINY, "--format", "torchscript", "--out", tmp_path, "--image-size", "40", "--json"
+    )
     assert rc == 0, err
     info = json.loads(out, parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}"))
     assert Path(info["file"]) == tmp_path / (Path(info["file"]).name) and info["file"].endswith(".torchscript.pt")
@@ -118,12 +119,22 @@ def trained(tmp_path_factory) -> Path:
     torch.set_num_threads(1)
     run = tmp_path_factory.mktemp("train")
     d = load_dataset("digits")
-    small = Splits("digits-small", TensorImages(d.train.images[:256], d.train.labels[:256]),
-                   TensorImages(d.val.images[:64], d.val.labels[:64]), 10, 8)
+    small = Splits(
+        "digits-small",
+        TensorImages(d.train.images[:256], d.train.labels[:256]),
+        TensorImages(d.val.images[:64], d.val.labels[:64]),
+        10,
+        8,
+    )
     torch.manual_seed(0)
     model = build(Architecture.from_string(TINY), 10)
-    fit(model, small, TrainConfig(epochs=1, batch_size=64, device="cpu", image_size=16, ema_decay=0.5),
-        checkpoint_path=run / "checkpoint.pt", progress=False)
+    fit(
+        model,
+        small,
+        TrainConfig(epochs=1, batch_size=64, device="cpu", image_size=16, ema_decay=0.5),
+        checkpoint_path=run / "checkpoint.pt",
+        progress=False,
+    )
     return run
 
 
@@ -139,23 +150,32 @@ def test_a_trained_run_exports_its_ema_weights(capsys, trained, tmp_path):
     assert "at 10 classes" in out and "EMA weights of" in out
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--format", "tflite"], "--format must be one of onnx, torchscript; got 'tflite'"),
-    (["--image-size", "4"], "--image-size must be an integer in [8, 2048], got 4"),
-    (["--num-classes", "0"], "--num-classes must be an integer in [1, 1000000], got 0"),
-    (["--out", "{tmp}/no/such/dir/m.onnx"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--format", "tflite"], "--format must be one of onnx, torchscript; got 'tflite'"),
+        (["--image-size", "4"], "--image-size must be an integer in [8, 2048], got 4"),
+        (["--num-classes", "0"], "--num-classes must be an integer in [1, 1000000], got 0"),
+        (["--out", "{tmp}/no/such/dir/m.onnx"], "does not exist"),
+    ],
+)
 def test_bad_input_is_one_line_and_writes_nothing(capsys, tmp_path, args, words):
-    rc, out, err = cli(capsys, "export", TINY, *[a.replace("{tmp}", str(tmp_path)) for a in args],
-                       *([] if "--out" in args else ["--out", tmp_path / "m.onnx"]))
+    rc, out, err = cli(
+        capsys,
+        "export",
+        TINY,
+        *[a.replace("{tmp}", str(tmp_path)) for a in args],
+        *([] if "--out" in args else ["--out", tmp_path / "m.onnx"]),
+    )
     assert rc == 2 and out == "" and err.startswith("nas: error: ") and words in err and len(err.splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
 
 
 def test_a_checkpoint_is_never_overwritten_or_relabelled(capsys, trained):
     before = (trained / "checkpoint.pt").read_bytes()
-    rc, _, err = cli(capsys, "export", trained / "checkpoint.pt", "--format", "torchscript", "--out",
-                     trained / "checkpoint.pt")
+    rc, _, err = cli(
+        capsys, "export", trained / "checkpoint.pt", "--format", "torchscript", "--out", trained / "checkpoint.pt"
+    )
     assert rc == 2 and "is the file being exported" in err and len(err.splitlines()) == 1
     rc, _, err = cli(capsys, "export", trained, "--num-classes", "1000")
     assert rc == 2 and "trained with 10 classes" in err

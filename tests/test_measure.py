@@ -37,8 +37,17 @@ def test_measure_on_cpu_reports_time_and_provenance():
     assert (r.batch_size, r.image_size, r.num_classes) == (2, 32, 10)
     d = r.to_dict()
     assert d == dataclasses.asdict(r)
-    assert {"step_time_ms", "iqr_ms", "device", "torch_version", "threads", "dtype", "memory_format",
-            "batch_size", "image_size"} <= set(d)
+    assert {
+        "step_time_ms",
+        "iqr_ms",
+        "device",
+        "torch_version",
+        "threads",
+        "dtype",
+        "memory_format",
+        "batch_size",
+        "image_size",
+    } <= set(d)
 
 
 def test_measure_settings_are_reported():
@@ -65,15 +74,18 @@ def test_cuda_unavailable_is_a_user_error(device):
         measure_step_time(TINY, device=device, **FAST)
 
 
-@pytest.mark.parametrize("kwargs,names", [
-    ({"device": "tpu"}, "'tpu'"),
-    ({"batch_size": 0}, "got 0"),
-    ({"batch_size": 2.5}, "got 2.5"),
-    ({"image_size": 4}, "got 4"),
-    ({"min_run_time": 0}, "got 0"),
-    ({"amp": "maybe"}, "'maybe'"),
-    ({"memory_format": "nhwc"}, "'nhwc'"),
-])
+@pytest.mark.parametrize(
+    "kwargs,names",
+    [
+        ({"device": "tpu"}, "'tpu'"),
+        ({"batch_size": 0}, "got 0"),
+        ({"batch_size": 2.5}, "got 2.5"),
+        ({"image_size": 4}, "got 4"),
+        ({"min_run_time": 0}, "got 0"),
+        ({"amp": "maybe"}, "'maybe'"),
+        ({"memory_format": "nhwc"}, "'nhwc'"),
+    ],
+)
 def test_bad_settings(kwargs, names):
     with pytest.raises(NasError, match=names):
         measure_step_time(TINY, **{"device": "cpu", **FAST, **kwargs})
@@ -120,6 +132,11 @@ def test_time_step_says_what_it_does_only_for_slow_steps():
     calls = []
     time_step(lambda: None, Runtime.resolve("cpu"), warmup=0, min_run_time=0.001, progress=lambda *a: calls.append(a))
     assert calls == []
-    time_step(lambda: _time.sleep(PROGRESS_AFTER_S + 0.05), Runtime.resolve("cpu"), warmup=0, min_run_time=0.01,
-              progress=lambda *a: calls.append(a))
+    time_step(
+        lambda: _time.sleep(PROGRESS_AFTER_S + 0.05),
+        Runtime.resolve("cpu"),
+        warmup=0,
+        min_run_time=0.01,
+        progress=lambda *a: calls.append(a),
+    )
     assert calls and all(s >= PROGRESS_AFTER_S for _, _, s in calls) and calls[-1][0] < 3

@@ -4,7 +4,7 @@ against torchvision's and timm's models, and layer-by-layer equality with them."
 from __future__ import annotations
 
 from collections import Counter
-from functools import lru_cache
+from functools import cache
 
 import pytest
 import torch
@@ -18,21 +18,21 @@ WITH_TORCHVISION = sorted(n for n, r in REFERENCE.items() if r.get("torchvision"
 PAIRS = sorted((n, s) for n, r in REFERENCE.items() for s in ("torchvision", "timm") if s in r)
 
 
-@lru_cache(maxsize=None)
+@cache
 def torchvision_model(fn: str) -> nn.Module:
     """torchvision's model on the meta device: no weights, no memory, no download."""
     with torch.device("meta"):
         return getattr(torchvision.models, fn)()
 
 
-@lru_cache(maxsize=None)
+@cache
 def public_model(name: str, source: str) -> nn.Module:
     """The preset's torchvision or timm counterpart on the meta device."""
     with torch.device("meta"):
         return counterpart(name, source).build()
 
 
-@lru_cache(maxsize=None)
+@cache
 def our_model(name: str, source: str | None = None) -> nn.Module:
     with torch.device("meta"):
         return build(preset(name, source))
@@ -55,8 +55,18 @@ def layer_signature(model: nn.Module) -> tuple[list[tuple], Counter]:
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             same = type(m).__name__ == "Conv2dSame"  # timm's and ours
-            layers.append(("conv", m.in_channels, m.out_channels, m.kernel_size, m.stride,
-                           "same" if same else m.padding, m.groups, m.bias is not None))
+            layers.append(
+                (
+                    "conv",
+                    m.in_channels,
+                    m.out_channels,
+                    m.kernel_size,
+                    m.stride,
+                    "same" if same else m.padding,
+                    m.groups,
+                    m.bias is not None,
+                )
+            )
         elif isinstance(m, nn.BatchNorm2d):
             layers.append(("bn", m.num_features, m.eps, round(m.momentum, 6)))
         elif isinstance(m, nn.Linear):
@@ -71,8 +81,18 @@ def conv_signature(model: nn.Module) -> list[tuple]:
     out = []
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
-            out.append(("conv", m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.groups,
-                        m.bias is not None))
+            out.append(
+                (
+                    "conv",
+                    m.in_channels,
+                    m.out_channels,
+                    m.kernel_size,
+                    m.stride,
+                    m.padding,
+                    m.groups,
+                    m.bias is not None,
+                )
+            )
         elif isinstance(m, nn.Linear):
             out.append(("linear", m.in_features, m.out_features))
     return out
@@ -89,10 +109,15 @@ def stage_structure(model: nn.Module) -> list[tuple]:
 
 
 PUBLISHED = {  # issue 12: every published network the format builds, as a preset with a public twin
-    *(f"efficientnet-b{k}" for k in range(9)), "efficientnet-l2",
+    *(f"efficientnet-b{k}" for k in range(9)),
+    "efficientnet-l2",
     *(f"efficientnetv2-{k}" for k in ("s", "m", "l", "xl", "b0", "b1", "b2", "b3")),
-    *(f"efficientnet-lite{k}" for k in range(5)), "efficientnet-edgetpu-s",
-    "mnasnet-a1", "mnasnet-b1", "mnasnet-small", "mobilenetv2",
+    *(f"efficientnet-lite{k}" for k in range(5)),
+    "efficientnet-edgetpu-s",
+    "mnasnet-a1",
+    "mnasnet-b1",
+    "mnasnet-small",
+    "mobilenetv2",
 }
 
 
@@ -108,8 +133,9 @@ def test_params_equal_the_table(name):
     assert count_params(preset(name)) == REFERENCE[name]["params"]
 
 
-@pytest.mark.parametrize("name", [n if REFERENCE[n]["params"] < 60e6 else pytest.param(n, marks=pytest.mark.slow)
-                                  for n in sorted(REFERENCE)])  # MACs of the largest take 1-3 s each to count
+@pytest.mark.parametrize(
+    "name", [n if REFERENCE[n]["params"] < 60e6 else pytest.param(n, marks=pytest.mark.slow) for n in sorted(REFERENCE)]
+)  # MACs of the largest take 1-3 s each to count
 def test_macs_equal_the_table(name):
     assert count_macs(preset(name)) == REFERENCE[name]["macs"]
 
@@ -124,8 +150,9 @@ def test_the_public_model_has_the_tables_figures(name, source):
     assert public_macs(theirs, preset(name).resolution) == REFERENCE[name]["macs"]
 
 
-@pytest.mark.parametrize("name,source", [p if REFERENCE[p[0]]["params"] < 60e6 else pytest.param(*p, marks=pytest.mark.slow)
-                                         for p in PAIRS])
+@pytest.mark.parametrize(
+    "name,source", [p if REFERENCE[p[0]]["params"] < 60e6 else pytest.param(*p, marks=pytest.mark.slow) for p in PAIRS]
+)
 def test_layers_and_conventions_equal_the_public_model(name, source):
     assert layer_signature(our_model(name, source)) == layer_signature(public_model(name, source))
 
@@ -155,8 +182,13 @@ def test_stage_structure_equals_torchvision(name):
 def test_stage_structure_of_b2_by_hand():
     # B0 scaled by width 1.1 / depth 1.2: channels 16 24 48 88 120 208 352, repeats ceil(r * 1.2).
     assert stage_structure(our_model("efficientnet-b2")) == [
-        ("MBConv", 2, 16, 1), ("MBConv", 3, 24, 2), ("MBConv", 3, 48, 2), ("MBConv", 4, 88, 2),
-        ("MBConv", 4, 120, 1), ("MBConv", 5, 208, 2), ("MBConv", 2, 352, 1),
+        ("MBConv", 2, 16, 1),
+        ("MBConv", 3, 24, 2),
+        ("MBConv", 3, 48, 2),
+        ("MBConv", 4, 88, 2),
+        ("MBConv", 4, 120, 1),
+        ("MBConv", 5, 208, 2),
+        ("MBConv", 2, 352, 1),
     ]
 
 

@@ -77,10 +77,19 @@ def test_size_end_alone_scales_the_start_with_the_presets_ratio():
     assert get_schedule("m").scaled_to(8).size_start == 8  # never below 8 px
 
 
-@pytest.mark.parametrize("change", [
-    dict(dropout_end=1.0), dict(dropout_start=-0.1), dict(stages=0), dict(size_start=4),
-    dict(randaugment_end=31), dict(mixup_end=float("nan")), dict(size_end=32.5), dict(stages=True),
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        dict(dropout_end=1.0),
+        dict(dropout_start=-0.1),
+        dict(stages=0),
+        dict(size_start=4),
+        dict(randaugment_end=31),
+        dict(mixup_end=float("nan")),
+        dict(size_end=32.5),
+        dict(stages=True),
+    ],
+)
 def test_invalid_values_are_refused(change):
     with pytest.raises(NasError):
         PRESETS["s"].replace(**change)

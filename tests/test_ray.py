@@ -7,6 +7,7 @@ cluster on the machine, other people's included).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -22,10 +23,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import FAILING, REPO, STANDIN, TINY, write_plugin
 
 from nas.errors import NasError
 
-from conftest import FAILING, REPO, STANDIN, TINY, write_plugin
 
 @dataclass
 class Cluster:
@@ -74,10 +75,8 @@ def _kill(pids: list[int], grace: float = 5) -> None:
     """SIGTERM, then SIGKILL what is still running after ``grace`` seconds."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and any(_alive(p) for p in pids):
             time.sleep(0.2)
@@ -85,8 +84,13 @@ def _kill(pids: list[int], grace: float = 5) -> None:
 
 def _start(args: list[str], env: dict, temp_dir: Path) -> None:
     ray = Path(sys.executable).with_name("ray")
-    p = subprocess.run([str(ray), "start", *args, "--temp-dir", str(temp_dir), "--disable-usage-stats"], env=env,
-                       capture_output=True, text=True, timeout=180)
+    p = subprocess.run(
+        [str(ray), "start", *args, "--temp-dir", str(temp_dir), "--disable-usage-stats"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert p.returncode == 0, f"ray start failed:\n{p.stdout}\n{p.stderr}"
 
 
@@ -97,12 +101,34 @@ def cluster():
     port = _free_port()
     # Token authentication with a token of our own: clients without it cannot use the cluster, and
     # nothing is read from or written to ~/.ray. A dead node is noticed within seconds, not 30.
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
-           "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3",
-           "RAY_health_check_initial_delay_ms": "1000"}
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+        "RAY_health_check_period_ms": "1000",
+        "RAY_health_check_failure_threshold": "3",
+        "RAY_health_check_initial_delay_ms": "1000",
+    }
     try:
-        _start(["--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "2", "--num-gpus", "0",
-                "--include-dashboard", "false", "--object-store-memory", str(200 * 1024 ** 2)], env, temp_dir)
+        _start(
+            [
+                "--head",
+                "--node-ip-address",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--num-cpus",
+                "2",
+                "--num-gpus",
+                "0",
+                "--include-dashboard",
+                "false",
+                "--object-store-memory",
+                str(200 * 1024**2),
+            ],
+            env,
+            temp_dir,
+        )
         yield Cluster(address=f"127.0.0.1:{port}", temp_dir=temp_dir, env=env)
     finally:
         _kill(_processes_under(str(temp_dir)))
@@ -111,7 +137,9 @@ def cluster():
 
 def slow_standin(seconds: float) -> str:
     """The stand-in plugin with ``seconds`` per epoch built in: Ray's workers do not see our environment."""
-    return STANDIN.replace('os.environ.get("NAS_STANDIN_SLEEP", "0")', f'os.environ.get("NAS_STANDIN_SLEEP", "{seconds}")')
+    return STANDIN.replace(
+        'os.environ.get("NAS_STANDIN_SLEEP", "0")', f'os.environ.get("NAS_STANDIN_SLEEP", "{seconds}")'
+    )
 
 
 def _is_trial_worker(pid: int) -> bool:
@@ -139,10 +167,33 @@ def _write_plugin(tmp_path: Path) -> Path:
 def test_search_on_cluster_records_results_failures_and_placement(cluster, tmp_path):
     plugin_dir = _write_plugin(tmp_path)
     out = tmp_path / "run"
-    p = subprocess.run(_nas_cmd("search", "--backend", "ray", "--address", cluster.address, "--trials", 3,
-                                "--space", "test-marked", "--reward", "test-failing", "--plugin", "nas_test_plugin",
-                                "--max-concurrent", 2, "--out", out, *TINY),
-                       env=_env(cluster, plugin_dir), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    p = subprocess.run(
+        _nas_cmd(
+            "search",
+            "--backend",
+            "ray",
+            "--address",
+            cluster.address,
+            "--trials",
+            3,
+            "--space",
+            "test-marked",
+            "--reward",
+            "test-failing",
+            "--plugin",
+            "nas_test_plugin",
+            "--max-concurrent",
+            2,
+            "--out",
+            out,
+            *TINY,
+        ),
+        env=_env(cluster, plugin_dir),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     df = pd.read_csv(out / "trials.csv")
     assert sorted(df["number"]) == [0, 1, 2]
@@ -179,8 +230,26 @@ def test_killed_driver_is_restored_and_keeps_finished_trials(cluster, tmp_path):
     out = tmp_path / "run"
     # Stand-in trials of 3 epochs x 1 s: slow enough to kill the driver between them (the plugin
     # also exercises the shipping of a plugin on restore).
-    cmd = _nas_cmd("search", *TINY, "--backend", "ray", "--address", cluster.address, "--trials", 4, "--epochs", 3,
-                   "--plugin", "nas_standin", "--scheduler", "asha", "--max-concurrent", 2, "--out", out)
+    cmd = _nas_cmd(
+        "search",
+        *TINY,
+        "--backend",
+        "ray",
+        "--address",
+        cluster.address,
+        "--trials",
+        4,
+        "--epochs",
+        3,
+        "--plugin",
+        "nas_standin",
+        "--scheduler",
+        "asha",
+        "--max-concurrent",
+        2,
+        "--out",
+        out,
+    )
     env = _env(cluster, plugin_dir)
     first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
     before = None
@@ -225,7 +294,7 @@ def test_bad_resources_are_one_line_errors(tmp_path, capsys):
     from nas.backends.ray import RayOptions
     from nas.cli import main
 
-    with pytest.raises(NasError, match="fraction of one GPU .* or a whole number"):
+    with pytest.raises(NasError, match=r"fraction of one GPU .* or a whole number"):
         RayOptions(gpus_per_trial=1.5)
     assert RayOptions(gpus_per_trial=0.25).resources == {"cpu": 1.0, "gpu": 0.25}  # four trials per GPU
     with pytest.raises(NasError, match="positive number"):
@@ -235,7 +304,8 @@ def test_bad_resources_are_one_line_errors(tmp_path, capsys):
     assert main(["search", "--backend", "ray", "--gpus-per-trial", "2.5", "--out", str(tmp_path / "r"), *TINY]) == 2
     assert capsys.readouterr().err.splitlines() == [
         "nas: error: --gpus-per-trial must be a fraction of one GPU (e.g. 0.25: four trials per GPU) or a whole "
-        "number of GPUs, got 2.5"]
+        "number of GPUs, got 2.5"
+    ]
     assert main(["search", "--scheduler", "asha", "--out", str(tmp_path / "r"), *TINY]) == 2
     assert "are for --backend ray" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
@@ -245,8 +315,23 @@ def test_an_address_that_does_not_answer_fails_within_30_s_in_one_line(tmp_path,
     from nas.cli import main
 
     t0 = time.monotonic()
-    assert main(["search", "--backend", "ray", "--address", f"127.0.0.1:{_free_port()}", "--out", str(tmp_path / "r"),
-                 "--trials", "1", *TINY]) == 2
+    assert (
+        main(
+            [
+                "search",
+                "--backend",
+                "ray",
+                "--address",
+                f"127.0.0.1:{_free_port()}",
+                "--out",
+                str(tmp_path / "r"),
+                "--trials",
+                "1",
+                *TINY,
+            ]
+        )
+        == 2
+    )
     assert time.monotonic() - t0 < 30
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("nas: error: cannot reach Ray at 127.0.0.1:") and "nothing answered" in line
@@ -263,9 +348,26 @@ def test_ray_produces_the_same_trials_as_the_embedded_backend(cluster, tmp_path,
     ref = embedded_reference(tmp_path, standin)
     plugins = write_plugin(tmp_path / "plugins", "nas_standin", STANDIN)
     out = tmp_path / "ray"
-    p = subprocess.run(_nas_cmd(*SEARCH, "--backend", "ray", "--address", cluster.address, "--max-concurrent", 1,
-                                "--plugin", "nas_standin", "--out", out),
-                       env=_env(cluster, plugins), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    p = subprocess.run(
+        _nas_cmd(
+            *SEARCH,
+            "--backend",
+            "ray",
+            "--address",
+            cluster.address,
+            "--max-concurrent",
+            1,
+            "--plugin",
+            "nas_standin",
+            "--out",
+            out,
+        ),
+        env=_env(cluster, plugins),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     pd.testing.assert_frame_equal(contract_frame(out), contract_frame(ref))
     a, b = (json.loads((d / "best.json").read_text()) for d in (ref, out))
@@ -282,12 +384,51 @@ def test_a_lost_worker_node_costs_its_trial_a_retry_nothing_more(cluster, tmp_pa
     env = _env(cluster, plugins)
     try:
         # Two trials of 2 CPUs at a time: one on the head (2 CPUs), one on the extra node (2 CPUs).
-        _start(["--address", cluster.address, "--node-ip-address", "127.0.0.1", "--num-cpus", "2", "--num-gpus", "0",
-                "--object-store-memory", str(100 * 1024 ** 2)], cluster.env, node_dir)
-        search = subprocess.Popen(_nas_cmd("search", *TINY, "--backend", "ray", "--address", cluster.address,
-                                           "--trials", 4, "--sampler", "random", "--plugin", "nas_standin", "--epochs",
-                                           3, "--cpus-per-trial", 2, "--max-concurrent", 2, "--out", out),
-                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+        _start(
+            [
+                "--address",
+                cluster.address,
+                "--node-ip-address",
+                "127.0.0.1",
+                "--num-cpus",
+                "2",
+                "--num-gpus",
+                "0",
+                "--object-store-memory",
+                str(100 * 1024**2),
+            ],
+            cluster.env,
+            node_dir,
+        )
+        search = subprocess.Popen(
+            _nas_cmd(
+                "search",
+                *TINY,
+                "--backend",
+                "ray",
+                "--address",
+                cluster.address,
+                "--trials",
+                4,
+                "--sampler",
+                "random",
+                "--plugin",
+                "nas_standin",
+                "--epochs",
+                3,
+                "--cpus-per-trial",
+                2,
+                "--max-concurrent",
+                2,
+                "--out",
+                out,
+            ),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=tmp_path,
+        )
         # Wait until a trial runs on the extra node: a worker process under its temp dir.
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and search.poll() is None:
@@ -313,12 +454,30 @@ def test_a_lost_worker_node_costs_its_trial_a_retry_nothing_more(cluster, tmp_pa
 @pytest.mark.slow
 def test_grid_scale_on_cluster(cluster, tmp_path):
     out = tmp_path / "grid"
-    p = subprocess.run(_nas_cmd("grid-scale", "--backend", "ray", "--address", cluster.address, "--base",
-                                "efficientnet-b0", "--max-candidates", 1, "--out", out, *TINY),
-                       env=_env(cluster, tmp_path), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    p = subprocess.run(
+        _nas_cmd(
+            "grid-scale",
+            "--backend",
+            "ray",
+            "--address",
+            cluster.address,
+            "--base",
+            "efficientnet-b0",
+            "--max-candidates",
+            1,
+            "--out",
+            out,
+            *TINY,
+        ),
+        env=_env(cluster, tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     df = pd.read_csv(out / "grid.csv")
-    assert list(df["candidate"])[0] == "base" and len(df) == 2
+    assert next(iter(df["candidate"])) == "base" and len(df) == 2
     assert (df["state"] == "COMPLETE").all(), df[["candidate", "state", "error"]]
     assert df["node_ip"].notna().all() and df["device"].eq("cpu").all()
     coeffs = json.loads((out / "coefficients.json").read_text())

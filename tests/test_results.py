@@ -1,4 +1,4 @@
-"""nas.results and nas.files: one writer from rows, appended line by line, best.json when the best changes,
+"""nas.study.results and nas.core.files: one writer from rows, appended line by line, best.json when the best changes,
 one atomic write path."""
 
 from __future__ import annotations
@@ -18,12 +18,24 @@ from nas.trial.settings import TrialSettings
 
 @pytest.fixture
 def writer(tmp_path):
-    return ResultsWriter(tmp_path, SearchProblem(TrialSettings(dataset="fake"), SearchOptions()), {"space": "trainaware"})
+    return ResultsWriter(
+        tmp_path, SearchProblem(TrialSettings(dataset="fake"), SearchOptions()), {"space": "trainaware"}
+    )
 
 
 def _row(n, reward, state="COMPLETE", **extra):
-    return {"number": n, "state": state, "arch": f"arch{n}", "reward": reward, "accuracy": reward,
-            "step_time_ms": 10.0 + n, "S": 1.0, "P": 1.0, "params": 100, **extra}
+    return {
+        "number": n,
+        "state": state,
+        "arch": f"arch{n}",
+        "reward": reward,
+        "accuracy": reward,
+        "step_time_ms": 10.0 + n,
+        "S": 1.0,
+        "P": 1.0,
+        "params": 100,
+        **extra,
+    }
 
 
 def test_rows_are_appended_as_whole_lines_with_fixed_columns(writer, tmp_path):
@@ -31,7 +43,7 @@ def test_rows_are_appended_as_whole_lines_with_fixed_columns(writer, tmp_path):
     for r in (_row(2, 0.5), _row(0, 0.7, not_a_column="dropped"), _row(1, None, "FAIL", error="boom, with a comma")):
         writer.append(r)
     text = (tmp_path / "trials.csv").read_text().splitlines()
-    assert len(text) == 4 and text[0].split(",")[:len(TRIAL_COLUMNS)] == TRIAL_COLUMNS
+    assert len(text) == 4 and text[0].split(",")[: len(TRIAL_COLUMNS)] == TRIAL_COLUMNS
     df = pd.read_csv(tmp_path / "trials.csv")
     assert list(df["number"]) == [2, 0, 1]  # in the order they finished
     assert list(df.columns) == writer.columns == TRIAL_COLUMNS + EXTRA_COLUMNS + writer.problem.param_columns()
@@ -54,7 +66,11 @@ def test_best_json_is_written_when_the_best_changes_only(writer, tmp_path):
 
 
 def test_nothing_complete_writes_no_best_and_names_the_common_error(writer, tmp_path):
-    rows = [_row(0, None, "FAIL", error="E: a"), _row(1, None, "FAIL", error="E: a"), _row(2, None, "FAIL", error="E: b")]
+    rows = [
+        _row(0, None, "FAIL", error="E: a"),
+        _row(1, None, "FAIL", error="E: a"),
+        _row(2, None, "FAIL", error="E: b"),
+    ]
     df = writer.rewrite(rows, plot=True)
     assert not (tmp_path / "best.json").exists() and not (tmp_path / "pareto.png").exists()
     assert common_error(df) == "E: a (2 of 3 trials)"

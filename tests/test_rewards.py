@@ -24,6 +24,7 @@ def test_registry():
 
 # -- EfficientNetV2: A * S**w * P**v ---------------------------------------------------------------------
 
+
 def test_trainaware_default_exponents():
     r = get_reward("trainaware")
     assert (r.w, r.v) == (-0.07, -0.05)
@@ -38,13 +39,16 @@ def test_trainaware_default_exponents():
     assert r.config() == {"name": "trainaware", "w": -0.07, "v": -0.05}
 
 
-@pytest.mark.parametrize("w,v,metrics,expected", [
-    (-1.0, 0.0, {"accuracy": 0.8, "S": 2.0, "P": 0.5}, 0.4),      # 0.8 / 2
-    (-1.0, -1.0, {"accuracy": 0.8, "S": 2.0, "P": 0.5}, 0.8),     # 0.8 / (2 * 0.5)
-    (-2.0, 1.0, {"accuracy": 0.8, "S": 2.0, "P": 0.5}, 0.1),      # 0.8 * 0.25 * 0.5
-    (0.0, 0.0, {"accuracy": 0.6, "S": 3.0, "P": 7.0}, 0.6),
-    (-0.5, 0.0, {"accuracy": 0.9, "S": 4.0, "P": 1.0}, 0.45),     # 0.9 / sqrt(4)
-])
+@pytest.mark.parametrize(
+    "w,v,metrics,expected",
+    [
+        (-1.0, 0.0, {"accuracy": 0.8, "S": 2.0, "P": 0.5}, 0.4),  # 0.8 / 2
+        (-1.0, -1.0, {"accuracy": 0.8, "S": 2.0, "P": 0.5}, 0.8),  # 0.8 / (2 * 0.5)
+        (-2.0, 1.0, {"accuracy": 0.8, "S": 2.0, "P": 0.5}, 0.1),  # 0.8 * 0.25 * 0.5
+        (0.0, 0.0, {"accuracy": 0.6, "S": 3.0, "P": 7.0}, 0.6),
+        (-0.5, 0.0, {"accuracy": 0.9, "S": 4.0, "P": 1.0}, 0.45),  # 0.9 / sqrt(4)
+    ],
+)
 def test_trainaware_custom_exponents(w, v, metrics, expected):
     r = get_reward("trainaware", w=w, v=v)
     assert r(metrics) == pytest.approx(expected, rel=1e-12)
@@ -53,18 +57,22 @@ def test_trainaware_custom_exponents(w, v, metrics, expected):
 
 # -- MnasNet: ACC * (LAT/T)**w, w = alpha if LAT <= T else beta --------------------------------------------
 
-@pytest.mark.parametrize("constraint,lat,expected", [
-    # soft: alpha = beta = -0.07
-    ("soft", 50.0, 0.7872875),   # 0.75 * 0.5**-0.07 = 0.75 * 2**0.07 = 0.75 * 1.0497167
-    ("soft", 100.0, 0.75),       # at the target
-    ("soft", 200.0, 0.7144785),  # 0.75 * 2**-0.07 = 0.75 * 0.9526380
-    ("soft", 150.0, 0.7290123),  # 0.75 * 1.5**-0.07 = 0.75 * exp(-0.07 * 0.4054651)
-    # hard: alpha = 0 (no bonus under the target), beta = -1 (accuracy scaled by T/LAT above it)
-    ("hard", 50.0, 0.75),
-    ("hard", 100.0, 0.75),
-    ("hard", 200.0, 0.375),
-    ("hard", 400.0, 0.1875),
-])
+
+@pytest.mark.parametrize(
+    "constraint,lat,expected",
+    [
+        # soft: alpha = beta = -0.07
+        ("soft", 50.0, 0.7872875),  # 0.75 * 0.5**-0.07 = 0.75 * 2**0.07 = 0.75 * 1.0497167
+        ("soft", 100.0, 0.75),  # at the target
+        ("soft", 200.0, 0.7144785),  # 0.75 * 2**-0.07 = 0.75 * 0.9526380
+        ("soft", 150.0, 0.7290123),  # 0.75 * 1.5**-0.07 = 0.75 * exp(-0.07 * 0.4054651)
+        # hard: alpha = 0 (no bonus under the target), beta = -1 (accuracy scaled by T/LAT above it)
+        ("hard", 50.0, 0.75),
+        ("hard", 100.0, 0.75),
+        ("hard", 200.0, 0.375),
+        ("hard", 400.0, 0.1875),
+    ],
+)
 def test_mnasnet_reward_around_the_target(constraint, lat, expected):
     r = get_reward("mnasnet", target_ms=100.0, constraint=constraint)
     assert r({"accuracy": 0.75, "step_time_ms": lat}) == pytest.approx(expected, rel=1e-6)
@@ -81,8 +89,8 @@ def test_mnasnet_without_target_uses_normalised_step_time():
     # T = the reference's own latency, so LAT / T is S.
     soft, hard = get_reward("mnasnet"), get_reward("mnasnet", constraint="hard")
     assert soft({"accuracy": 0.9, "S": 1.25}) == pytest.approx(0.8860512, rel=1e-6)  # 0.9 * 1.25**-0.07
-    assert soft({"accuracy": 0.9, "S": 0.8}) == pytest.approx(0.9141684, rel=1e-6)   # 0.9 * 0.8**-0.07
-    assert hard({"accuracy": 0.9, "S": 1.25}) == pytest.approx(0.72, rel=1e-12)      # 0.9 / 1.25
+    assert soft({"accuracy": 0.9, "S": 0.8}) == pytest.approx(0.9141684, rel=1e-6)  # 0.9 * 0.8**-0.07
+    assert hard({"accuracy": 0.9, "S": 1.25}) == pytest.approx(0.72, rel=1e-12)  # 0.9 / 1.25
     assert hard({"accuracy": 0.9, "S": 0.8}) == pytest.approx(0.9, rel=1e-12)
 
 
@@ -95,17 +103,21 @@ def test_mnasnet_custom_alpha_beta():
 
 # -- bad settings and bad metrics ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("name,params,names", [
-    ("trainaware", {"w": "x"}, "'x'"),
-    ("trainaware", {"v": math.nan}, "nan"),
-    ("trainaware", {"typo": 1}, "'typo'"),
-    ("mnasnet", {"constraint": "medium"}, "'medium'"),
-    ("mnasnet", {"target_ms": 0}, "got 0"),
-    ("mnasnet", {"target_ms": -5.0}, "got -5.0"),
-    ("mnasnet", {"target_ms": "100"}, "'100'"),
-    ("mnasnet", {"alpha": "x"}, "'x'"),
-    ("mnasnet", {"beta": math.inf}, "inf"),
-])
+
+@pytest.mark.parametrize(
+    "name,params,names",
+    [
+        ("trainaware", {"w": "x"}, "'x'"),
+        ("trainaware", {"v": math.nan}, "nan"),
+        ("trainaware", {"typo": 1}, "'typo'"),
+        ("mnasnet", {"constraint": "medium"}, "'medium'"),
+        ("mnasnet", {"target_ms": 0}, "got 0"),
+        ("mnasnet", {"target_ms": -5.0}, "got -5.0"),
+        ("mnasnet", {"target_ms": "100"}, "'100'"),
+        ("mnasnet", {"alpha": "x"}, "'x'"),
+        ("mnasnet", {"beta": math.inf}, "inf"),
+    ],
+)
 def test_bad_reward_settings(name, params, names):
     with pytest.raises(NasError, match=names):
         get_reward(name, **params)
@@ -115,11 +127,24 @@ GOOD = {"accuracy": 0.8, "S": 1.2, "P": 0.9, "step_time_ms": 120.0, "params": 5e
 
 
 @pytest.mark.parametrize("name,params", [("trainaware", {}), ("mnasnet", {}), ("mnasnet", {"target_ms": 100.0})])
-@pytest.mark.parametrize("key,value", [
-    ("accuracy", None), ("S", 0.0), ("S", -1.0), ("S", math.inf), ("S", math.nan), ("P", 0.0), ("P", math.nan),
-    ("accuracy", math.nan), ("step_time_ms", 0.0), ("step_time_ms", -3.0),
-    ("S", "fast"), ("accuracy", "high"), ("P", None),
-])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("accuracy", None),
+        ("S", 0.0),
+        ("S", -1.0),
+        ("S", math.inf),
+        ("S", math.nan),
+        ("P", 0.0),
+        ("P", math.nan),
+        ("accuracy", math.nan),
+        ("step_time_ms", 0.0),
+        ("step_time_ms", -3.0),
+        ("S", "fast"),
+        ("accuracy", "high"),
+        ("P", None),
+    ],
+)
 def test_bad_metrics(name, params, key, value):
     r = get_reward(name, **params)
     metrics = dict(GOOD)
@@ -131,8 +156,10 @@ def test_bad_metrics(name, params, key, value):
         r(dict(metrics, **{key: GOOD[key]}))  # sanity: the same call with the good value works
     except NasError:  # pragma: no cover
         pytest.fail("the good metrics were refused")
-    used = {"trainaware": {"accuracy", "S", "P"},
-            "mnasnet": {"accuracy", "step_time_ms"} if params else {"accuracy", "S"}}[name]
+    used = {
+        "trainaware": {"accuracy", "S", "P"},
+        "mnasnet": {"accuracy", "step_time_ms"} if params else {"accuracy", "S"},
+    }[name]
     if key not in used:
         assert r(metrics) == r(GOOD)  # a metric the reward does not read cannot make it fail
         return

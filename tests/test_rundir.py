@@ -1,4 +1,4 @@
-"""nas.rundir: one owner at a time, one experiment, never replaced by less, no trace of a failed start."""
+"""nas.study.rundir: one owner at a time, one experiment, never replaced by less, no trace of a failed start."""
 
 from __future__ import annotations
 
@@ -9,32 +9,34 @@ import subprocess
 import sys
 
 import pytest
+from conftest import REPO
 
 from nas.errors import NasError
 from nas.study.rundir import RunDir, config_diff
 
-from conftest import REPO
-
 
 def test_a_second_owner_is_refused_with_the_holder_named(tmp_path):
-    with RunDir(tmp_path / "run").own({"kind": "search", "a": 1}):
-        with pytest.raises(NasError, match=rf"in use by nas .*\(pid {os.getpid()} on "):
-            with RunDir(tmp_path / "run").own({"kind": "search", "a": 1}):
-                pass
+    with (
+        RunDir(tmp_path / "run").own({"kind": "search", "a": 1}),
+        pytest.raises(NasError, match=rf"in use by nas .*\(pid {os.getpid()} on "),
+        RunDir(tmp_path / "run").own({"kind": "search", "a": 1}),
+    ):
+        pass
     with RunDir(tmp_path / "run").own({"kind": "search", "a": 1}):  # released at exit
         pass
 
 
 def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
     run = tmp_path / "run"
-    code = ("import sys, time; sys.path.insert(0, %r); from nas.study.rundir import RunDir\n"
-            "with RunDir(%r).own({'kind': 'search'}):\n    print('held', flush=True); time.sleep(60)") % (str(REPO), str(run))
+    code = (
+        f"import sys, time; sys.path.insert(0, {str(REPO)!r}); from nas.study.rundir import RunDir\n"
+        f"with RunDir({str(run)!r}).own({{'kind': 'search'}}):\n    print('held', flush=True); time.sleep(60)"
+    )
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert p.stdout.readline().strip() == "held"
-        with pytest.raises(NasError, match=f"pid {p.pid}"):
-            with RunDir(run).own({"kind": "search"}):
-                pass
+        with pytest.raises(NasError, match=f"pid {p.pid}"), RunDir(run).own({"kind": "search"}):
+            pass
     finally:
         p.send_signal(signal.SIGKILL)
         p.wait()
@@ -48,9 +50,8 @@ def test_different_settings_name_only_the_keys_that_differ(tmp_path):
         pass
     other = json.loads(json.dumps(cfg))
     other["settings"]["proxy"]["epochs"] = 8
-    with pytest.raises(NasError) as e:
-        with RunDir(tmp_path).own(other):
-            pass
+    with pytest.raises(NasError) as e, RunDir(tmp_path).own(other):
+        pass
     msg = str(e.value)
     assert "settings.proxy.epochs: 4 there, 8 now" in msg and "width" not in msg and "\n" not in msg
     assert config_diff({"a": {"b": 1}}, {"a": {"b": 1, "c": 2}}) == [("a.c", "<absent>", 2)]
@@ -66,33 +67,32 @@ def test_options_may_change_and_are_stored(tmp_path):
 
 def test_a_failed_start_leaves_no_trace(tmp_path):
     run = tmp_path / "new"
-    with pytest.raises(RuntimeError):
-        with RunDir(run).own({"kind": "search"}):
-            raise RuntimeError("the storage could not be opened")
+    with pytest.raises(RuntimeError), RunDir(run).own({"kind": "search"}):
+        raise RuntimeError("the storage could not be opened")
     assert not run.exists()
     # An existing directory keeps what it had; only the configuration this start wrote goes.
     run.mkdir()
     (run / "notes.txt").write_text("mine")
-    with pytest.raises(RuntimeError):
-        with RunDir(run).own({"kind": "search"}):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), RunDir(run).own({"kind": "search"}):
+        raise RuntimeError("boom")
     assert sorted(p.name for p in run.iterdir() if not p.name.startswith(".")) == ["notes.txt"]
     # Once started, a failure leaves the results alone.
-    with pytest.raises(RuntimeError):
-        with RunDir(run).own({"kind": "search"}) as rd:
-            rd.started()
-            raise RuntimeError("a trial crashed the driver")
+    with pytest.raises(RuntimeError), RunDir(run).own({"kind": "search"}) as rd:
+        rd.started()
+        raise RuntimeError("a trial crashed the driver")
     assert (run / "config.json").exists()
 
 
 def test_results_are_never_replaced_by_less(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    (run / "trials.csv").write_text("number,state,error\n0,COMPLETE,\n1,PRUNED,\n2,FAIL,boom\n"
-                                    "3,FAIL,interrupted (the process running it stopped)\n4,RUNNING,\n")
+    (run / "trials.csv").write_text(
+        "number,state,error\n0,COMPLETE,\n1,PRUNED,\n2,FAIL,boom\n"
+        "3,FAIL,interrupted (the process running it stopped)\n4,RUNNING,\n"
+    )
     with RunDir(run).own({"kind": "search"}) as rd:
         rd.check_not_less("trials.csv", 3)  # the storage holds all three finished ones: fine
-        with pytest.raises(NasError, match="records 3 finished trials but the run's storage holds 0.*--restart"):
+        with pytest.raises(NasError, match=r"records 3 finished trials but the run's storage holds 0.*--restart"):
             rd.check_not_less("trials.csv", 0)
     with RunDir(run).own({"kind": "search"}, restart=True):
         pass

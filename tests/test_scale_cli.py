@@ -15,15 +15,31 @@ import pandas as pd
 import pytest
 
 from nas.cli import main
-from nas.scaling.grid import Candidate, scale_candidate
 from nas.core.resolve import resolve_arch
+from nas.scaling.grid import Candidate, scale_candidate
 from search_spaces import REFERENCE, Architecture, compound, preset
 
-SMALL = ("stem16,r1_k3_s1_e1_i16_o16,r2_k3_s2_e6_i16_o24,r2_k5_s2_e6_i24_o40_se0.25,"
-         "r3_k3_s2_e6_i40_o80_se0.25,head320,res64")
+SMALL = (
+    "stem16,r1_k3_s1_e1_i16_o16,r2_k3_s2_e6_i16_o24,r2_k5_s2_e6_i24_o40_se0.25,r3_k3_s2_e6_i40_o80_se0.25,head320,res64"
+)
 TINY = "stem8,r1_k3_s2_e1_i8_o8_c1,r1_k3_s2_e4_i8_o16,head32,res32"
-TINY_PROXY = ["--dataset", "fake", "--epochs", "1", "--image-size", "16", "--width-mult", "1", "--depth-mult", "1",
-              "--measure-time", "0.05", "--step-time", "proxy", "--no-progress"]  # the proxy's own step is timed
+TINY_PROXY = [
+    "--dataset",
+    "fake",
+    "--epochs",
+    "1",
+    "--image-size",
+    "16",
+    "--width-mult",
+    "1",
+    "--depth-mult",
+    "1",
+    "--measure-time",
+    "0.05",
+    "--step-time",
+    "proxy",
+    "--no-progress",
+]  # the proxy's own step is timed
 
 
 @pytest.fixture
@@ -45,26 +61,38 @@ def cli(capsys, *args) -> tuple[int, str, str]:
 
 
 def test_scale_writes_one_json_per_phi_and_the_family_table(run_nas, tmp_path):
-    rc, out, err = run_nas("scale", "--phi", "3", "--coefficients", "1.2,1.1,1.15", "--base", SMALL,
-                           "--out", tmp_path, "--num-classes", "10")
+    rc, out, err = run_nas(
+        "scale",
+        "--phi",
+        "3",
+        "--coefficients",
+        "1.2,1.1,1.15",
+        "--base",
+        SMALL,
+        "--out",
+        tmp_path,
+        "--num-classes",
+        "10",
+    )
     assert rc == 0, err
     base = Architecture.from_string(SMALL)
     for phi in (1, 2, 3):
         arch = Architecture.from_json((tmp_path / f"phi{phi}.json").read_text())
         assert arch == compound(base, phi, 1.2, 1.1, 1.15, depth_rounding="round")
-        assert arch.resolution == round(64 * 1.15 ** phi)
+        assert arch.resolution == round(64 * 1.15**phi)
         assert f"phi {phi}: {arch.to_string()}" in out
     assert not (tmp_path / "phi0.json").exists() and not (tmp_path / "phi4.json").exists()
     fam = pd.read_csv(tmp_path / "family.csv")
     assert list(fam["phi"]) == [0, 1, 2, 3]
     assert {"arch", "params", "macs", "resolution", "macs_ratio", "target_macs_ratio"} <= set(fam.columns)
     assert fam["macs"].is_monotonic_increasing and fam["params"].is_monotonic_increasing
-    assert list(fam["target_macs_ratio"].round(6)) == [round((1.2 * 1.1 ** 2 * 1.15 ** 2) ** p, 6) for p in range(4)]
+    assert list(fam["target_macs_ratio"].round(6)) == [round((1.2 * 1.1**2 * 1.15**2) ** p, 6) for p in range(4)]
     assert "alpha*beta**2*gamma**2 = 1.920" in out and "macs_ratio" in out
 
 
 def strict_json(text: str):
     """json.loads that refuses NaN / Infinity (Python's accepts them; JSON does not)."""
+
     def refuse(token):
         raise AssertionError(f"not strict JSON: {token}")
 
@@ -72,8 +100,24 @@ def strict_json(text: str):
 
 
 def test_scale_json_and_v2_rules(capsys, tmp_path):
-    rc, out, err = cli(capsys, "scale", "--phi", "2", "--coefficients", "1.2,1.1,1.15", "--base", SMALL,
-                       "--out", tmp_path, "--v2-rules", "--late-stages", "2", "--json", "--num-classes", "10")
+    rc, out, err = cli(
+        capsys,
+        "scale",
+        "--phi",
+        "2",
+        "--coefficients",
+        "1.2,1.1,1.15",
+        "--base",
+        SMALL,
+        "--out",
+        tmp_path,
+        "--v2-rules",
+        "--late-stages",
+        "2",
+        "--json",
+        "--num-classes",
+        "10",
+    )
     assert rc == 0, err
     data = strict_json(out)
     assert data["rules"] == "v2" and [r["phi"] for r in data["family"]] == [0, 1, 2]
@@ -84,22 +128,63 @@ def test_scale_json_and_v2_rules(capsys, tmp_path):
     # --late-stages 2: added layers go to the last two stages only.
     assert [s.repeats for s in phi2.stages[:2]] == [1, 2]
     # Without it, the V2 rules scale every stage (ceil, the authors' rule), and --depth-rounding is honoured.
-    rc, out, _ = cli(capsys, "scale", "--phi", "2", "--coefficients", "1.2,1.1,1.15", "--base", SMALL,
-                     "--out", tmp_path / "b", "--v2-rules", "--json")
-    assert [s.repeats for s in Architecture.from_string(strict_json(out)["family"][2]["arch"]).stages] == \
-        [math.ceil(r * 1.44) for r in (1, 2, 2, 3)]
+    rc, out, _ = cli(
+        capsys,
+        "scale",
+        "--phi",
+        "2",
+        "--coefficients",
+        "1.2,1.1,1.15",
+        "--base",
+        SMALL,
+        "--out",
+        tmp_path / "b",
+        "--v2-rules",
+        "--json",
+    )
+    assert [s.repeats for s in Architecture.from_string(strict_json(out)["family"][2]["arch"]).stages] == [
+        math.ceil(r * 1.44) for r in (1, 2, 2, 3)
+    ]
     assert strict_json(out)["depth_rounding"] == "ceil"
-    rc, out, _ = cli(capsys, "scale", "--phi", "2", "--coefficients", "1.2,1.1,1.15", "--base", SMALL,
-                     "--out", tmp_path / "c", "--v2-rules", "--depth-rounding", "round", "--json")
-    assert [s.repeats for s in Architecture.from_string(strict_json(out)["family"][2]["arch"]).stages] == \
-        [1, 3, 3, 4]  # round(r * 1.44)
+    rc, out, _ = cli(
+        capsys,
+        "scale",
+        "--phi",
+        "2",
+        "--coefficients",
+        "1.2,1.1,1.15",
+        "--base",
+        SMALL,
+        "--out",
+        tmp_path / "c",
+        "--v2-rules",
+        "--depth-rounding",
+        "round",
+        "--json",
+    )
+    assert [s.repeats for s in Architecture.from_string(strict_json(out)["family"][2]["arch"]).stages] == [
+        1,
+        3,
+        3,
+        4,
+    ]  # round(r * 1.44)
 
 
 def test_scale_reproduces_efficientnetv2_b1_to_b3(capsys, tmp_path):
     """EfficientNetV2-B1..B3 are V2-B0 scaled by the published coefficients with the V2 rules; their
     parameter counts are timm's tf_efficientnetv2_b1..b3 (search_spaces.reference)."""
-    rc, out, err = cli(capsys, "scale", "--coefficients", "efficientnetv2", "--base", "efficientnetv2-b0",
-                       "--v2-rules", "--out", tmp_path, "--json")
+    rc, out, err = cli(
+        capsys,
+        "scale",
+        "--coefficients",
+        "efficientnetv2",
+        "--base",
+        "efficientnetv2-b0",
+        "--v2-rules",
+        "--out",
+        tmp_path,
+        "--json",
+    )
     assert rc == 0, err
     data = strict_json(out)
     assert data["published"] == "efficientnetv2" and data["alpha"] is None and data["rules"] == "v2"
@@ -125,34 +210,61 @@ def test_scale_reproduces_efficientnet_b1_to_b3(capsys, tmp_path):
     assert strict_json(out)["depth_rounding"] == "ceil"
 
 
-@pytest.mark.parametrize("args, word", [
-    (["scale", "--phi", "-1", "--coefficients", "1.2,1.1,1.15", "--base", TINY],
-     "--phi must be a positive integer, got -1"),
-    (["scale", "--phi", "2", "--coefficients", "1.2,1.1", "--base", TINY], "three coefficients"),
-    (["scale", "--phi", "2", "--coefficients", "0.9,1.1,1.15", "--base", TINY], "alpha .* >= 1.*got 0.9"),
-    (["scale", "--phi", "2", "--coefficients", "1.2,x,1.15", "--base", TINY], "'x' is not a number"),
-    (["scale", "--phi", "2", "--coefficients", "1.2,1.1,1.15"], "--base is needed"),
-    # conflicting flags
-    (["scale", "--coefficients", "1.2,1.1,1.15", "--base", TINY], "--phi is needed with compound coefficients"),
-    (["scale", "--phi", "1", "--coefficients", "1.2,1.1,1.15", "--base", TINY, "--late-stages", "1"],
-     "--late-stages is EfficientNetV2's heuristic .*: add --v2-rules"),
-    (["scale", "--coefficients", "efficientnet", "--v2-rules"],
-     "published efficientnet coefficients were made with EfficientNet V1's rules: drop --v2-rules"),
-    (["scale", "--coefficients", "efficientnetv2", "--phi", "4"], "--phi 4: .* have 3 members \\(b1, b2, b3\\)"),
-    (["scale", "--phi", "1", "--coefficients", "1.2,1.1,1.15", "--base", TINY, "--v2-rules", "--late-stages", "9"],
-     "--late-stages must be an integer in \\[0, 2\\], got 9"),
-    (["scale", "--phi", "1", "--coefficients", "1.2,1.1,1.15", "--base", TINY, "--num-classes", "0"],
-     "--num-classes must be an integer in \\[1, 1000000\\], got 0"),
-    (["grid-scale", "--base", TINY, "--phi", "-1"], "--phi must be a positive number, got -1"),
-    (["grid-scale", "--base", TINY, "--min", "0.9"], "--min must be >= 1.*0.9"),
-    (["grid-scale", "--base", TINY, "--max-candidates", "0"], "--max-candidates .* got 0"),
-    (["grid-scale", "--base", TINY, "--objective", "speed"], "--objective must be one of accuracy, reward; got 'speed'"),
-    (["grid-scale", "--base", "no-such-net"], "no-such-net"),
-])
+@pytest.mark.parametrize(
+    "args, word",
+    [
+        (
+            ["scale", "--phi", "-1", "--coefficients", "1.2,1.1,1.15", "--base", TINY],
+            "--phi must be a positive integer, got -1",
+        ),
+        (["scale", "--phi", "2", "--coefficients", "1.2,1.1", "--base", TINY], "three coefficients"),
+        (["scale", "--phi", "2", "--coefficients", "0.9,1.1,1.15", "--base", TINY], "alpha .* >= 1.*got 0.9"),
+        (["scale", "--phi", "2", "--coefficients", "1.2,x,1.15", "--base", TINY], "'x' is not a number"),
+        (["scale", "--phi", "2", "--coefficients", "1.2,1.1,1.15"], "--base is needed"),
+        # conflicting flags
+        (["scale", "--coefficients", "1.2,1.1,1.15", "--base", TINY], "--phi is needed with compound coefficients"),
+        (
+            ["scale", "--phi", "1", "--coefficients", "1.2,1.1,1.15", "--base", TINY, "--late-stages", "1"],
+            "--late-stages is EfficientNetV2's heuristic .*: add --v2-rules",
+        ),
+        (
+            ["scale", "--coefficients", "efficientnet", "--v2-rules"],
+            "published efficientnet coefficients were made with EfficientNet V1's rules: drop --v2-rules",
+        ),
+        (["scale", "--coefficients", "efficientnetv2", "--phi", "4"], "--phi 4: .* have 3 members \\(b1, b2, b3\\)"),
+        (
+            [
+                "scale",
+                "--phi",
+                "1",
+                "--coefficients",
+                "1.2,1.1,1.15",
+                "--base",
+                TINY,
+                "--v2-rules",
+                "--late-stages",
+                "9",
+            ],
+            "--late-stages must be an integer in \\[0, 2\\], got 9",
+        ),
+        (
+            ["scale", "--phi", "1", "--coefficients", "1.2,1.1,1.15", "--base", TINY, "--num-classes", "0"],
+            "--num-classes must be an integer in \\[1, 1000000\\], got 0",
+        ),
+        (["grid-scale", "--base", TINY, "--phi", "-1"], "--phi must be a positive number, got -1"),
+        (["grid-scale", "--base", TINY, "--min", "0.9"], "--min must be >= 1.*0.9"),
+        (["grid-scale", "--base", TINY, "--max-candidates", "0"], "--max-candidates .* got 0"),
+        (
+            ["grid-scale", "--base", TINY, "--objective", "speed"],
+            "--objective must be one of accuracy, reward; got 'speed'",
+        ),
+        (["grid-scale", "--base", "no-such-net"], "no-such-net"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, args, word):
     import re
 
-    rc, out, err = cli(capsys, *args, "--out", tmp_path / "run")
+    rc, _out, err = cli(capsys, *args, "--out", tmp_path / "run")
     assert rc == 2
     assert len(err.splitlines()) == 1 and err.startswith("nas: error: ") and re.search(word, err), err
     assert not (tmp_path / "run").exists()  # refused before anything was written
@@ -182,8 +294,23 @@ def test_grid_scale_end_to_end_then_resume_then_scale(capsys, tmp_path, one_thre
     assert rc == 0, err
     assert "109 of 9261 grid points" in out and "evaluating 3 of them" in out
     df = pd.read_csv(run / "grid.csv")
-    for col in ("alpha", "beta", "gamma", "product", "depth_mult", "width_mult", "resolution", "params", "macs",
-                "macs_ratio", "step_time_ms", "accuracy", "reward", "state", "error"):
+    for col in (
+        "alpha",
+        "beta",
+        "gamma",
+        "product",
+        "depth_mult",
+        "width_mult",
+        "resolution",
+        "params",
+        "macs",
+        "macs_ratio",
+        "step_time_ms",
+        "accuracy",
+        "reward",
+        "state",
+        "error",
+    ):
         assert col in df.columns, col
     assert len(df) == 4 and list(df["state"]) == ["COMPLETE"] * 4 and df.loc[0, "candidate"] == "base"
     assert df.loc[0, "macs_ratio"] == 1.0 and (df["step_time_ms"] > 0).all()
@@ -225,5 +352,6 @@ def test_grid_scale_end_to_end_then_resume_then_scale(capsys, tmp_path, one_thre
     assert rc == 0, err
     phi1 = Architecture.from_json((tmp_path / "fam" / "phi1.json").read_text())
     assert phi1.to_string() == chosen["arch"]
-    assert math.isclose(pd.read_csv(tmp_path / "fam" / "family.csv")["target_macs_ratio"].iloc[2],
-                        chosen["product"] ** 2)
+    assert math.isclose(
+        pd.read_csv(tmp_path / "fam" / "family.csv")["target_macs_ratio"].iloc[2], chosen["product"] ** 2
+    )

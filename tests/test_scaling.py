@@ -10,8 +10,17 @@ import torchvision
 from torch import nn
 
 from search_spaces import (
-    REFERENCE, Architecture, NasError, compound, count_macs, count_params, preset, round_filters, round_repeats,
-    scale, scale_v2,
+    REFERENCE,
+    Architecture,
+    NasError,
+    compound,
+    count_macs,
+    count_params,
+    preset,
+    round_filters,
+    round_repeats,
+    scale,
+    scale_v2,
 )
 
 # The official B0..B7 coefficients (REFERENCE.md): width, depth, resolution, dropout.
@@ -52,22 +61,26 @@ def test_scaling_b0_gives_the_family(k):
     assert scaled.head == head
     assert scaled.dropout == dropout
     # Only channels, repeats, resolution and dropout change.
-    assert [(s.block, s.kernel, s.stride, s.expansion, s.se, s.skip) for s in scaled.stages] == \
-        [(s.block, s.kernel, s.stride, s.expansion, s.se, s.skip) for s in b0.stages]
+    assert [(s.block, s.kernel, s.stride, s.expansion, s.se, s.skip) for s in scaled.stages] == [
+        (s.block, s.kernel, s.stride, s.expansion, s.se, s.skip) for s in b0.stages
+    ]
 
 
-@pytest.mark.parametrize("channels,width,v1,v2", [
-    (40, 1.1, 48, 48),      # 44 -> nearest multiple of 8 is 48 (int(44 + 4) // 8 * 8)
-    (32, 1.1, 32, 32),      # 35.2 -> 32, and 32 >= 0.9 * 35.2 = 31.68
-    (16, 1.2, 24, 16),      # 19.2 -> 16 < 0.9 * 19.2 = 17.28: V1 adds 8, V2 does not (B3's first stage is 24)
-    (24, 0.75, 24, 16),     # 18 -> 16 < 16.2: the same
-    (24, 1.4, 32, 32),      # 33.6 -> 32 >= 30.24
-    (320, 1.1, 352, 352),   # B2's last stage
-    (1280, 1.1, 1408, 1408),
-    (112, 1.8, 200, 200),   # 201.6 -> 200
-    (16, 0.25, 8, 8),       # 4 -> never below 8
-    (12, 1.0, 12, 12),      # width 1 leaves channels alone: scaling by 1 is the identity
-])
+@pytest.mark.parametrize(
+    "channels,width,v1,v2",
+    [
+        (40, 1.1, 48, 48),  # 44 -> nearest multiple of 8 is 48 (int(44 + 4) // 8 * 8)
+        (32, 1.1, 32, 32),  # 35.2 -> 32, and 32 >= 0.9 * 35.2 = 31.68
+        (16, 1.2, 24, 16),  # 19.2 -> 16 < 0.9 * 19.2 = 17.28: V1 adds 8, V2 does not (B3's first stage is 24)
+        (24, 0.75, 24, 16),  # 18 -> 16 < 16.2: the same
+        (24, 1.4, 32, 32),  # 33.6 -> 32 >= 30.24
+        (320, 1.1, 352, 352),  # B2's last stage
+        (1280, 1.1, 1408, 1408),
+        (112, 1.8, 200, 200),  # 201.6 -> 200
+        (16, 0.25, 8, 8),  # 4 -> never below 8
+        (12, 1.0, 12, 12),  # width 1 leaves channels alone: scaling by 1 is the identity
+    ],
+)
 def test_round_filters_by_hand(channels, width, v1, v2):
     assert round_filters(channels, width) == v1
     assert round_filters(channels, width, "v1") == v1
@@ -79,9 +92,19 @@ def test_round_filters_rejects_unknown_rounding():
         round_filters(32, 1.1, "v3")
 
 
-@pytest.mark.parametrize("repeats,depth,expected", [
-    (3, 1.1, 4), (4, 2.2, 9), (1, 3.1, 4), (2, 1.0, 2), (15, 1.0, 15), (6, 0.25, 2), (1, 0.25, 1), (2, 1.5, 3),
-])
+@pytest.mark.parametrize(
+    "repeats,depth,expected",
+    [
+        (3, 1.1, 4),
+        (4, 2.2, 9),
+        (1, 3.1, 4),
+        (2, 1.0, 2),
+        (15, 1.0, 15),
+        (6, 0.25, 2),
+        (1, 0.25, 1),
+        (2, 1.5, 3),
+    ],
+)
 def test_round_repeats_is_ceil(repeats, depth, expected):
     assert round_repeats(repeats, depth) == expected
 
@@ -90,9 +113,11 @@ def test_scaling_never_mutates_its_input():
     for name in ("efficientnet-b0", "efficientnetv2-s"):
         a = preset(name)
         before, before_json = a.to_string(), a.to_json()
-        out = [scale(a, width=1.3, depth=2.0, resolution_mult=1.2, dropout=0.4),
-               scale_v2(a, width=1.2, depth=1.5, resolution_mult=1.5),
-               compound(a, 2, 1.2, 1.1, 1.15)]
+        out = [
+            scale(a, width=1.3, depth=2.0, resolution_mult=1.2, dropout=0.4),
+            scale_v2(a, width=1.2, depth=1.5, resolution_mult=1.5),
+            compound(a, 2, 1.2, 1.1, 1.15),
+        ]
         assert a.to_string() == before and a.to_json() == before_json
         assert Architecture.from_string(before) == a
         assert all(o is not a and o != a for o in out)
@@ -147,8 +172,9 @@ def test_scale_v2_without_late_stages_is_automls_rule():
         assert count_params(scaled) == REFERENCE[f"efficientnetv2-b{k}"]["params"]  # timm's tf_efficientnetv2_bK
     # V1's channel rounding (the 90% rule) or nearest depth give other networks (the issue's figures).
     assert count_params(scale(b0, width=1.2, depth=1.4, resolution=300, dropout=0.3)) == 14_377_062
-    assert count_params(scale(b0, width=1.2, depth=1.4, resolution=300, dropout=0.3, depth_rounding="round")) \
-        == 13_412_496
+    assert (
+        count_params(scale(b0, width=1.2, depth=1.4, resolution=300, dropout=0.3, depth_rounding="round")) == 13_412_496
+    )
     assert count_params(scale_v2(b0, width=1.2, depth=1.4, resolution=300, late_stages=2)) == 16_962_192
 
 
@@ -178,9 +204,17 @@ def test_scale_v2_rounds_channels_the_v2_way():
     assert [s.out for s in wide.stages] == [32, 56, 80, 152, 192, 304]
 
 
-@pytest.mark.parametrize("repeats,depth,expected", [
-    (1, 1.2, 1), (2, 1.25, 3), (3, 1.5, 5), (4, 1.1, 4), (1, 0.25, 1), (15, 2.0, 30),
-])
+@pytest.mark.parametrize(
+    "repeats,depth,expected",
+    [
+        (1, 1.2, 1),
+        (2, 1.25, 3),
+        (3, 1.5, 5),
+        (4, 1.1, 4),
+        (1, 0.25, 1),
+        (15, 2.0, 30),
+    ],
+)
 def test_round_repeats_nearest(repeats, depth, expected):
     assert round_repeats(repeats, depth, "round") == expected
 
@@ -198,9 +232,9 @@ def test_compound_scaling_macs_nearest_depth(phi):
     """FLOPs grow by (alpha * beta**2 * gamma**2)**phi (V1 eq. 3) when depth rounds to the nearest layer."""
     b0 = preset("efficientnet-b0")
     scaled = compound(b0, phi, ALPHA, BETA, GAMMA, depth_rounding="round")
-    assert [s.repeats for s in scaled.stages] == [max(1, math.floor(s.repeats * ALPHA ** phi + 0.5)) for s in b0.stages]
+    assert [s.repeats for s in scaled.stages] == [max(1, math.floor(s.repeats * ALPHA**phi + 0.5)) for s in b0.stages]
     ratio = count_macs(scaled) / count_macs(b0)
-    assert ratio == pytest.approx((ALPHA * BETA ** 2 * GAMMA ** 2) ** phi, rel=0.15)
+    assert ratio == pytest.approx((ALPHA * BETA**2 * GAMMA**2) ** phi, rel=0.15)
 
 
 @pytest.mark.parametrize("phi", [1, 2, 3, 4])
@@ -215,21 +249,33 @@ def test_compound_scaling_macs_ceil_depth(phi):
     b0 = preset("efficientnet-b0")
     base = count_macs(b0)
     scaled = compound(b0, phi, alpha, beta, gamma)
-    assert scaled == scale(b0, width=beta ** phi, depth=alpha ** phi, resolution_mult=gamma ** phi)
-    assert scaled.resolution == round(224 * gamma ** phi)
-    assert [s.repeats for s in scaled.stages] == [math.ceil(s.repeats * alpha ** phi) for s in b0.stages]
+    assert scaled == scale(b0, width=beta**phi, depth=alpha**phi, resolution_mult=gamma**phi)
+    assert scaled.resolution == round(224 * gamma**phi)
+    assert [s.repeats for s in scaled.stages] == [math.ceil(s.repeats * alpha**phi) for s in b0.stages]
     ratio = count_macs(scaled) / base
-    depth_ratio = count_macs(scale(b0, depth=alpha ** phi)) / base
-    assert alpha ** phi <= depth_ratio <= 1.25 * alpha ** phi  # ceil only ever adds
-    assert ratio == pytest.approx(depth_ratio * (beta ** 2 * gamma ** 2) ** phi, rel=0.15)
-    assert 0.95 <= ratio / (alpha * beta ** 2 * gamma ** 2) ** phi <= 1.4
+    depth_ratio = count_macs(scale(b0, depth=alpha**phi)) / base
+    assert alpha**phi <= depth_ratio <= 1.25 * alpha**phi  # ceil only ever adds
+    assert ratio == pytest.approx(depth_ratio * (beta**2 * gamma**2) ** phi, rel=0.15)
+    assert 0.95 <= ratio / (alpha * beta**2 * gamma**2) ** phi <= 1.4
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"width": 0}, {"width": -1.0}, {"width": float("nan")}, {"width": float("inf")}, {"width": True},
-    {"width": "1.1"}, {"depth": 0}, {"depth": -2}, {"resolution_mult": 0}, {"resolution": 4},
-    {"dropout": 1.5}, {"rounding": "v3"},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"width": 0},
+        {"width": -1.0},
+        {"width": float("nan")},
+        {"width": float("inf")},
+        {"width": True},
+        {"width": "1.1"},
+        {"depth": 0},
+        {"depth": -2},
+        {"resolution_mult": 0},
+        {"resolution": 4},
+        {"dropout": 1.5},
+        {"rounding": "v3"},
+    ],
+)
 def test_scale_rejects_bad_multipliers(kwargs):
     bad = next(iter(kwargs.values()))
     with pytest.raises(NasError) as e:
@@ -237,17 +283,34 @@ def test_scale_rejects_bad_multipliers(kwargs):
     assert repr(bad) in str(e.value) or str(bad) in str(e.value)  # the message names the value
 
 
-@pytest.mark.parametrize("args", [
-    (-1, 1.2, 1.1, 1.15), (1, 0.9, 1.1, 1.15), (1, 1.2, 0.5, 1.15), (1, 1.2, 1.1, float("nan")),
-    (1, "1.2", 1.1, 1.15), (True, 1.2, 1.1, 1.15),
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        (-1, 1.2, 1.1, 1.15),
+        (1, 0.9, 1.1, 1.15),
+        (1, 1.2, 0.5, 1.15),
+        (1, 1.2, 1.1, float("nan")),
+        (1, "1.2", 1.1, 1.15),
+        (True, 1.2, 1.1, 1.15),
+    ],
+)
 def test_compound_rejects_bad_coefficients(args):
     with pytest.raises(NasError):
         compound(preset("efficientnet-b0"), *args)
 
 
-@pytest.mark.parametrize("kwargs", [{"width": 0}, {"depth": -1}, {"resolution_mult": 0}, {"late_stages": -1},
-                                    {"late_stages": 7}, {"depth_rounding": "floor"}, {"max_resolution": 4}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"width": 0},
+        {"depth": -1},
+        {"resolution_mult": 0},
+        {"late_stages": -1},
+        {"late_stages": 7},
+        {"depth_rounding": "floor"},
+        {"max_resolution": 4},
+    ],
+)
 def test_scale_v2_rejects_bad_arguments(kwargs):
     with pytest.raises(NasError):
         scale_v2(preset("efficientnetv2-s"), **kwargs)

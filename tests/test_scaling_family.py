@@ -45,8 +45,10 @@ def test_macs_grow_by_the_product_per_phi_step(b0_family):
 
 
 def test_v2_rules_cap_resolution_and_add_layers_late():
-    base = Architecture.from_string("stem16,r1_k3_s1_e1_i16_o16_c1,r2_k3_s2_e4_i16_o24_c1,"
-                                    "r2_k3_s2_e4_i24_o32,r3_k3_s2_e6_i32_o48,r4_k3_s1_e6_i48_o64,head128,res384")
+    base = Architecture.from_string(
+        "stem16,r1_k3_s1_e1_i16_o16_c1,r2_k3_s2_e4_i16_o24_c1,"
+        "r2_k3_s2_e4_i24_o32,r3_k3_s2_e6_i32_o48,r4_k3_s1_e6_i48_o64,head128,res384"
+    )
     rows = scale_family(base, PAPER, 3, v2_rules=True, num_classes=10, late_stages=2)
     for r in rows[1:]:
         a = Architecture.from_string(r["arch"])
@@ -54,26 +56,36 @@ def test_v2_rules_cap_resolution_and_add_layers_late():
         assert a.resolution == min(480, v1.resolution)
         assert [s.repeats for s in a.stages[:3]] == [1, 2, 2]  # early stages keep their layers
         assert a.num_blocks == v1.num_blocks  # the same number of layers is added, only later
-        assert a == scale_v2(base, width=1.1 ** r["phi"], depth=1.2 ** r["phi"], resolution_mult=1.15 ** r["phi"],
-                             late_stages=2)
-    assert rows[3]["resolution"] == 480 < round(384 * 1.15 ** 3)
+        assert a == scale_v2(
+            base, width=1.1 ** r["phi"], depth=1.2 ** r["phi"], resolution_mult=1.15 ** r["phi"], late_stages=2
+        )
+    assert rows[3]["resolution"] == 480 < round(384 * 1.15**3)
 
 
 # -- coefficients input ------------------------------------------------------------------------------------
 
+
 def test_parse_coefficients_forms(tmp_path):
     assert parse_coefficients("1.2, 1.1,1.15") == (PAPER, None)
-    (tmp_path / "c.json").write_text(json.dumps({"alpha": 1.2, "beta": 1.1, "gamma": 1.15,
-                                                 "base": {"arch": TINY.to_string()}}))
+    (tmp_path / "c.json").write_text(
+        json.dumps({"alpha": 1.2, "beta": 1.1, "gamma": 1.15, "base": {"arch": TINY.to_string()}})
+    )
     assert parse_coefficients(str(tmp_path / "c.json")) == (PAPER, TINY.to_string())
     (tmp_path / "coefficients.json").write_text("[1.2, 1.1, 1.15]")
     assert parse_coefficients(str(tmp_path)) == (PAPER, None)  # a run directory
 
 
-@pytest.mark.parametrize("text, word", [
-    ("1.2,1.1", "three coefficients"), ("1.2,1.1,1.15,1", "got 4"), ("a,1,1", "'a' is not a number"),
-    ("0.9,1.1,1.15", "alpha .* >= 1.*0.9"), ("1.2,1.1,nan", "gamma .* finite"), ("", "no coefficients"),
-])
+@pytest.mark.parametrize(
+    "text, word",
+    [
+        ("1.2,1.1", "three coefficients"),
+        ("1.2,1.1,1.15,1", "got 4"),
+        ("a,1,1", "'a' is not a number"),
+        ("0.9,1.1,1.15", "alpha .* >= 1.*0.9"),
+        ("1.2,1.1,nan", "gamma .* finite"),
+        ("", "no coefficients"),
+    ],
+)
 def test_bad_coefficients_are_named(text, word):
     with pytest.raises(NasError, match=word):
         parse_coefficients(text)
@@ -87,9 +99,9 @@ def test_bad_coefficient_files(tmp_path):
         parse_coefficients(str(tmp_path / "corrupt.json"))
     with pytest.raises(NasError, match="lacks gamma"):
         parse_coefficients(str(tmp_path / "partial.json"))
-    with pytest.raises(NasError, match="alpha .* finite number, got '1.2'"):
+    with pytest.raises(NasError, match=r"alpha .* finite number, got '1.2'"):
         parse_coefficients(str(tmp_path / "str.json"))
     with pytest.raises(NasError, match="does not exist"):
         parse_coefficients(str(tmp_path / "missing.json"))
-    with pytest.raises(NasError, match="without coefficients.json"):
+    with pytest.raises(NasError, match=r"without coefficients.json"):
         parse_coefficients(str(tmp_path))

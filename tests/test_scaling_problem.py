@@ -1,4 +1,4 @@
-"""nas.scaling.problem: ``nas grid-scale`` through the one driver, on stand-in evaluations (the real
+"""nas.study.grid: ``nas grid-scale`` through the one driver, on stand-in evaluations (the real
 one is covered in test_scale_cli.py): resume, extension, kills, failures, the choice."""
 
 from __future__ import annotations
@@ -8,12 +8,11 @@ import json
 import optuna
 import pandas as pd
 import pytest
+from conftest import TINY
 
 from nas.scaling.grid import BASE, GridSpec, enumerate_candidates, scale_candidate, select_spread
 from nas.trial.evaluator import Evaluator
 from search_spaces import Architecture
-
-from conftest import TINY
 
 BASE_ARCH = "stem8,r1_k3_s2_e1_i8_o8_c1,r1_k3_s2_e4_i8_o16,head32,res32"
 NET = Architecture.from_string(BASE_ARCH)
@@ -46,8 +45,9 @@ def calls(standin, monkeypatch):
 def grid(tmp_path, n=2, *extra):
     from nas.cli import main
 
-    rc = main(["grid-scale", "--base", BASE_ARCH, "--max-candidates", str(n), "--out", str(tmp_path / "run"),
-               *TINY, *extra])
+    rc = main(
+        ["grid-scale", "--base", BASE_ARCH, "--max-candidates", str(n), "--out", str(tmp_path / "run"), *TINY, *extra]
+    )
     df = pd.read_csv(tmp_path / "run" / "grid.csv")
     return rc, df
 
@@ -79,12 +79,13 @@ def test_a_killed_candidate_is_rerun_and_stale_waiting_trials_are_dropped(tmp_pa
     study.enqueue_trial({"alpha": picks[2].alpha, "beta": picks[2].beta, "gamma": picks[2].gamma})
     study.enqueue_trial({"alpha": picks[1].alpha, "beta": picks[1].beta, "gamma": picks[1].gamma})
     killed = study.ask()
-    killed.set_user_attr("pid", 2 ** 22 + 1)  # no such process
+    killed.set_user_attr("pid", 2**22 + 1)  # no such process
     import socket
 
     killed.set_user_attr("hostname", socket.gethostname())
     calls.clear()
     rc, df = grid(tmp_path, 3)
+    assert rc == 0
     assert sorted(calls) == sorted(map(arch, picks[1:3]))  # each once, nothing finished redone
     assert list(df["state"]) == ["COMPLETE"] * 4
     states = [t.state for t in optuna.load_study(study_name="nas-grid", storage=storage).get_trials()]
@@ -92,13 +93,14 @@ def test_a_killed_candidate_is_rerun_and_stale_waiting_trials_are_dropped(tmp_pa
 
 
 def test_a_failed_candidate_is_recorded_not_retried_and_never_chosen(tmp_path, calls):
-    picks = select_spread(enumerate_candidates(GridSpec()), 3)
     rc, df = grid(tmp_path, 3)
+    assert rc == 0
     best = df[df["candidate"] != "base"].sort_values("accuracy").iloc[-1]
     # Again in a fresh directory, with the would-be winner failing.
     calls.clear()
     calls.fail.add(best["arch"])
     rc, df = grid(tmp_path / "again", 3)
+    assert rc == 0
     row = df[df["candidate"] == best["candidate"]].iloc[0]
     assert row["state"] == "FAIL" and "boom" in row["error"]
     coeffs = json.loads((tmp_path / "again" / "run" / "coefficients.json").read_text())
@@ -110,6 +112,7 @@ def test_a_failed_candidate_is_recorded_not_retried_and_never_chosen(tmp_path, c
 
 def test_choice_by_objective_with_runner_up_and_the_base_excluded(tmp_path, calls):
     rc, df = grid(tmp_path, 4)
+    assert rc == 0
     data = json.loads((tmp_path / "run" / "coefficients.json").read_text())
     ok = df[df["candidate"] != "base"]
     assert data["objective"] == "accuracy" and data["objective_value"] == ok["accuracy"].max()
@@ -127,11 +130,30 @@ def test_choice_by_objective_with_runner_up_and_the_base_excluded(tmp_path, call
 
 def test_a_changed_grid_in_the_same_run_directory_is_refused_unchanged(tmp_path, calls, capsys):
     grid(tmp_path, 1)
-    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file() and not p.name.startswith(".")}
+    before = {
+        p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file() and not p.name.startswith(".")
+    }
     from nas.cli import main
 
-    assert main(["grid-scale", "--base", BASE_ARCH, "--max-candidates", "1", "--tolerance", "0.2", "--out",
-                 str(tmp_path / "run"), *TINY]) == 2
+    assert (
+        main(
+            [
+                "grid-scale",
+                "--base",
+                BASE_ARCH,
+                "--max-candidates",
+                "1",
+                "--tolerance",
+                "0.2",
+                "--out",
+                str(tmp_path / "run"),
+                *TINY,
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "different settings (grid.tolerance: 0.1 there, 0.2 now)" in err and len(err.strip().splitlines()) == 1
-    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file() and not p.name.startswith(".")} == before
+    assert {
+        p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file() and not p.name.startswith(".")
+    } == before

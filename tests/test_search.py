@@ -14,21 +14,36 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import FAILING, REPO, STANDIN, TINY, nas_env, run_nas, write_plugin
 
 from nas.study.results import TRIAL_COLUMNS
 from search_spaces import Architecture, get_space
 
-from conftest import FAILING, REPO, STANDIN, TINY, nas_env, run_nas, write_plugin
-
 
 def _finished(df: pd.DataFrame) -> pd.DataFrame:
-    return df[df["state"].isin(["COMPLETE", "PRUNED"]) | (df["state"].eq("FAIL") & df["error"].notna()
-                                                          & ~df["error"].astype(str).str.startswith("interrupted"))]
+    return df[
+        df["state"].isin(["COMPLETE", "PRUNED"])
+        | (df["state"].eq("FAIL") & df["error"].notna() & ~df["error"].astype(str).str.startswith("interrupted"))
+    ]
 
 
 def _standin_cmd(out: Path, trials: int, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "nas.cli", "search", "--plugin", "nas_standin", "--trials", str(trials), "--out",
-            str(out), "--sampler", "random", *TINY, *extra]
+    return [
+        sys.executable,
+        "-m",
+        "nas.cli",
+        "search",
+        "--plugin",
+        "nas_standin",
+        "--trials",
+        str(trials),
+        "--out",
+        str(out),
+        "--sampler",
+        "random",
+        *TINY,
+        *extra,
+    ]
 
 
 @pytest.fixture
@@ -54,8 +69,22 @@ def _consistent(out: Path, trials: int) -> pd.DataFrame:
 @pytest.mark.slow
 def test_search_writes_results_a_user_can_act_on(tmp_path):
     out = tmp_path / "run"
-    rc, stdout, stderr = run_nas("search", "--trials", "3", "--out", out, "--seed", "3", *TINY, "--step-time",
-                                 "measure", "--target-image-size", "32", "--target-batch-size", "4")
+    rc, stdout, stderr = run_nas(
+        "search",
+        "--trials",
+        "3",
+        "--out",
+        out,
+        "--seed",
+        "3",
+        *TINY,
+        "--step-time",
+        "measure",
+        "--target-image-size",
+        "32",
+        "--target-batch-size",
+        "4",
+    )
     assert rc == 0, stderr
     df = pd.read_csv(out / "trials.csv")
     assert list(df.columns[: len(TRIAL_COLUMNS)]) == TRIAL_COLUMNS
@@ -80,8 +109,12 @@ def test_search_writes_results_a_user_can_act_on(tmp_path):
     assert best["metrics"]["reward"] == pytest.approx(top["reward"])
     for key in ("device", "device_name", "torch_version", "threads", "memory_format", "dtype"):
         assert key in best["metrics"], key
-    assert best["reference"] and best["target"] == {"method": "measure", "image_size": 32, "batch_size": 4,
-                                                    "device": f"cpu ({best['metrics']['device_name']})"}
+    assert best["reference"] and best["target"] == {
+        "method": "measure",
+        "image_size": 32,
+        "batch_size": 4,
+        "device": f"cpu ({best['metrics']['device_name']})",
+    }
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "best architecture" in stdout and best["arch"] in stdout and "at 10 classes" in stdout
 
@@ -94,8 +127,22 @@ def test_search_writes_results_a_user_can_act_on(tmp_path):
     assert best["arch"] in stdout and "top" in stdout
 
     # Rerunning the finished command runs nothing new.
-    rc, stdout, stderr = run_nas("search", "--trials", "3", "--out", out, "--seed", "3", *TINY, "--step-time",
-                                 "measure", "--target-image-size", "32", "--target-batch-size", "4")
+    rc, stdout, stderr = run_nas(
+        "search",
+        "--trials",
+        "3",
+        "--out",
+        out,
+        "--seed",
+        "3",
+        *TINY,
+        "--step-time",
+        "measure",
+        "--target-image-size",
+        "32",
+        "--target-batch-size",
+        "4",
+    )
     assert rc == 0, stderr
     assert "3 of 3 trials already finished" in stdout
     assert pd.read_csv(out / "trials.csv")["number"].tolist() == df["number"].tolist()
@@ -124,8 +171,9 @@ def test_sigkill_mid_trial_keeps_the_appended_rows_and_the_rerun_closes_the_kill
     kept = first[first["state"] == "COMPLETE"].set_index("number")
 
     t0 = time.time()
-    p = subprocess.run(cmd, cwd=tmp_path, env={**env, "NAS_STANDIN_SLEEP": "0"}, capture_output=True, text=True,
-                       timeout=300)
+    p = subprocess.run(
+        cmd, cwd=tmp_path, env={**env, "NAS_STANDIN_SLEEP": "0"}, capture_output=True, text=True, timeout=300
+    )
     assert p.returncode == 0, p.stderr
     assert "resuming" in p.stdout and "closed 1 trial(s) left running" in p.stdout
     assert time.time() - t0 < 60, "the killed trial was closed at once, not after a heartbeat grace"
@@ -163,8 +211,9 @@ def test_sigint_always_ends_a_search_within_seconds_and_leaves_the_storage_consi
         assert "Traceback" not in err, err
         df = pd.read_csv(out / "trials.csv")
         assert "RUNNING" not in set(df["state"]) and df["number"].is_unique
-    p = subprocess.run(cmd, cwd=tmp_path, env={**env, "NAS_STANDIN_SLEEP": "0"}, capture_output=True, text=True,
-                       timeout=300)
+    p = subprocess.run(
+        cmd, cwd=tmp_path, env={**env, "NAS_STANDIN_SLEEP": "0"}, capture_output=True, text=True, timeout=300
+    )
     assert p.returncode == 0, p.stderr
     _consistent(out, 60)
 
@@ -194,8 +243,9 @@ def test_killed_at_random_points_a_search_always_ends_with_exactly_the_requested
 def test_a_second_search_on_the_same_directory_is_refused_up_front(tmp_path, standin_env):
     out = tmp_path / "run"
     env = {**standin_env, "NAS_STANDIN_SLEEP": "0.1"}
-    first = subprocess.Popen(_standin_cmd(out, 500), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(
+        _standin_cmd(out, 500), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.time() + 90
         while time.time() < deadline and not (out / "trials.csv").exists():
@@ -240,10 +290,32 @@ def test_failing_trials_are_recorded_with_their_reason_and_the_search_goes_on(tm
     # The test plugin (a user-style --plugin module) makes trial 1's reward NaN and trial 2 raise.
     plugin_dir = write_plugin(tmp_path / "plugins", "nas_failing_plugin", FAILING)
     out = tmp_path / "run"
-    p = subprocess.run([sys.executable, "-m", "nas.cli", "search", "--plugin", "nas_failing_plugin",
-                        "--space", "test-marked", "--reward", "test-failing", "--trials", "4", "--out", str(out),
-                        "--pruner", "none", *TINY], cwd=REPO, env=nas_env(plugin_dir), capture_output=True, text=True,
-                       timeout=400)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nas.cli",
+            "search",
+            "--plugin",
+            "nas_failing_plugin",
+            "--space",
+            "test-marked",
+            "--reward",
+            "test-failing",
+            "--trials",
+            "4",
+            "--out",
+            str(out),
+            "--pruner",
+            "none",
+            *TINY,
+        ],
+        cwd=REPO,
+        env=nas_env(plugin_dir),
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert p.returncode == 0, p.stderr
     df = pd.read_csv(out / "trials.csv").set_index("number")
     assert df.loc[1, "state"] == "FAIL" and "reward is nan" in df.loc[1, "error"]
@@ -271,8 +343,22 @@ def test_when_every_trial_fails_the_reason_is_said_and_no_best_is_claimed(tmp_pa
 @pytest.mark.slow
 def test_nsga2_reports_a_pareto_front(tmp_path, run_nas):
     out = tmp_path / "run"
-    rc, stdout, stderr = run_nas("search", "--trials", "3", "--out", out, "--sampler", "nsga2",
-                                 "--space", "mnasnet", "--reward", "mnasnet", "--constraint", "hard", *TINY)
+    rc, _stdout, stderr = run_nas(
+        "search",
+        "--trials",
+        "3",
+        "--out",
+        out,
+        "--sampler",
+        "nsga2",
+        "--space",
+        "mnasnet",
+        "--reward",
+        "mnasnet",
+        "--constraint",
+        "hard",
+        *TINY,
+    )
     assert rc == 0, stderr
     best = json.loads((out / "best.json").read_text())
     df = pd.read_csv(out / "trials.csv")
@@ -285,33 +371,36 @@ def test_nsga2_reports_a_pareto_front(tmp_path, run_nas):
         assert r["reward"] == pytest.approx(r["accuracy"] * r["S"] ** w)
 
 
-@pytest.mark.parametrize("args, bad", [
-    (["--space", "nope"], "'nope'"),
-    (["--reward", "nope"], "'nope'"),
-    (["--sampler", "nope"], "'nope'"),
-    (["--pruner", "nope"], "'nope'"),
-    (["--dataset", "nope"], "'nope'"),
-    (["--trials", "0"], "0"),
-    (["--image-size", "3"], "3"),
-    (["--epochs", "0"], "0"),
-    (["--width-mult", "-1"], "-1"),
-    (["--sampler", "nsga2", "--pruner", "median"], "median"),
-    (["--reward", "mnasnet", "--w", "-0.1"], "--w"),
-    (["--reward-param", "gamma=2"], "'gamma'"),
-    (["--reward-param", "w"], "KEY=VALUE"),
-    (["--optimizer", "lion"], "lion"),
-    (["--progressive", "xl"], "xl"),
-    (["--backend", "spark"], "spark"),
-    (["--step-time", "guess"], "'guess'"),
-    (["--target-image-size", "64"], "--step-time measure or table"),
-    (["--step-time", "measure", "--target-batch-size", "0"], "--target-batch-size"),
-    (["--trials-per-device", "0"], "--trials-per-device"),
-    (["--workers", "2", "--trials-per-device", "2"], "one of --workers N or --trials-per-device N"),
-    (["--device", "cuda:x"], "'cuda:x'"),
-    (["--compile", "sometimes"], "'sometimes'"),
-    (["--batch-size", "100000"], "[1, 65536], got 100000"),
-    (["--dataset", "imagefolder:/no/such/folder"], "/no/such/folder"),
-])
+@pytest.mark.parametrize(
+    "args, bad",
+    [
+        (["--space", "nope"], "'nope'"),
+        (["--reward", "nope"], "'nope'"),
+        (["--sampler", "nope"], "'nope'"),
+        (["--pruner", "nope"], "'nope'"),
+        (["--dataset", "nope"], "'nope'"),
+        (["--trials", "0"], "0"),
+        (["--image-size", "3"], "3"),
+        (["--epochs", "0"], "0"),
+        (["--width-mult", "-1"], "-1"),
+        (["--sampler", "nsga2", "--pruner", "median"], "median"),
+        (["--reward", "mnasnet", "--w", "-0.1"], "--w"),
+        (["--reward-param", "gamma=2"], "'gamma'"),
+        (["--reward-param", "w"], "KEY=VALUE"),
+        (["--optimizer", "lion"], "lion"),
+        (["--progressive", "xl"], "xl"),
+        (["--backend", "spark"], "spark"),
+        (["--step-time", "guess"], "'guess'"),
+        (["--target-image-size", "64"], "--step-time measure or table"),
+        (["--step-time", "measure", "--target-batch-size", "0"], "--target-batch-size"),
+        (["--trials-per-device", "0"], "--trials-per-device"),
+        (["--workers", "2", "--trials-per-device", "2"], "one of --workers N or --trials-per-device N"),
+        (["--device", "cuda:x"], "'cuda:x'"),
+        (["--compile", "sometimes"], "'sometimes'"),
+        (["--batch-size", "100000"], "[1, 65536], got 100000"),
+        (["--dataset", "imagefolder:/no/such/folder"], "/no/such/folder"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2_and_leaves_no_trace(tmp_path, capsys, args, bad):
     # In-process (main() is the console script) to keep the suite fast; the subprocess test below
     # checks the same through a real interpreter.
@@ -327,16 +416,18 @@ def test_bad_input_is_one_line_and_exit_2_and_leaves_no_trace(tmp_path, capsys, 
 
 
 def test_bad_input_through_a_real_interpreter(tmp_path, run_nas):
-    rc, stdout, stderr = run_nas("search", "--out", tmp_path / "run", "--space", "nope", *TINY)
-    assert rc == 2 and stderr.strip() == (
-        "nas: error: unknown search space 'nope'; known: mnasnet, trainaware"), stderr
+    rc, _stdout, stderr = run_nas("search", "--out", tmp_path / "run", "--space", "nope", *TINY)
+    assert rc == 2 and stderr.strip() == ("nas: error: unknown search space 'nope'; known: mnasnet, trainaware"), stderr
     assert "Traceback" not in stderr
 
 
-@pytest.mark.parametrize("make, word", [
-    (lambda d: (d / "one").mkdir(parents=True), "has 1 class(es)"),
-    (lambda d: [(d / c).mkdir(parents=True) for c in "ab"], "Found no valid file for the classes a, b"),
-])
+@pytest.mark.parametrize(
+    "make, word",
+    [
+        (lambda d: (d / "one").mkdir(parents=True), "has 1 class(es)"),
+        (lambda d: [(d / c).mkdir(parents=True) for c in "ab"], "Found no valid file for the classes a, b"),
+    ],
+)
 def test_bad_image_folders_are_named_before_anything_is_written(tmp_path, capsys, make, word):
     from nas.cli import main
 
@@ -381,8 +472,9 @@ def test_a_different_command_in_the_same_run_dir_is_refused(tmp_path, capsys, st
     assert (out / "trials.csv").read_bytes() == before
 
 
-def test_validate_top_retrains_the_top_and_random_trials_and_reports_the_rank_correlation(tmp_path, capsys,
-                                                                                          monkeypatch, standin):
+def test_validate_top_retrains_the_top_and_random_trials_and_reports_the_rank_correlation(
+    tmp_path, capsys, monkeypatch, standin
+):
     from nas.cli import main
     from nas.trial.evaluator import Evaluator
 
@@ -395,8 +487,22 @@ def test_validate_top_retrains_the_top_and_random_trials_and_reports_the_rank_co
 
     monkeypatch.setattr(Evaluator, "evaluate", evaluate)
     out = tmp_path / "run"
-    args = ["search", "--trials", "8", "--sampler", "random", "--pruner", "none", "--out", str(out), *TINY,
-            "--validate-top", "2", "--validate-epochs", "3"]
+    args = [
+        "search",
+        "--trials",
+        "8",
+        "--sampler",
+        "random",
+        "--pruner",
+        "none",
+        "--out",
+        str(out),
+        *TINY,
+        "--validate-top",
+        "2",
+        "--validate-epochs",
+        "3",
+    ]
     assert main(args) == 0
     assert calls == [1] * 8 + [3] * 4  # 8 proxy trials of 1 epoch, then 2 top + 2 random trials for 3 epochs
     data = json.loads((out / "fidelity.json").read_text())["accuracy"]
@@ -423,9 +529,29 @@ def test_every_step_time_method_end_to_end(tmp_path, method):
     out = tmp_path / method
     env = {**nas_env(plugins), "NAS_CACHE_DIR": str(tmp_path / "cache")}  # this test's own tables
     target = [] if method == "proxy" else ["--target-image-size", "16", "--target-batch-size", "2"]
-    rc, stdout, stderr = run_nas("search", "--plugin", "nas_two_space", "--space", "test-two", "--trials", "4",
-                                 "--sampler", "random", "--pruner", "none", "--out", out, *TINY, "--step-time", method,
-                                 *target, "--fidelity-every", "2", env=env, cwd=tmp_path)
+    rc, stdout, stderr = run_nas(
+        "search",
+        "--plugin",
+        "nas_two_space",
+        "--space",
+        "test-two",
+        "--trials",
+        "4",
+        "--sampler",
+        "random",
+        "--pruner",
+        "none",
+        "--out",
+        out,
+        *TINY,
+        "--step-time",
+        method,
+        *target,
+        "--fidelity-every",
+        "2",
+        env=env,
+        cwd=tmp_path,
+    )
     assert rc == 0, stdout + stderr
     df = pd.read_csv(out / "trials.csv")
     assert (df["step_time_method"] == method).all() and (df["step_time_ms"] > 0).all()
@@ -443,12 +569,37 @@ def test_every_step_time_method_end_to_end(tmp_path, method):
     fid = json.loads((out / "fidelity.json").read_text())["step_time"]
     assert fid["n"] == 2 and fid["trials"] == [0, 2] and 0 <= fid["within_10pct"] <= 1
     assert "step-time model vs direct timing on 2 trials" in stdout
-    assert "S = step time of the full-size training step at 16 px, batch 2, predicted by the step-time table on cpu (" in stdout
-    assert "building the step-time table of test-two at 16 px, batch 2" in stderr and "step-time table built in" in stderr
+    assert (
+        "S = step time of the full-size training step at 16 px, batch 2, predicted by the step-time table on cpu ("
+        in stdout
+    )
+    assert (
+        "building the step-time table of test-two at 16 px, batch 2" in stderr and "step-time table built in" in stderr
+    )
     # The table is reused: a second run on the same device and setting builds nothing.
     tables = list((tmp_path / "cache" / "steptime").glob("*.json"))
     assert len(tables) == 1
-    rc, stdout, stderr = run_nas("search", "--plugin", "nas_two_space", "--space", "test-two", "--trials", "4",
-                                 "--sampler", "random", "--pruner", "none", "--out", tmp_path / "again", *TINY,
-                                 "--step-time", method, *target, "--fidelity-every", "2", env=env, cwd=tmp_path)
+    rc, stdout, stderr = run_nas(
+        "search",
+        "--plugin",
+        "nas_two_space",
+        "--space",
+        "test-two",
+        "--trials",
+        "4",
+        "--sampler",
+        "random",
+        "--pruner",
+        "none",
+        "--out",
+        tmp_path / "again",
+        *TINY,
+        "--step-time",
+        method,
+        *target,
+        "--fidelity-every",
+        "2",
+        env=env,
+        cwd=tmp_path,
+    )
     assert rc == 0 and "building the step-time table" not in stderr, stderr

@@ -10,7 +10,16 @@ import pytest
 import torch
 
 from search_spaces import (
-    Architecture, NasError, RngChooser, SearchSpace, build, count_params, get_space, preset, scale, space_names,
+    Architecture,
+    NasError,
+    RngChooser,
+    SearchSpace,
+    build,
+    count_params,
+    get_space,
+    preset,
+    scale,
+    space_names,
 )
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -25,9 +34,10 @@ def one_thread():
     yield
     torch.set_num_threads(before)
 
+
 SPACES = space_names()
 SMALL_SAMPLES = 25  # per space, built at width 0.25 / depth 0.25
-FULL_SAMPLES = 2    # per space, built as sampled
+FULL_SAMPLES = 2  # per space, built as sampled
 
 
 def forward_backward(arch: Architecture, num_classes: int = 10) -> None:
@@ -43,6 +53,7 @@ def forward_backward(arch: Architecture, num_classes: int = 10) -> None:
 
 
 # -- contract: every registered space ------------------------------------------------------------------
+
 
 def test_registry():
     assert {"trainaware", "mnasnet"} <= set(SPACES)
@@ -136,6 +147,7 @@ def test_full_size_samples_build_and_train(name):
 
 # -- trainaware ---------------------------------------------------------------------------------------
 
+
 def test_trainaware_size_by_hand():
     # Per V2-S stage: op {mbconv, fused} x kernel {3, 5} x expansion {1, 4, 6} x layers {-1, 0, +1};
     # every V2-S stage has at least 2 layers, so -1 is always possible: 36 options, six stages.
@@ -165,6 +177,7 @@ def test_trainaware_keeps_the_v2s_backbone():
 
 # -- mnasnet ------------------------------------------------------------------------------------------
 
+
 def test_mnasnet_size_by_hand():
     # MobileNetV2 stages (out, layers): (16,1) (24,2) (32,3) (64,4) (96,3) (160,3) (320,1).
     # Per stage: conv op 4 x kernel 2 x SE 2 x skip 3 = 48, times the distinct filter and layer options.
@@ -174,9 +187,9 @@ def test_mnasnet_size_by_hand():
     filters = [2, 2, 3, 3, 3, 3, 3]
     layers = [2, 3, 3, 3, 3, 3, 2]
     expected = 1
-    for f, l in zip(filters, layers):
-        expected *= 48 * f * l
-    assert expected == 48 ** 7 * (2 * 2) * (2 * 3) * (3 * 3) ** 4 * (3 * 2)
+    for f, n_layers in zip(filters, layers):
+        expected *= 48 * f * n_layers
+    assert expected == 48**7 * (2 * 2) * (2 * 3) * (3 * 3) ** 4 * (3 * 2)
     assert get_space("mnasnet").size() == expected
 
 

@@ -19,10 +19,9 @@ from nas.core.device import Runtime
 from nas.errors import NasError
 from nas.steptime import StepTimeModel, Target, check, default_target, fidelity
 from nas.steptime import table as tables
-from nas.steptime.cover import covering_architectures
 from nas.steptime.correction import correct, fit_correction
-from nas.steptime.pieces import decompose, extract
-from nas.steptime.pieces import piece_params
+from nas.steptime.cover import covering_architectures
+from nas.steptime.pieces import decompose, extract, piece_params
 from search_spaces import Architecture, Stage, build, count_params, get_space, preset, scale
 from search_spaces.base import SearchSpace
 
@@ -40,8 +39,12 @@ class TinySpace(SearchSpace):
         return [("s1_kernel", [3, 5]), ("s2_op", ["mbconv", "fused"]), ("s2_layers", [1, 2])]
 
     def make(self, choice):
-        return TINY.replace(stages=(Stage("mbconv", choice["s1_kernel"], 1, 1, 8, 1, 0.25),
-                                    Stage(choice["s2_op"], 3, 2, 4, 16, choice["s2_layers"])))
+        return TINY.replace(
+            stages=(
+                Stage("mbconv", choice["s1_kernel"], 1, 1, 8, 1, 0.25),
+                Stage(choice["s2_op"], 3, 2, 4, 16, choice["s2_layers"]),
+            )
+        )
 
     def reference(self):
         return TINY
@@ -63,7 +66,9 @@ def built(tmp_path_factory):
 
 
 def _model(tmp_path, **kw):
-    return StepTimeModel.load_or_build(TinySpace(), Runtime.resolve("cpu"), TARGET, table_dir=tmp_path, **{**FAST, **kw})
+    return StepTimeModel.load_or_build(
+        TinySpace(), Runtime.resolve("cpu"), TARGET, table_dir=tmp_path, **{**FAST, **kw}
+    )
 
 
 # -- pieces and their keys ------------------------------------------------------------------------
@@ -132,8 +137,10 @@ def test_prediction_is_the_documented_formula(built):
 
 
 def test_correction_is_the_least_squares_fit():
-    rows = [{"raw_ms": r, "blocks": b, "params": p, "measured_ms": 1.5 * r - 0.5 * b + 3} for r, b, p in
-            [(10, 4, 7), (20, 5, 3), (30, 9, 11), (45, 7, 5), (60, 12, 2)]]
+    rows = [
+        {"raw_ms": r, "blocks": b, "params": p, "measured_ms": 1.5 * r - 0.5 * b + 3}
+        for r, b, p in [(10, 4, 7), (20, 5, 3), (30, 9, 11), (45, 7, 5), (60, 12, 2)]
+    ]
     fit = fit_correction(rows)
     assert fit["form"] == "a*raw + b*blocks + c" and fit["loo_mape"] == pytest.approx(0, abs=1e-9)
     assert (fit["a"], fit["b"], fit["d"], fit["c"]) == pytest.approx((1.5, -0.5, 0, 3.0))
@@ -145,12 +152,23 @@ def test_correction_is_the_least_squares_fit():
     fit = fit_correction([{**r, "measured_ms": 1.2 * r["raw_ms"]} for r in rows])
     assert fit["form"] == "a*raw" and fit["a"] == pytest.approx(1.2)
     # Noise around the raw sum: no fit beats it on all networks but one, so none is kept.
-    noisy = [{"raw_ms": r, "blocks": b, "params": p, "measured_ms": r * f} for r, b, p, f in
-             zip([300, 500, 800, 1200, 2000, 4000], [37, 41, 40, 38, 42, 38], [7e6, 2e7, 3e7, 4e7, 2e7, 1.5e8],
-                 [1.08, 0.93, 1.0, 0.97, 1.06, 0.92])]
-    assert fit_correction(noisy) == {"a": 1.0, "b": 0.0, "d": 0.0, "c": 0.0, "form": "raw",
-                                     "loo_mape": pytest.approx(np.mean([.08 / 1.08, .07 / .93, 0, .03 / .97, .06 / 1.06,
-                                                                        .08 / .92]))}
+    noisy = [
+        {"raw_ms": r, "blocks": b, "params": p, "measured_ms": r * f}
+        for r, b, p, f in zip(
+            [300, 500, 800, 1200, 2000, 4000],
+            [37, 41, 40, 38, 42, 38],
+            [7e6, 2e7, 3e7, 4e7, 2e7, 1.5e8],
+            [1.08, 0.93, 1.0, 0.97, 1.06, 0.92],
+        )
+    ]
+    assert fit_correction(noisy) == {
+        "a": 1.0,
+        "b": 0.0,
+        "d": 0.0,
+        "c": 0.0,
+        "form": "raw",
+        "loo_mape": pytest.approx(np.mean([0.08 / 1.08, 0.07 / 0.93, 0, 0.03 / 0.97, 0.06 / 1.06, 0.08 / 0.92])),
+    }
 
 
 def test_a_correction_never_extrapolates_past_the_measured_ratios():
@@ -170,10 +188,21 @@ def test_round_trip_and_no_rebuild(built):
     assert built.path.name.startswith("tiny-test-cpu-16px-b2-")
     data = json.loads(built.path.read_text())
     assert data["format"] == tables.FORMAT
-    assert data["fingerprint"] == {**Runtime.resolve("cpu").fingerprint(), "image_size": 16, "batch_size": 2,
-                                   "space": "tiny-test", "clock": "wall"} == built.fingerprint
+    assert (
+        data["fingerprint"]
+        == {
+            **Runtime.resolve("cpu").fingerprint(),
+            "image_size": 16,
+            "batch_size": 2,
+            "space": "tiny-test",
+            "clock": "wall",
+        }
+        == built.fingerprint
+    )
     assert len(data["pieces"]) == 9  # stem, 2 first-stage variants, 2 ops x (first, repeated), head, tail
-    again = StepTimeModel.load_or_build(TinySpace(), Runtime.resolve("cpu"), TARGET, table_dir=built.path.parent, **FAST)
+    again = StepTimeModel.load_or_build(
+        TinySpace(), Runtime.resolve("cpu"), TARGET, table_dir=built.path.parent, **FAST
+    )
     assert not again.built and again.table.pieces == built.table.pieces
     assert again.predict(TINY) == built.predict(TINY)
     loaded = StepTimeModel.load(TinySpace(), "cpu", TARGET, table_dir=built.path.parent, num_classes=10)
@@ -205,15 +234,22 @@ def test_another_setting_or_device_never_reuses_a_table(built):
     other.unlink()
 
 
-@pytest.mark.parametrize("damage,message", [
-    (lambda text: text[: len(text) // 2], "corrupt or truncated"),
-    (lambda text: "", "corrupt or truncated"),
-    (lambda text: json.dumps({"format": "nas.run/1"}), "not a step-time table"),
-    (lambda text: text.replace('"ms": ', '"ms": -', 1), "impossible value"),
-    (lambda text: text.replace('"iqr_ms": ', '"iqr_ms": "', 1).replace(',\n      "params"', '",\n      "params"', 1),
-     "impossible value"),
-    (lambda text: json.dumps({**json.loads(text), "pieces": [1, 2]}), "no piece list"),
-])
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        (lambda text: text[: len(text) // 2], "corrupt or truncated"),
+        (lambda text: "", "corrupt or truncated"),
+        (lambda text: json.dumps({"format": "nas.run/1"}), "not a step-time table"),
+        (lambda text: text.replace('"ms": ', '"ms": -', 1), "impossible value"),
+        (
+            lambda text: text.replace('"iqr_ms": ', '"iqr_ms": "', 1).replace(
+                ',\n      "params"', '",\n      "params"', 1
+            ),
+            "impossible value",
+        ),
+        (lambda text: json.dumps({**json.loads(text), "pieces": [1, 2]}), "no piece list"),
+    ],
+)
 def test_corrupt_table_is_one_clear_error_and_rebuilt_on_request(tmp_path, built, damage, message):
     path = tables.table_path(tmp_path, built.fingerprint)
     path.write_text(damage(built.path.read_text()))
@@ -289,19 +325,34 @@ def test_check_times_fresh_candidates(built):
 
 # -- the CLI ----------------------------------------------------------------------------------
 
-TINY_CLI = ("--device", "cpu", "--threads", "1", "--target-image-size", "16", "--target-batch-size", "2",
-            "--piece-time", "0.002", "--min-run-time", "0.01")
+TINY_CLI = (
+    "--device",
+    "cpu",
+    "--threads",
+    "1",
+    "--target-image-size",
+    "16",
+    "--target-batch-size",
+    "2",
+    "--piece-time",
+    "0.002",
+    "--min-run-time",
+    "0.01",
+)
 
 
-@pytest.mark.parametrize("args,names", [
-    (["--target-image-size", "4"], "got 4"),
-    (["--target-batch-size", "0"], "got 0"),
-    (["--check", "-1"], "got -1"),
-    (["--threads", "0"], "got 0"),
-    (["--piece-time", "0"], "got 0"),
-    (["--space", "nope"], "'nope'"),
-    (["--device", "tpu"], "'tpu'"),
-])
+@pytest.mark.parametrize(
+    "args,names",
+    [
+        (["--target-image-size", "4"], "got 4"),
+        (["--target-batch-size", "0"], "got 0"),
+        (["--check", "-1"], "got -1"),
+        (["--threads", "0"], "got 0"),
+        (["--piece-time", "0"], "got 0"),
+        (["--space", "nope"], "'nope'"),
+        (["--device", "tpu"], "'tpu'"),
+    ],
+)
 def test_calibrate_bad_flags(args, names, capsys, tmp_path):
     assert main(["calibrate", "--table-dir", str(tmp_path), *args]) == 2
     err = capsys.readouterr().err.strip()
@@ -311,26 +362,95 @@ def test_calibrate_bad_flags(args, names, capsys, tmp_path):
 def test_calibrate_and_measure_in_process(capsys, tmp_path):
     """mnasnet: a space too large to pre-fill, so the pieces of its calibration networks and checked
     candidates are timed on first use."""
-    assert main(["calibrate", "--space", "mnasnet", "--check", "2", "--table-dir", str(tmp_path), "--json",
-                 "--num-classes", "10", *TINY_CLI]) == 0
+    assert (
+        main(
+            [
+                "calibrate",
+                "--space",
+                "mnasnet",
+                "--check",
+                "2",
+                "--table-dir",
+                str(tmp_path),
+                "--json",
+                "--num-classes",
+                "10",
+                *TINY_CLI,
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert {"spearman", "kendall_tau", "mape", "within_10pct", "n", "device_name", "table"} <= set(out)
     assert out["n"] == 2 and not out["prefilled"] and out["built_now"] and out["table"].startswith(str(tmp_path))
     assert (out["target_image_size"], out["target_batch_size"]) == (16, 2)
-    assert main(["measure", "mnasnet-a1", "--device", "cpu", "--threads", "1", "--image-size", "16", "--batch-size", "2",
-                 "--num-classes", "10", "--min-run-time", "0.01", "--table-dir", str(tmp_path), "--json"]) == 0
+    assert (
+        main(
+            [
+                "measure",
+                "mnasnet-a1",
+                "--device",
+                "cpu",
+                "--threads",
+                "1",
+                "--image-size",
+                "16",
+                "--batch-size",
+                "2",
+                "--num-classes",
+                "10",
+                "--min-run-time",
+                "0.01",
+                "--table-dir",
+                str(tmp_path),
+                "--json",
+            ]
+        )
+        == 0
+    )
     m = json.loads(capsys.readouterr().out)
     assert m["step_time_ms"] > 0 and m["predicted_step_time_ms"] > 0 and m["table"] == out["table"]
     # Another setting has no table: no prediction, no error.
-    assert main(["measure", "mnasnet-a1", "--device", "cpu", "--threads", "1", "--image-size", "24", "--batch-size", "2",
-                 "--min-run-time", "0.01", "--table-dir", str(tmp_path), "--json"]) == 0
+    assert (
+        main(
+            [
+                "measure",
+                "mnasnet-a1",
+                "--device",
+                "cpu",
+                "--threads",
+                "1",
+                "--image-size",
+                "24",
+                "--batch-size",
+                "2",
+                "--min-run-time",
+                "0.01",
+                "--table-dir",
+                str(tmp_path),
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert "predicted_step_time_ms" not in json.loads(capsys.readouterr().out)
 
 
 @pytest.mark.slow
 def test_calibrate_cli_end_to_end(run_nas, tmp_path):
     """As a user runs it: build, reuse, a corrupt table (one line, exit 2) and --rebuild."""
-    args = ["calibrate", "--space", "mnasnet", "--check", "2", "--table-dir", tmp_path, "--num-classes", "10", *TINY_CLI]
+    args = [
+        "calibrate",
+        "--space",
+        "mnasnet",
+        "--check",
+        "2",
+        "--table-dir",
+        tmp_path,
+        "--num-classes",
+        "10",
+        *TINY_CLI,
+    ]
     rc, out, err = run_nas(*args, "--json")
     assert rc == 0, err
     first = json.loads(out)
@@ -342,8 +462,23 @@ def test_calibrate_cli_end_to_end(run_nas, tmp_path):
         f.write('{"format": "nas.steptime/1", "pieces": {')
     rc, out, err = run_nas(*args)
     assert rc == 2 and err.strip().count("\n") == 0 and "corrupt or truncated" in err and path in err
-    rc, out, err = run_nas("measure", "mnasnet-a1", "--device", "cpu", "--threads", "1", "--image-size", "16",
-                           "--batch-size", "2", "--min-run-time", "0.01", "--table-dir", tmp_path, "--json")
+    rc, out, err = run_nas(
+        "measure",
+        "mnasnet-a1",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--image-size",
+        "16",
+        "--batch-size",
+        "2",
+        "--min-run-time",
+        "0.01",
+        "--table-dir",
+        tmp_path,
+        "--json",
+    )
     assert rc == 2 and "corrupt" in err and err.strip().count("\n") == 0
     rc, out, err = run_nas(*args, "--rebuild", "--json")
     assert rc == 0 and json.loads(out)["built_now"], err

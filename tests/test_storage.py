@@ -1,4 +1,4 @@
-"""nas.storage: a study's trials as rows, and trials of dead processes closed at once."""
+"""nas.study.storage: a study's trials as rows, and trials of dead processes closed at once."""
 
 from __future__ import annotations
 

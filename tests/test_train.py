@@ -21,11 +21,11 @@ import nas.data.batches as batches_mod
 import nas.training.loop as train_mod
 from nas.data import Splits, TensorImages, load_dataset, make_loader
 from nas.errors import NasError
-from nas.training.progressive import get_schedule
 from nas.training.checkpoint import load_checkpoint
 from nas.training.config import TrainConfig, TrainingDiverged
 from nas.training.evaluation import evaluate
 from nas.training.loop import fit
+from nas.training.progressive import get_schedule
 from search_spaces import Architecture, build
 
 TINY = "stem8,r1_k3_s2_e1_i8_o8_c1,r1_k3_s2_e4_i8_o16,head32,res16"
@@ -47,8 +47,13 @@ def one_thread(monkeypatch):
 def small() -> Splits:
     """256 / 128 digits: enough to learn, small enough for a 1-second epoch."""
     d = load_dataset("digits")
-    return Splits("digits-small", TensorImages(d.train.images[:256], d.train.labels[:256]),
-                  TensorImages(d.val.images[:128], d.val.labels[:128]), 10, 8)
+    return Splits(
+        "digits-small",
+        TensorImages(d.train.images[:256], d.train.labels[:256]),
+        TensorImages(d.val.images[:128], d.val.labels[:128]),
+        10,
+        8,
+    )
 
 
 def tiny_model(seed: int = 0) -> nn.Module:
@@ -64,11 +69,27 @@ def cfg(**kw) -> TrainConfig:
 # Configuration
 
 
-@pytest.mark.parametrize("kw", [dict(epochs=0), dict(optimizer="adam"), dict(lr=-1.0), dict(lr=float("nan")),
-                                dict(warmup_epochs=2), dict(label_smoothing=1.0), dict(ema_decay=1.0),
-                                dict(image_size=4), dict(randaugment=40), dict(mixup=-1), dict(dropout=1.0),
-                                dict(device="tpu"), dict(amp="yes"), dict(seed=-1), dict(batch_size=2.5),
-                                dict(progressive="s")])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(epochs=0),
+        dict(optimizer="adam"),
+        dict(lr=-1.0),
+        dict(lr=float("nan")),
+        dict(warmup_epochs=2),
+        dict(label_smoothing=1.0),
+        dict(ema_decay=1.0),
+        dict(image_size=4),
+        dict(randaugment=40),
+        dict(mixup=-1),
+        dict(dropout=1.0),
+        dict(device="tpu"),
+        dict(amp="yes"),
+        dict(seed=-1),
+        dict(batch_size=2.5),
+        dict(progressive="s"),
+    ],
+)
 def test_impossible_config_values_are_refused(kw):
     with pytest.raises(NasError):
         cfg(**kw)
@@ -91,8 +112,7 @@ def test_each_stage_sets_the_dropout_the_model_uses_and_the_size_it_sees(small, 
     sched = get_schedule("l", size_start=8, size_end=16)  # 8, 11, 13, 16 px; mixup 0 -> 0.4
     model = tiny_model()
     seen_dropout, seen_size, per_epoch = set(), set(), []
-    model.dropout.register_forward_pre_hook(
-        lambda m, inp: seen_dropout.add(round(m.p, 6)) if m.training else None)
+    model.dropout.register_forward_pre_hook(lambda m, inp: seen_dropout.add(round(m.p, 6)) if m.training else None)
     model.register_forward_pre_hook(lambda m, inp: seen_size.add(inp[0].shape[-1]) if m.training else None)
     loader_args, mixups = [], []
     real_augment, real_mixup = batches_mod.make_randaugment, train_mod.make_mixup
@@ -185,8 +205,14 @@ class _NaNNet(nn.Module):
 def test_divergence_reports_the_epoch_then_raises(small, tmp_path):
     seen = []
     with pytest.raises(TrainingDiverged, match="lower the learning rate"):
-        fit(_NaNNet(), small, cfg(image_size=8), on_epoch_end=lambda e, m: seen.append(m["train_loss"]),
-            checkpoint_path=tmp_path / "c.pt", progress=False)
+        fit(
+            _NaNNet(),
+            small,
+            cfg(image_size=8),
+            on_epoch_end=lambda e, m: seen.append(m["train_loss"]),
+            checkpoint_path=tmp_path / "c.pt",
+            progress=False,
+        )
     assert len(seen) == 1 and seen[0] != seen[0]  # NaN
     assert not (tmp_path / "c.pt").exists()
 
@@ -249,7 +275,7 @@ def test_checkpoint_is_plain_data_loadable_with_weights_only(checkpoint):
 
 
 def test_mismatched_architecture_or_settings_are_refused(checkpoint, small):
-    path, c = checkpoint
+    path, _c = checkpoint
     other = Architecture.from_string(TINY.replace("o16", "o24"))
     with pytest.raises(NasError, match="is for architecture"):
         load_checkpoint(path, arch=other)
@@ -258,9 +284,12 @@ def test_mismatched_architecture_or_settings_are_refused(checkpoint, small):
     with pytest.raises(NasError, match="trained on 'digits-small'"):
         load_checkpoint(path, dataset="digits")
     with pytest.raises(NasError, match="train_size: 256 -> 200"):
-        load_checkpoint(path, splits=Splits("digits-small", TensorImages(small.train.images[:200],
-                                                                         small.train.labels[:200]),
-                                            small.val, 10, 8))
+        load_checkpoint(
+            path,
+            splits=Splits(
+                "digits-small", TensorImages(small.train.images[:200], small.train.labels[:200]), small.val, 10, 8
+            ),
+        )
     load_checkpoint(path, splits=small)
     # Where and how fast to run is not part of the experiment: another device, AMP or compile setting
     # may resume it (a compiled step gives the eager result up to rounding: tests/test_step.py).
@@ -302,9 +331,29 @@ def test_corrupt_truncated_and_pickled_files_are_refused_unchanged(checkpoint, t
 
 
 def cli_args(epochs: int = 3) -> list[str]:
-    return ["train", TINY, "--dataset", "digits", "--epochs", str(epochs), "--width-mult", "1", "--depth-mult", "1",
-            "--progressive", "s", "--stages", "3", "--image-size-start", "8", "--image-size-end", "16",
-            "--batch-size", "128", "--no-progress"]
+    return [
+        "train",
+        TINY,
+        "--dataset",
+        "digits",
+        "--epochs",
+        str(epochs),
+        "--width-mult",
+        "1",
+        "--depth-mult",
+        "1",
+        "--progressive",
+        "s",
+        "--stages",
+        "3",
+        "--image-size-start",
+        "8",
+        "--image-size-end",
+        "16",
+        "--batch-size",
+        "128",
+        "--no-progress",
+    ]
 
 
 CLI_ARGS = cli_args()
@@ -335,8 +384,19 @@ def test_cli_resume_finish_and_mismatch(run_nas, tmp_path, capsys):
     rows = _rows(out / "metrics.csv")
     assert [r["epoch"] for r in rows] == ["1", "2", "3"]
     assert [r["image_size"] for r in rows] == ["8", "12", "16"] and [r["stage"] for r in rows] == ["0", "1", "2"]
-    assert list(rows[0]) == ["epoch", "stage", "image_size", "dropout", "randaugment", "mixup", "train_loss",
-                             "val_accuracy", "lr", "epoch_time_s", "images_per_s"]
+    assert list(rows[0]) == [
+        "epoch",
+        "stage",
+        "image_size",
+        "dropout",
+        "randaugment",
+        "mixup",
+        "train_loss",
+        "val_accuracy",
+        "lr",
+        "epoch_time_s",
+        "images_per_s",
+    ]
     final = json.loads((out / "final.json").read_text())
     assert final["eval_image_size"] == 16 and 0.0 <= final["val_accuracy"] <= 1.0  # res16 under 4 x 8 px
     assert final["arch"] == Architecture.from_string(TINY).to_string()
@@ -357,8 +417,13 @@ def test_cli_resumes_after_a_kill(tmp_path):
     out = tmp_path / "run"
     args = cli_args(epochs=4)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "nas.cli", *args, "--out", str(out)], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nas.cli", *args, "--out", str(out)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 240
         while not (out / "checkpoint.pt").exists():
@@ -369,8 +434,14 @@ def test_cli_resumes_after_a_kill(tmp_path):
         proc.wait()
     done = torch.load(out / "checkpoint.pt", weights_only=True)["epoch"]
     assert 1 <= done < 4 and not (out / "final.json").exists()
-    p = subprocess.run([sys.executable, "-m", "nas.cli", *args, "--out", str(out)], cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-m", "nas.cli", *args, "--out", str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr
     assert f"resumed from epoch {done}/4" in p.stdout
     assert [r["epoch"] for r in _rows(out / "metrics.csv")] == ["1", "2", "3", "4"]
@@ -398,6 +469,7 @@ def test_cli_unknown_dataset_is_one_line_exit_2(run_nas, tmp_path):
 
 # The same error path in-process (``main`` is what the console script runs): fast enough for many cases.
 
+
 def test_cli_refuses_a_corrupt_checkpoint_in_process(tmp_path, capsys):
     from nas.cli import main
 
@@ -409,15 +481,18 @@ def test_cli_refuses_a_corrupt_checkpoint_in_process(tmp_path, capsys):
     assert (out / "checkpoint.pt").read_bytes() == b"\x00garbage" and not (out / "metrics.csv").exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--progressive", "xl"], "unknown progressive schedule 'xl'"),
-    (["--progressive", "off", "--image-size-end", "32"], "--image-size-end"),
-    (["--randaugment", "5"], "--randaugment"),
-    (["--epochs", "0"], "epochs"),
-    (["--lr", "nan"], "learning rate"),
-    (["--width-mult", "0"], "width multiplier"),
-    (["--stop-after", "0"], "--stop-after"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--progressive", "xl"], "unknown progressive schedule 'xl'"),
+        (["--progressive", "off", "--image-size-end", "32"], "--image-size-end"),
+        (["--randaugment", "5"], "--randaugment"),
+        (["--epochs", "0"], "epochs"),
+        (["--lr", "nan"], "learning rate"),
+        (["--width-mult", "0"], "width multiplier"),
+        (["--stop-after", "0"], "--stop-after"),
+    ],
+)
 def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):
     from nas.cli import main
 
@@ -426,18 +501,40 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("args, train_size, eval_size", [
-    (["--progressive", "off", "--image-size", "24"], 24, 24),  # not the architecture's 16 px
-    (["--progressive", "off", "--image-size", "24", "--eval-image-size", "12"], 24, 12),
-    (["--progressive", "s", "--stages", "2", "--image-size-start", "8", "--image-size-end", "20"], 20, 20),
-    (["--progressive", "off"], 16, 16),  # TINY's res16, under 4 x digits' 8 px
-])
+@pytest.mark.parametrize(
+    "args, train_size, eval_size",
+    [
+        (["--progressive", "off", "--image-size", "24"], 24, 24),  # not the architecture's 16 px
+        (["--progressive", "off", "--image-size", "24", "--eval-image-size", "12"], 24, 12),
+        (["--progressive", "s", "--stages", "2", "--image-size-start", "8", "--image-size-end", "20"], 20, 20),
+        (["--progressive", "off"], 16, 16),  # TINY's res16, under 4 x digits' 8 px
+    ],
+)
 def test_cli_evaluates_at_the_last_training_size_by_default(tmp_path, capsys, args, train_size, eval_size):
     from nas.cli import main
 
     out = tmp_path / "run"
-    assert main(["train", TINY, "--epochs", "1", "--width-mult", "1", "--depth-mult", "1", "--batch-size", "128",
-                 "--no-progress", "--out", str(out), *args]) == 0
+    assert (
+        main(
+            [
+                "train",
+                TINY,
+                "--epochs",
+                "1",
+                "--width-mult",
+                "1",
+                "--depth-mult",
+                "1",
+                "--batch-size",
+                "128",
+                "--no-progress",
+                "--out",
+                str(out),
+                *args,
+            ]
+        )
+        == 0
+    )
     final = json.loads((out / "final.json").read_text())
     assert (final["eval_image_size"], final["config"]["eval_image_size"]) == (eval_size, eval_size)
     assert _rows(out / "metrics.csv")[-1]["image_size"] == str(train_size)
@@ -447,8 +544,21 @@ def test_cli_evaluates_at_the_last_training_size_by_default(tmp_path, capsys, ar
 def test_cli_final_evaluation_re_estimates_batchnorm(tmp_path, capsys):
     from nas.cli import main
 
-    base = ["train", TINY, "--epochs", "1", "--width-mult", "1", "--depth-mult", "1", "--progressive", "off",
-            "--batch-size", "128", "--no-progress"]
+    base = [
+        "train",
+        TINY,
+        "--epochs",
+        "1",
+        "--width-mult",
+        "1",
+        "--depth-mult",
+        "1",
+        "--progressive",
+        "off",
+        "--batch-size",
+        "128",
+        "--no-progress",
+    ]
     assert main([*base, "--out", str(tmp_path / "a")]) == 0
     final = json.loads((tmp_path / "a" / "final.json").read_text())
     assert final["final_bn_recalibration"] == 16 and final["compiled"] is False
@@ -460,11 +570,15 @@ def test_cli_final_evaluation_re_estimates_batchnorm(tmp_path, capsys):
     assert off["val_accuracy"] == off["val_accuracy_running_stats"] == final["val_accuracy_running_stats"]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--device", "cuda:1"], "'cuda:1'"), (["--device", "gpu"], "unknown device 'gpu'"),
-    (["--compile", "yes"], "compile must be one of auto, on, off"),
-    (["--final-bn-recalibration", "-1"], "--final-bn-recalibration"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--device", "cuda:1"], "'cuda:1'"),
+        (["--device", "gpu"], "unknown device 'gpu'"),
+        (["--compile", "yes"], "compile must be one of auto, on, off"),
+        (["--final-bn-recalibration", "-1"], "--final-bn-recalibration"),
+    ],
+)
 def test_cli_refuses_a_device_or_compile_it_cannot_use_before_writing(tmp_path, capsys, monkeypatch, args, message):
     from nas.cli import main
 

@@ -1,4 +1,4 @@
-"""nas.trial: the settings that define a search, and the one objective every backend runs."""
+"""nas.trial.settings: the settings that define a search, and the one objective every backend runs."""
 
 from __future__ import annotations
 
@@ -6,22 +6,27 @@ import json
 import math
 
 import pytest
+from conftest import TINY_ARCH
 
 from nas.errors import NasError
 from nas.steptime.methods import StepTimeConfig
 from nas.trial.evaluator import Evaluator, TrialFailed
-from nas.trial.settings import ProxyConfig, TrialSettings
 from nas.trial.objective import run_objective
+from nas.trial.settings import ProxyConfig, TrialSettings
 from search_spaces import Architecture
-
-from conftest import TINY_ARCH
 
 
 def test_settings_round_trip_through_json():
-    s = TrialSettings(space="mnasnet", dataset="fake", reward="mnasnet", reward_params={"constraint": "hard"},
-                      seed=5, proxy=ProxyConfig.of(image_size=24, progressive="s", epochs=3),
-                      step_time=StepTimeConfig(method="measure", target_image_size=48, target_batch_size=8),
-                      compile="off")
+    s = TrialSettings(
+        space="mnasnet",
+        dataset="fake",
+        reward="mnasnet",
+        reward_params={"constraint": "hard"},
+        seed=5,
+        proxy=ProxyConfig.of(image_size=24, progressive="s", epochs=3),
+        step_time=StepTimeConfig(method="measure", target_image_size=48, target_batch_size=8),
+        compile="off",
+    )
     again = TrialSettings.from_dict(json.loads(json.dumps(s.to_dict())))
     assert again == s
     # The progressive schedule is scaled to end at the proxy's image size (EfficientNetV2 section 4.2).
@@ -30,21 +35,33 @@ def test_settings_round_trip_through_json():
     assert (small.image_size, small.train.eval_image_size, small.train.progressive.size_end) == (40, 40, 40)
 
 
-@pytest.mark.parametrize("kwargs, word", [
-    ({"space": "nope"}, "'nope'"), ({"reward": "nope"}, "'nope'"), ({"dataset": "nope"}, "'nope'"),
-    ({"device": "gpu"}, "'gpu'"), ({"seed": -1}, "-1"), ({"compile": "maybe"}, "'maybe'"),
-    ({"reward_params": {"w": "x"}}, "'x'"),
-])
+@pytest.mark.parametrize(
+    "kwargs, word",
+    [
+        ({"space": "nope"}, "'nope'"),
+        ({"reward": "nope"}, "'nope'"),
+        ({"dataset": "nope"}, "'nope'"),
+        ({"device": "gpu"}, "'gpu'"),
+        ({"seed": -1}, "-1"),
+        ({"compile": "maybe"}, "'maybe'"),
+        ({"reward_params": {"w": "x"}}, "'x'"),
+    ],
+)
 def test_bad_settings_name_the_value(kwargs, word):
     with pytest.raises(NasError, match=word):
         TrialSettings(**kwargs)
 
 
-@pytest.mark.parametrize("kwargs, word", [
-    ({"method": "guess"}, "'guess'"), ({"target_image_size": 4}, "--target-image-size"),
-    ({"target_batch_size": 0}, "--target-batch-size"), ({"min_run_time": 0}, "--measure-time"),
-    ({"fidelity_every": -1}, "--fidelity-every"),
-])
+@pytest.mark.parametrize(
+    "kwargs, word",
+    [
+        ({"method": "guess"}, "'guess'"),
+        ({"target_image_size": 4}, "--target-image-size"),
+        ({"target_batch_size": 0}, "--target-batch-size"),
+        ({"min_run_time": 0}, "--measure-time"),
+        ({"fidelity_every": -1}, "--fidelity-every"),
+    ],
+)
 def test_bad_step_time_settings_name_the_flag(kwargs, word):
     with pytest.raises(NasError, match=word):
         StepTimeConfig(**kwargs)
@@ -68,7 +85,12 @@ def test_objective_completes_with_where_and_when(search_problem, standin):
     out = run_objective(search_problem, ev, {"arch": TINY_ARCH}, 4)
     row = out.row
     assert out.state == row["state"] == "COMPLETE" and out.error is None and row["error"] is None
-    assert row["number"] == 4 and row["arch"] == Architecture.from_string(TINY_ARCH).to_string() and row["pid"] > 0 and row["hostname"]
+    assert (
+        row["number"] == 4
+        and row["arch"] == Architecture.from_string(TINY_ARCH).to_string()
+        and row["pid"] > 0
+        and row["hostname"]
+    )
     assert row["t_end"] >= row["t_start"] and row["duration_s"] >= 0
     assert row["reward"] == pytest.approx(row["accuracy"] * row["S"] ** -0.07 * row["P"] ** -0.05)
 
@@ -113,10 +135,11 @@ def test_seed_is_the_problems_and_the_proposal_image_scale_reaches_the_evaluatio
 
 @pytest.mark.slow
 def test_real_evaluation_of_a_tiny_candidate():
-    s = TrialSettings(dataset="fake", proxy=ProxyConfig.of(width=1.0, depth=1.0, image_size=16, epochs=1,
-                                                            batch_size=32),
-                      step_time=StepTimeConfig(method="measure", target_image_size=16, target_batch_size=4,
-                                               min_run_time=0.05))
+    s = TrialSettings(
+        dataset="fake",
+        proxy=ProxyConfig.of(width=1.0, depth=1.0, image_size=16, epochs=1, batch_size=32),
+        step_time=StepTimeConfig(method="measure", target_image_size=16, target_batch_size=4, min_run_time=0.05),
+    )
     ev = Evaluator(s, reference=Architecture.from_string(TINY_ARCH).replace(stem=16))
     m = ev.evaluate(Architecture.from_string(TINY_ARCH), seed=0)
     assert m["step_time_method"] == "measure" and m["step_image_size"] == 16 and m["step_batch_size"] == 4

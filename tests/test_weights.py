@@ -22,15 +22,18 @@ PAIRS = [(name, cp.source) for name in preset_names() for cp in counterparts(nam
 # One pair for each way keys are translated and each convention, in the quick suite; the larger
 # members of the same families repeat the same code on more layers (0.5-30 s each): -m slow.
 QUICK = {
-    ("efficientnet-b0", "torchvision"),    # torchvision's EfficientNet layout, BatchNorm eps 1e-5
-    ("efficientnet-b0", "timm"),           # timm DepthwiseSeparable / InvertedResidual, "same" padding
-    ("efficientnetv2-b0", "timm"),         # timm ConvBnAct / EdgeResidual (Fused-MBConv)
-    ("efficientnet-lite0", "timm"),        # ReLU6, timm's eps 1e-5
-    ("efficientnet-lite1", "timm"),        # Lite scaling (fixed stem, head, end stages)
-    ("efficientnet-edgetpu-s", "timm"),    # a nominal input width (fc24)
-    ("mnasnet-a1", "timm"), ("mnasnet-small", "timm"),
-    ("mnasnet-b1", "torchvision"), ("mnasnet-b1", "timm"),  # torchvision's MNASNet layout
-    ("mobilenetv2", "torchvision"), ("mobilenetv2", "timm"),  # torchvision's MobileNetV2 layout
+    ("efficientnet-b0", "torchvision"),  # torchvision's EfficientNet layout, BatchNorm eps 1e-5
+    ("efficientnet-b0", "timm"),  # timm DepthwiseSeparable / InvertedResidual, "same" padding
+    ("efficientnetv2-b0", "timm"),  # timm ConvBnAct / EdgeResidual (Fused-MBConv)
+    ("efficientnet-lite0", "timm"),  # ReLU6, timm's eps 1e-5
+    ("efficientnet-lite1", "timm"),  # Lite scaling (fixed stem, head, end stages)
+    ("efficientnet-edgetpu-s", "timm"),  # a nominal input width (fc24)
+    ("mnasnet-a1", "timm"),
+    ("mnasnet-small", "timm"),
+    ("mnasnet-b1", "torchvision"),
+    ("mnasnet-b1", "timm"),  # torchvision's MNASNet layout
+    ("mobilenetv2", "torchvision"),
+    ("mobilenetv2", "timm"),  # torchvision's MobileNetV2 layout
 }
 IMAGE = (2, 3, 64, 56)  # even sides: "same" padding is asymmetric at every stride-2 layer
 
@@ -66,7 +69,7 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
                 if m.bias is not None:
                     normal(m.bias, 0.1)
             elif isinstance(m, nn.Linear):
-                normal(m.weight, m.in_features ** -0.5)
+                normal(m.weight, m.in_features**-0.5)
                 normal(m.bias, 0.1)
             elif isinstance(m, nn.BatchNorm2d):
                 # Variances a few times the TF epsilon: 1e-3 against 1e-5 changes the output by ~10%;
@@ -97,8 +100,9 @@ def outputs(*models: nn.Module, seed: int = 1) -> list[torch.Tensor]:
         return [m(x) for m in models]
 
 
-@pytest.mark.parametrize("name,source", [(n, s) if (n, s) in QUICK else pytest.param(n, s, marks=pytest.mark.slow)
-                                         for n, s in PAIRS])
+@pytest.mark.parametrize(
+    "name,source", [(n, s) if (n, s) in QUICK else pytest.param(n, s, marks=pytest.mark.slow) for n, s in PAIRS]
+)
 def test_public_weights_give_the_public_outputs(name, source):
     theirs = public_model(name, source)
     ours = ours_like(preset(name, source))
@@ -116,11 +120,14 @@ def test_every_counterpart_is_tested():
     assert {n for n, _ in PAIRS} == set(REFERENCE) == set(preset_names())
 
 
-@pytest.mark.parametrize("name,source,wrong", [
-    ("efficientnet-b0", "torchvision", {"bn_eps": 1e-3}),   # torchvision B0 uses PyTorch's 1e-5
-    ("efficientnet-b0", "timm", {"padding": "symmetric"}),  # tf_efficientnet_b0 pads like TensorFlow
-    ("mobilenetv2", "torchvision", {"activation": "relu"}),  # MobileNetV2 clips at 6
-])
+@pytest.mark.parametrize(
+    "name,source,wrong",
+    [
+        ("efficientnet-b0", "torchvision", {"bn_eps": 1e-3}),  # torchvision B0 uses PyTorch's 1e-5
+        ("efficientnet-b0", "timm", {"padding": "symmetric"}),  # tf_efficientnet_b0 pads like TensorFlow
+        ("mobilenetv2", "torchvision", {"activation": "relu"}),  # MobileNetV2 clips at 6
+    ],
+)
 def test_the_conventions_matter(name, source, wrong):
     """The same weights in an architecture with the wrong convention give other outputs: the
     equality above is a real check, and preset(name, source) is what makes it hold."""
@@ -163,28 +170,71 @@ def _meta(arch):
         return build(arch)
 
 
-@pytest.mark.parametrize("model,sd,source,words", [
-    # another architecture: B1 has more layers than B0
-    (lambda: _meta(preset("efficientnet-b0")), lambda: _sd("efficientnet-b1"), "torchvision",
-     "has 148 tensor(s) this network has no place for, first 'features.1.1.block.0.0.weight'"),
-    (lambda: _meta(preset("efficientnet-b1")), lambda: _sd("efficientnet-b0"), "torchvision", "has no 'features.1.1."),
-    # same keys, other widths: B2's wider channels
-    (lambda: _meta(preset("efficientnet-b0").replace(stem=40)), lambda: _sd(), "torchvision",
-     "shape mismatch: torchvision 'features.0.0.weight' is [32, 3, 3, 3] but our 'features.0.0.weight' is [40, 3, 3, 3]"),
-    # a torchvision state dict read as timm's
-    (lambda: _meta(preset("efficientnet-b0")), lambda: _sd(), "timm", "has no 'conv_stem.weight'"),
-    (lambda: _meta(preset("efficientnet-b0")), lambda: _sd(), "keras", "weights source must be one of torchvision, timm"),
-    (lambda: nn.Linear(2, 2), lambda: _sd(), "torchvision", "takes a network built by search_spaces.build"),
-    (lambda: _meta(preset("efficientnet-b0")), lambda: [1, 2], "torchvision", "must be a mapping"),
-    (lambda: _meta(preset("efficientnet-b0")), lambda: {**_sd(), "features.0.0.weight": "x"}, "torchvision",
-     "'features.0.0.weight' is not a tensor"),
-    # MobileNetV2-style torchvision dict into a network with SE
-    (lambda: _meta(preset("efficientnet-b0")), lambda: _sd("mobilenetv2"), "torchvision", "no counterpart in torchvision's MobileNetV2"),
-    (lambda: _meta(preset("mnasnet-a1")), lambda: _sd("mnasnet-b1"), "torchvision", "no counterpart in torchvision's MNASNet"),
-    (lambda: _meta(preset("mnasnet-a1").replace(stages=tuple(dataclasses.replace(s, skip="pool")
-                                                              for s in preset("mnasnet-a1").stages))),
-     lambda: _sd("mnasnet-a1", "timm"), "timm", "pooling skip has no torchvision or timm counterpart"),
-])
+@pytest.mark.parametrize(
+    "model,sd,source,words",
+    [
+        # another architecture: B1 has more layers than B0
+        (
+            lambda: _meta(preset("efficientnet-b0")),
+            lambda: _sd("efficientnet-b1"),
+            "torchvision",
+            "has 148 tensor(s) this network has no place for, first 'features.1.1.block.0.0.weight'",
+        ),
+        (
+            lambda: _meta(preset("efficientnet-b1")),
+            lambda: _sd("efficientnet-b0"),
+            "torchvision",
+            "has no 'features.1.1.",
+        ),
+        # same keys, other widths: B2's wider channels
+        (
+            lambda: _meta(preset("efficientnet-b0").replace(stem=40)),
+            lambda: _sd(),
+            "torchvision",
+            "shape mismatch: torchvision 'features.0.0.weight' is [32, 3, 3, 3] "
+            "but our 'features.0.0.weight' is [40, 3, 3, 3]",
+        ),
+        # a torchvision state dict read as timm's
+        (lambda: _meta(preset("efficientnet-b0")), lambda: _sd(), "timm", "has no 'conv_stem.weight'"),
+        (
+            lambda: _meta(preset("efficientnet-b0")),
+            lambda: _sd(),
+            "keras",
+            "weights source must be one of torchvision, timm",
+        ),
+        (lambda: nn.Linear(2, 2), lambda: _sd(), "torchvision", "takes a network built by search_spaces.build"),
+        (lambda: _meta(preset("efficientnet-b0")), lambda: [1, 2], "torchvision", "must be a mapping"),
+        (
+            lambda: _meta(preset("efficientnet-b0")),
+            lambda: {**_sd(), "features.0.0.weight": "x"},
+            "torchvision",
+            "'features.0.0.weight' is not a tensor",
+        ),
+        # MobileNetV2-style torchvision dict into a network with SE
+        (
+            lambda: _meta(preset("efficientnet-b0")),
+            lambda: _sd("mobilenetv2"),
+            "torchvision",
+            "no counterpart in torchvision's MobileNetV2",
+        ),
+        (
+            lambda: _meta(preset("mnasnet-a1")),
+            lambda: _sd("mnasnet-b1"),
+            "torchvision",
+            "no counterpart in torchvision's MNASNet",
+        ),
+        (
+            lambda: _meta(
+                preset("mnasnet-a1").replace(
+                    stages=tuple(dataclasses.replace(s, skip="pool") for s in preset("mnasnet-a1").stages)
+                )
+            ),
+            lambda: _sd("mnasnet-a1", "timm"),
+            "timm",
+            "pooling skip has no torchvision or timm counterpart",
+        ),
+    ],
+)
 def test_a_mismatch_is_refused_with_one_line(model, sd, source, words):
     with pytest.raises(NasError, match=re.escape(words)) as e:
         load_weights(model(), sd(), source)

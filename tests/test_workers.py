@@ -9,17 +9,22 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import TINY, TWO_SPACE, nas_env, write_plugin
 
 from nas.backends.workers import Claims, plan_workers
-from nas.errors import NasError
 from nas.core.plugins import import_plugins
-
-from conftest import TINY, TWO_SPACE, nas_env, write_plugin
+from nas.errors import NasError
 
 
 def _nas(*args, cwd: Path, plugin_dir: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nas.cli", *map(str, args)], env=nas_env(*filter(None, [plugin_dir])),
-                          cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "nas.cli", *map(str, args)],
+        env=nas_env(*filter(None, [plugin_dir])),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _plugin(tmp_path: Path) -> Path:
@@ -43,8 +48,22 @@ def _check_no_double_work(df: pd.DataFrame) -> None:
 def test_workers_share_one_study_without_double_work(tmp_path, monkeypatch, capsys):
     plugin_dir = _plugin(tmp_path)
     run = tmp_path / "run"
-    p = _nas("search", "--space", "test-two", "--plugin", "nas_two_space", "--workers", 2, "--trials", 4,
-             "--out", run, *TINY, cwd=tmp_path, plugin_dir=plugin_dir)
+    p = _nas(
+        "search",
+        "--space",
+        "test-two",
+        "--plugin",
+        "nas_two_space",
+        "--workers",
+        2,
+        "--trials",
+        4,
+        "--out",
+        run,
+        *TINY,
+        cwd=tmp_path,
+        plugin_dir=plugin_dir,
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     assert "starting 2 workers for 4 trials (2, 2)" in p.stdout
     df = pd.read_csv(run / "trials.csv")
@@ -55,9 +74,17 @@ def test_workers_share_one_study_without_double_work(tmp_path, monkeypatch, caps
     assert df["duplicate_of"].notna().sum() >= 2  # two architectures, four trials
 
     # Two more workers started by hand, at the same time: N workers x k trials = N*k more trials.
-    procs = [subprocess.Popen([sys.executable, "-m", "nas.cli", "worker", str(run), "--trials", "1", "--plugin",
-                               "nas_two_space"], env=nas_env(plugin_dir), cwd=tmp_path, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "nas.cli", "worker", str(run), "--trials", "1", "--plugin", "nas_two_space"],
+            env=nas_env(plugin_dir),
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outs = [pr.communicate(timeout=300)[0] for pr in procs]
     assert [pr.returncode for pr in procs] == [0, 0], outs
     df = pd.read_csv(run / "trials.csv")
@@ -70,12 +97,13 @@ def test_workers_share_one_study_without_double_work(tmp_path, monkeypatch, caps
     from nas.cli import main
 
     monkeypatch.syspath_prepend(str(plugin_dir))
-    assert main(["search", "--space", "test-two", "--plugin", "nas_two_space", "--trials", "6",
-                 "--out", str(run), *TINY]) == 0
+    assert (
+        main(["search", "--space", "test-two", "--plugin", "nas_two_space", "--trials", "6", "--out", str(run), *TINY])
+        == 0
+    )
     assert "6 of 6 trials already finished" in capsys.readouterr().out
     best = json.loads((run / "best.json").read_text())
     assert best["arch"] in set(df["arch"])
-
 
 
 def test_claims_make_each_architecture_evaluated_once(tmp_path):
@@ -164,7 +192,7 @@ def test_plugin_errors_are_one_line(tmp_path, monkeypatch):
     with pytest.raises(NasError, match="Python module name"):
         import_plugins(["bad/name.py"])
     (tmp_path / "nas_broken_plugin.py").write_text("raise ValueError('broken on purpose')\n")
-    with pytest.raises(NasError, match="nas_broken_plugin.*ValueError: broken on purpose"):
+    with pytest.raises(NasError, match=r"nas_broken_plugin.*ValueError: broken on purpose"):
         import_plugins(["nas_broken_plugin"])
 
 
@@ -174,7 +202,8 @@ def test_worker_refuses_what_it_cannot_join(tmp_path, capsys):
     assert main(["worker", str(tmp_path / "nowhere")]) == 2
     assert capsys.readouterr().err.splitlines() == [
         f"nas: error: run directory {str(tmp_path / 'nowhere')!r} does not exist; start the search with nas search "
-        "first"]
+        "first"
+    ]
     ray_run = tmp_path / "ray-run"
     ray_run.mkdir()
     (ray_run / "config.json").write_text(json.dumps({"format": "nas.run/1", "kind": "search", "backend": "ray"}))

@@ -1,8 +1,8 @@
 """Backends: how a run's trials are scheduled, and nothing else.
 
-Every backend runs the same objective (:func:`nas.trial.run_objective`) on the same problem
-(:mod:`nas.problem`) under the same driver (:func:`nas.driver.run`), which owns the run directory,
-checks everything before writing, writes results through one :class:`nas.results.ResultsWriter` and
+Every backend runs the same objective (:func:`nas.trial.objective.run_objective`) on the same problem
+(:mod:`nas.study.problem`) under the same driver (:func:`nas.search.driver.run`), which owns the run directory,
+checks everything before writing, writes results through one :class:`nas.study.results.ResultsWriter` and
 prints the summary. A backend implements the small protocol of :class:`Backend`:
 
 * ``check()``: its own options, before anything is written;
@@ -24,9 +24,11 @@ from typing import Any
 
 from nas.errors import NasError
 
-BACKENDS = {"embedded": "nas.backends.embedded:EmbeddedBackend",
-            "workers": "nas.backends.workers:WorkersBackend",
-            "ray": "nas.backends.ray:RayBackend"}
+BACKENDS = {
+    "embedded": "nas.backends.embedded:EmbeddedBackend",
+    "workers": "nas.backends.workers:WorkersBackend",
+    "ray": "nas.backends.ray:RayBackend",
+}
 
 
 class Backend(abc.ABC):
@@ -35,7 +37,7 @@ class Backend(abc.ABC):
     def __init__(self, job):
         self.job = job
 
-    def check(self) -> None:
+    def check(self) -> None:  # noqa: B027 (an optional hook: most backends have nothing to check)
         """Refuse impossible options (one NasError line) before the run directory is touched."""
 
     @abc.abstractmethod

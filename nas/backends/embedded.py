@@ -4,7 +4,7 @@
 storage (created or resumed, fixed proposals enqueued), closing trials of dead processes, rows from
 the study, and the reference stored in the study per device and setting, so it is timed once for
 every process and every resumed run on the same device. :func:`run_trials` is the trial loop of one
-process (Optuna's ask and tell around :func:`nas.trial.run_objective`): the embedded backend runs it
+process (Optuna's ask and tell around :func:`nas.trial.objective.run_objective`): the embedded backend runs it
 here, each worker process runs it on the shared storage.
 """
 
@@ -14,7 +14,8 @@ import contextlib
 import threading
 import time
 import warnings
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import optuna
 
@@ -45,8 +46,12 @@ class OptunaBackend(Backend):
         optuna.logging.set_verbosity(optuna.logging.ERROR)
         self.storage = make_storage(job.storage, run.path)
         with critical():
-            self.study = optuna.create_study(storage=self.storage, study_name=job.problem.study_name,
-                                             directions=list(job.problem.directions), load_if_exists=True)
+            self.study = optuna.create_study(
+                storage=self.storage,
+                study_name=job.problem.study_name,
+                directions=list(job.problem.directions),
+                load_if_exists=True,
+            )
             self._enqueue()
 
     def _enqueue(self) -> None:
@@ -75,8 +80,11 @@ class OptunaBackend(Backend):
         return sum(finished(t) for t in self.study.get_trials(deepcopy=False))
 
     def extra(self) -> dict[str, Any]:
-        refs = {k[len(REFERENCE_PREFIX):]: v for k, v in self.study.user_attrs.items()
-                if k.startswith(REFERENCE_PREFIX)} if hasattr(self, "study") else {}
+        refs = (
+            {k[len(REFERENCE_PREFIX) :]: v for k, v in self.study.user_attrs.items() if k.startswith(REFERENCE_PREFIX)}
+            if hasattr(self, "study")
+            else {}
+        )
         return {"backend": self.name, "reference": refs}
 
     def worker_study(self, slot: int = 0) -> optuna.Study:
@@ -85,9 +93,12 @@ class OptunaBackend(Backend):
         and the worker's slot (parallel workers do not draw the same start-up trials)."""
         job = self.job
         seed = job.settings.seed + self.n_finished() + 1009 * slot
-        return optuna.load_study(study_name=job.problem.study_name, storage=self.storage,
-                                 sampler=make_sampler(job.sampler, seed, parallel=self.parallel),
-                                 pruner=make_pruner(job.pruner, job.settings.proxy.epochs))
+        return optuna.load_study(
+            study_name=job.problem.study_name,
+            storage=self.storage,
+            sampler=make_sampler(job.sampler, seed, parallel=self.parallel),
+            pruner=make_pruner(job.pruner, job.settings.proxy.epochs),
+        )
 
 
 def stored_reference(study: optuna.Study, evaluator, echo: Callable[[str], None]) -> dict[str, Any]:
@@ -98,8 +109,11 @@ def stored_reference(study: optuna.Study, evaluator, echo: Callable[[str], None]
         if k.startswith(REFERENCE_PREFIX) and isinstance(v, dict) and v.get("key") == key:
             evaluator.use_reference(v)
             return v
-    echo("timing the reference ..." if evaluator.settings.step_time.method != "table" else
-         "predicting the reference's step time ...")
+    echo(
+        "timing the reference ..."
+        if evaluator.settings.step_time.method != "table"
+        else "predicting the reference's step time ..."
+    )
     ref = evaluator.reference()
     name = f"{ref.get('device')}: {ref.get('device_name')}"
     with critical():
@@ -109,8 +123,10 @@ def stored_reference(study: optuna.Study, evaluator, echo: Callable[[str], None]
 
 def describe_reference(ref: dict[str, Any]) -> str:
     spread = f", IQR {ref['iqr_ms']:.2f} ms" if ref.get("iqr_ms") is not None else ""
-    return (f"reference step time {ref['step_time_ms']:.2f} ms ({ref['method']}, {ref['image_size']} px, batch "
-            f"{ref['batch_size']}{spread}) on {ref.get('device_name')} ({ref.get('device')})")
+    return (
+        f"reference step time {ref['step_time_ms']:.2f} ms ({ref['method']}, {ref['image_size']} px, batch "
+        f"{ref['batch_size']}{spread}) on {ref.get('device_name')} ({ref.get('device')})"
+    )
 
 
 @contextlib.contextmanager
@@ -121,10 +137,8 @@ def heartbeat(trial: optuna.Trial) -> Iterator[None]:
 
     def beat() -> None:
         while not stop.wait(HEARTBEAT_S):
-            try:
+            with contextlib.suppress(Exception):  # a busy database: the next beat tries again
                 trial.set_user_attr("heartbeat", time.time())
-            except Exception:  # a busy database: the next beat tries again
-                pass
 
     thread = threading.Thread(target=beat, name=f"heartbeat-{trial.number}", daemon=True)
     thread.start()
@@ -141,6 +155,7 @@ def optuna_report(trial: optuna.Trial, epochs: int) -> Callable[[int, float], bo
             trial.report(value, epoch)
         # After the last epoch the work is done: pruning then would only discard a result.
         return epoch < epochs and trial.should_prune()
+
     return report
 
 
@@ -154,12 +169,22 @@ def tell(study: optuna.Study, trial: optuna.Trial, row: dict[str, Any], problem)
         else:
             if state == "FAIL":
                 trial.set_user_attr("error", row.get("error") or "failed")
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED if state == "PRUNED" else
-                       optuna.trial.TrialState.FAIL)
+            study.tell(
+                trial, state=optuna.trial.TrialState.PRUNED if state == "PRUNED" else optuna.trial.TrialState.FAIL
+            )
 
 
-def run_trials(study: optuna.Study, problem, evaluator, writer, n: int, *, tags: dict[str, Any] | None = None,
-               claims=None, on_row: Callable[[dict[str, Any]], None] | None = None) -> int:
+def run_trials(
+    study: optuna.Study,
+    problem,
+    evaluator,
+    writer,
+    n: int,
+    *,
+    tags: dict[str, Any] | None = None,
+    claims=None,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+) -> int:
     """Run ``n`` trials of ``problem`` in this process; returns how many completed.
 
     Each trial: ask the study, record where it runs (so a rerun can close it if this process dies),
@@ -240,9 +265,11 @@ class DriftCheck:
         d = ev.timer.drift(ev.reference_arch, self.ref["step_time_ms"])
         if d is not None:
             self.warned = True
-            self.run.warn(f"the reference now takes {d['retimed_step_time_ms']:.2f} ms against "
-                          f"{d['reference_step_time_ms']:.2f} ms at the start ({100 * d['change']:+.0f}%): the machine's "
-                          "load changed during the run, so S values from different times are less comparable")
+            self.run.warn(
+                f"the reference now takes {d['retimed_step_time_ms']:.2f} ms against "
+                f"{d['reference_step_time_ms']:.2f} ms at the start ({100 * d['change']:+.0f}%): the machine's "
+                "load changed during the run, so S values from different times are less comparable"
+            )
 
 
 def _key(params: dict[str, Any]) -> tuple:

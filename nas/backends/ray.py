@@ -2,12 +2,12 @@
 
 * Proposals: Optuna's sampler stays the searcher (``OptunaSearch`` with the problem's define-by-run
   ``propose``; the grid's fixed candidates enqueued as ``points_to_evaluate``). Each Tune trial runs
-  :func:`nas.trial.run_objective` in :func:`tune_trial`; its pruning hook reports the problem's
+  :func:`nas.trial.objective.run_objective` in :func:`tune_trial`; its pruning hook reports the problem's
   pruning signal (the reward so far, as the embedded pruner sees it) as ``objective_so_far``, so
   ``--scheduler asha`` stops trials on the same signal.
 * Placement: each trial holds ``--cpus-per-trial`` CPUs and ``--gpus-per-trial`` GPUs. A fraction
   (``0.25``: four trials per GPU) lets small proxies share a large GPU; trials sharing a GPU time
-  their steps one at a time (:func:`nas.device.exclusive`), and the default ``--step-time table``
+  their steps one at a time (:func:`nas.core.devicelock.timing`), and the default ``--step-time table``
   needs no timing per trial at all.
 * Provenance: every row records the node and process it ran on and the reference it was normalised
   by, timed once per worker process and device (:func:`cached_evaluator`; Tune reuses actors).
@@ -29,10 +29,11 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from nas.backends import Backend
 from nas.errors import NasError, check_int
@@ -41,10 +42,28 @@ EXPERIMENT = "ray"  # Ray Tune's experiment directory inside the run directory
 SCHEDULERS = ("none", "asha")
 CONNECT_TIMEOUT_S = 30.0
 # Tune's bookkeeping in every result: not row fields.
-_TUNE_KEYS = {"training_iteration", "time_total_s", "time_this_iter_s", "time_since_restore", "timestamp", "date",
-              "episodes_total", "timesteps_total", "timesteps_since_restore", "iterations_since_restore", "config",
-              "checkpoint_dir_name", "done", "trial_id", "experiment_tag", "should_checkpoint", "epoch",
-              "objective_so_far", "objective", "final"}
+_TUNE_KEYS = {
+    "training_iteration",
+    "time_total_s",
+    "time_this_iter_s",
+    "time_since_restore",
+    "timestamp",
+    "date",
+    "episodes_total",
+    "timesteps_total",
+    "timesteps_since_restore",
+    "iterations_since_restore",
+    "config",
+    "checkpoint_dir_name",
+    "done",
+    "trial_id",
+    "experiment_tag",
+    "should_checkpoint",
+    "epoch",
+    "objective_so_far",
+    "objective",
+    "final",
+}
 
 
 @dataclass(frozen=True)
@@ -64,11 +83,18 @@ class RayOptions:
         if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or c <= 0:
             raise NasError(f"--cpus-per-trial must be a positive number, got {c!r}")
         g = self.gpus_per_trial
-        if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or g < 0 \
-                or (g > 1 and g != int(g)):
+        if (
+            isinstance(g, bool)
+            or not isinstance(g, (int, float))
+            or not math.isfinite(g)
+            or g < 0
+            or (g > 1 and g != int(g))
+        ):
             # Ray places a fraction of one GPU, or whole GPUs: 1.5 GPUs is neither.
-            raise NasError(f"--gpus-per-trial must be a fraction of one GPU (e.g. 0.25: four trials per GPU) or "
-                           f"a whole number of GPUs, got {g!r}")
+            raise NasError(
+                f"--gpus-per-trial must be a fraction of one GPU (e.g. 0.25: four trials per GPU) or "
+                f"a whole number of GPUs, got {g!r}"
+            )
         if self.max_concurrent is not None:
             check_int("--max-concurrent", self.max_concurrent, 1, 100_000)
         if self.scheduler not in SCHEDULERS:
@@ -96,8 +122,16 @@ def cached_evaluator(problem):
 
     dev = resolve_device(problem.settings.device)
     ref = problem.reference_arch()
-    key = json.dumps([problem.settings.to_dict(), None if ref is None else ref.to_string(), str(dev),
-                      device_name(dev), os.environ.get("CUDA_VISIBLE_DEVICES")], sort_keys=True)
+    key = json.dumps(
+        [
+            problem.settings.to_dict(),
+            None if ref is None else ref.to_string(),
+            str(dev),
+            device_name(dev),
+            os.environ.get("CUDA_VISIBLE_DEVICES"),
+        ],
+        sort_keys=True,
+    )
     if key not in _CACHE:
         _CACHE[key] = Evaluator(problem.settings, reference=ref)
     return _CACHE[key]
@@ -124,8 +158,17 @@ def tune_trial(config: dict[str, Any], *, spec: dict[str, Any], plugins: Sequenc
         evaluator.reference()
         outcome = run_objective(problem, evaluator, config["proposal"], number, report)
     except Exception as e:  # the setup's failure (a plugin, the data): recorded, not retried
-        outcome = Outcome("FAIL", {"number": number, "arch": config["proposal"].get("arch"), **place(),
-                                   "state": "FAIL", "error": error_text(e)}, error_text(e))
+        outcome = Outcome(
+            "FAIL",
+            {
+                "number": number,
+                "arch": config["proposal"].get("arch"),
+                **place(),
+                "state": "FAIL",
+                "error": error_text(e),
+            },
+            error_text(e),
+        )
     row = {**outcome.row, "node_ip": _node_ip()}
     final = {**row, "final": True}
     if outcome.state == "COMPLETE":
@@ -185,12 +228,18 @@ def _searcher(problem, spec: dict[str, Any], sampler: str, seed: int):
     metric = [f"objective_{i}" for i in range(len(problem.directions))] if multi else "objective"
     mode = ["max" if d == "maximize" else "min" for d in problem.directions] if multi else "max"
     points = problem.fixed_points()
-    return NasOptunaSearch(space=Proposer(spec), metric=metric, mode=mode, study_name=problem.study_name,
-                           sampler=make_sampler(sampler if points is None else "random", seed, parallel=True),
-                           points_to_evaluate=points)
+    return NasOptunaSearch(
+        space=Proposer(spec),
+        metric=metric,
+        mode=mode,
+        study_name=problem.study_name,
+        sampler=make_sampler(sampler if points is None else "random", seed, parallel=True),
+        points_to_evaluate=points,
+    )
 
 
 # -- rows from Tune's trials --------------------------------------------------------------------------------
+
 
 def trial_row(trial, status: str | None = None, interrupted: bool = False) -> dict[str, Any]:
     """The result row of a Tune trial. ``status`` overrides the trial's (callbacks run before Tune
@@ -210,8 +259,10 @@ def trial_row(trial, status: str | None = None, interrupted: bool = False) -> di
     elif status == "ERROR":
         row.update(state="FAIL", error=_error_file_text(trial))
     else:
-        row.update(state="FAIL" if interrupted else "RUNNING",
-                   error="interrupted (the driver stopped); rerun the command to resume" if interrupted else None)
+        row.update(
+            state="FAIL" if interrupted else "RUNNING",
+            error="interrupted (the driver stopped); rerun the command to resume" if interrupted else None,
+        )
     if row.get("duration_s") is None and r.get("time_total_s") is not None:
         row["duration_s"] = r["time_total_s"]
     return row
@@ -237,7 +288,7 @@ def _exporter(run_dir: str, problem_spec: dict[str, Any], extra: dict[str, Any],
         once Tune's stored experiment records the trial as finished. Tune snapshots the experiment
         every second; a row appended before the snapshot would let ``trials.csv`` record a trial that a
         driver killed in between restores as unfinished, and the rerun would be refused as having
-        fewer trials than its results (nas.rundir.check_not_less)."""
+        fewer trials than its results (nas.study.rundir.RunDir.check_not_less)."""
 
         def __init__(self):
             self._writer = None
@@ -280,8 +331,11 @@ def _exporter(run_dir: str, problem_spec: dict[str, Any], extra: dict[str, Any],
             self._writer.append(row)
             if echo_lines:
                 what = f"reward {row['reward']:.4f}" if row.get("reward") is not None else (row.get("error") or "")
-                print(f"trial {row['number']} {row['state']} {what} [{row.get('hostname', '?')} "
-                      f"{row.get('node_ip', '?')} {row.get('device', '')} {row.get('device_name', '')}]", flush=True)
+                print(
+                    f"trial {row['number']} {row['state']} {what} [{row.get('hostname', '?')} "
+                    f"{row.get('node_ip', '?')} {row.get('device', '')} {row.get('device_name', '')}]",
+                    flush=True,
+                )
 
         def _done(self, trial, status: str) -> None:
             self._pending.append((trial.trial_id, trial_row(trial, status)))
@@ -305,6 +359,7 @@ def _exporter(run_dir: str, problem_spec: dict[str, Any], extra: dict[str, Any],
 
 
 # -- the session ---------------------------------------------------------------------------------------------
+
 
 def plugin_runtime_env(modules: Sequence[ModuleType]) -> dict[str, Any]:
     """Ship plugin modules that are not installed packages to every node (``py_modules``)."""
@@ -334,8 +389,10 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S, refused_fo
         except OSError as e:
             waited = time.monotonic() - t0
             if waited >= timeout or (isinstance(e, ConnectionRefusedError) and waited >= refused_for):
-                raise NasError(f"cannot reach Ray at {address} (nothing answered within {waited:.0f} s: {e}); is the "
-                               "head node running, and is the address right?") from None
+                raise NasError(
+                    f"cannot reach Ray at {address} (nothing answered within {waited:.0f} s: {e}); is the "
+                    "head node running, and is the address right?"
+                ) from None
             time.sleep(1.0)
 
 
@@ -344,8 +401,11 @@ def ray_session(opts: RayOptions, modules: Sequence[ModuleType] = ()) -> Iterato
     """Connect to the cluster at ``opts.address``, or start a private local Ray for this run."""
     import ray
 
-    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False,
-                              "runtime_env": plugin_runtime_env(modules) or None}
+    kwargs: dict[str, Any] = {
+        "logging_level": logging.WARNING,
+        "log_to_driver": False,
+        "runtime_env": plugin_runtime_env(modules) or None,
+    }
     if opts.address is None:
         # "local" starts a new Ray even when another one runs on this machine: ray.init() without
         # an address would join the newest cluster here, which may be someone else's.
@@ -355,8 +415,9 @@ def ray_session(opts: RayOptions, modules: Sequence[ModuleType] = ()) -> Iterato
     try:
         ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError) as e:
-        raise NasError(f"cannot start or reach Ray at {opts.address or 'this machine'}: "
-                       f"{str(e).splitlines()[0]}") from None
+        raise NasError(
+            f"cannot start or reach Ray at {opts.address or 'this machine'}: {str(e).splitlines()[0]}"
+        ) from None
     try:
         yield
     finally:
@@ -385,8 +446,10 @@ def default_concurrency(opts: RayOptions) -> int:
         n = min(n, int(res.get("GPU", 0) / opts.gpus_per_trial + 1e-9))
         what += f" and {opts.gpus_per_trial:g} GPU"
     if n < 1:
-        raise NasError(f"the Ray cluster has {res.get('CPU', 0):g} CPU and {res.get('GPU', 0):g} GPU; a trial needs "
-                       f"{what} (an autoscaling cluster: pass --max-concurrent to start anyway)")
+        raise NasError(
+            f"the Ray cluster has {res.get('CPU', 0):g} CPU and {res.get('GPU', 0):g} GPU; a trial needs "
+            f"{what} (an autoscaling cluster: pass --max-concurrent to start anyway)"
+        )
     return n
 
 
@@ -441,9 +504,15 @@ class RayBackend(Backend):
 
         for r in sorted(self.rows(), key=rank):
             if r.get("reference_step_time_ms") is not None:
-                refs.setdefault(f"{r.get('device')}: {r.get('device_name')}",
-                                {"step_time_ms": r["reference_step_time_ms"], "params": r.get("reference_params"),
-                                 "device": r.get("device"), "device_name": r.get("device_name")})
+                refs.setdefault(
+                    f"{r.get('device')}: {r.get('device_name')}",
+                    {
+                        "step_time_ms": r["reference_step_time_ms"],
+                        "params": r.get("reference_params"),
+                        "device": r.get("device"),
+                        "device_name": r.get("device_name"),
+                    },
+                )
         return {"backend": self.name, "reference": refs}
 
     def execute(self, run, remaining: int) -> None:
@@ -456,10 +525,13 @@ class RayBackend(Backend):
         spec = {**problem.config(), "sampler": job.sampler, "pruner": "none", "storage": None}
         spec["settings"] = portable(spec["settings"])
         modules = import_plugins(opts.plugins)
-        job.echo(f"ray backend: {job.n_trials} trials, {opts.cpus_per_trial:g} CPU and {opts.gpus_per_trial:g} GPU "
-                 f"per trial, on {opts.address or 'a local Ray'}; Ray Tune's experiment in {self.exp_dir}")
-        trainable = tune.with_resources(tune.with_parameters(tune_trial, spec=spec, plugins=tuple(opts.plugins)),
-                                        opts.resources)
+        job.echo(
+            f"ray backend: {job.n_trials} trials, {opts.cpus_per_trial:g} CPU and {opts.gpus_per_trial:g} GPU "
+            f"per trial, on {opts.address or 'a local Ray'}; Ray Tune's experiment in {self.exp_dir}"
+        )
+        trainable = tune.with_resources(
+            tune.with_parameters(tune_trial, spec=spec, plugins=tuple(opts.plugins)), opts.resources
+        )
         _tune_environment()
         with ray_session(opts, modules):
             if tune.Tuner.can_restore(self.exp_dir):
@@ -471,16 +543,29 @@ class RayBackend(Backend):
                 if opts.scheduler == "asha":
                     from ray.tune.schedulers import ASHAScheduler
 
-                    scheduler = ASHAScheduler(time_attr="training_iteration", metric="objective_so_far", mode="max",
-                                              max_t=problem.settings.proxy.epochs + 1, grace_period=1,
-                                              reduction_factor=3)
+                    scheduler = ASHAScheduler(
+                        time_attr="training_iteration",
+                        metric="objective_so_far",
+                        mode="max",
+                        max_t=problem.settings.proxy.epochs + 1,
+                        grace_period=1,
+                        reduction_factor=3,
+                    )
                 tuner = tune.Tuner(
                     trainable,
-                    tune_config=tune.TuneConfig(search_alg=_searcher(problem, spec, job.sampler, problem.settings.seed),
-                                                scheduler=scheduler, num_samples=job.n_trials,
-                                                max_concurrent_trials=opts.max_concurrent or default_concurrency(opts),
-                                                reuse_actors=True),
-                    run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(self.exp_dir.parent), verbose=0,
-                                              failure_config=tune.FailureConfig(max_failures=opts.max_failures),
-                                              callbacks=[_exporter(str(run.path), spec, run.extra, True)]))
+                    tune_config=tune.TuneConfig(
+                        search_alg=_searcher(problem, spec, job.sampler, problem.settings.seed),
+                        scheduler=scheduler,
+                        num_samples=job.n_trials,
+                        max_concurrent_trials=opts.max_concurrent or default_concurrency(opts),
+                        reuse_actors=True,
+                    ),
+                    run_config=tune.RunConfig(
+                        name=EXPERIMENT,
+                        storage_path=str(self.exp_dir.parent),
+                        verbose=0,
+                        failure_config=tune.FailureConfig(max_failures=opts.max_failures),
+                        callbacks=[_exporter(str(run.path), spec, run.extra, True)],
+                    ),
+                )
             tuner.fit()

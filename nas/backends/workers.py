@@ -17,7 +17,7 @@ Placement (:func:`plan_workers`): on CUDA, ``--trials-per-device N`` runs N work
 GPU (``--device cuda``) or on the named one (``cuda:K``), each pinned with ``CUDA_VISIBLE_DEVICES``;
 ``--workers N`` gives each worker its own GPU while there are enough. On a CPU the cores are divided
 (``OMP_NUM_THREADS``). Workers that share a device measure step times one at a time
-(:func:`nas.device.exclusive` through ``NAS_DEVICE_LOCK``); with the default ``--step-time table`` a
+(:func:`nas.core.devicelock.timing` through ``NAS_DEVICE_LOCK``); with the default ``--step-time table`` a
 trial's S needs no timing at all.
 """
 
@@ -28,9 +28,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import optuna
 
@@ -108,6 +109,7 @@ class Claims:
 
 # -- placement ------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class WorkerPlan:
     """How many trials each worker runs and the environment it gets (its GPU, its CPU threads)."""
@@ -117,8 +119,15 @@ class WorkerPlan:
     note: str | None = None
 
 
-def plan_workers(n_workers: int | None, remaining: int, device: str, *, per_device: int | None = None,
-                 cpu_count: int | None = None, gpu_count: int | None = None) -> WorkerPlan:
+def plan_workers(
+    n_workers: int | None,
+    remaining: int,
+    device: str,
+    *,
+    per_device: int | None = None,
+    cpu_count: int | None = None,
+    gpu_count: int | None = None,
+) -> WorkerPlan:
     """Place the workers and split ``remaining`` trials over them (never more workers than trials).
 
     ``per_device``: that many workers on every device in use (each visible GPU for ``cuda``, the named
@@ -139,18 +148,23 @@ def plan_workers(n_workers: int | None, remaining: int, device: str, *, per_devi
 
         gpus = torch.cuda.device_count() if gpu_count is None else gpu_count
         ids = [dev.index] if dev.index is not None else list(range(gpus))
-        slots = [g for g in ids for _ in range(per_device)] if per_device else \
-            [ids[i % len(ids)] for i in range(n_workers)]
+        slots = (
+            [g for g in ids for _ in range(per_device)] if per_device else [ids[i % len(ids)] for i in range(n_workers)]
+        )
         if len(slots) > len(ids):
-            note = (f"{len(slots)} workers on {len(ids)} GPU(s): workers sharing a GPU train side by side and time "
-                    "their steps one at a time")
+            note = (
+                f"{len(slots)} workers on {len(ids)} GPU(s): workers sharing a GPU train side by side and time "
+                "their steps one at a time"
+            )
         envs = [{"CUDA_VISIBLE_DEVICES": str(g), "NAS_DEVICE_LOCK": f"cuda{g}"} for g in slots]
     else:
         cores = (os.cpu_count() or 1) if cpu_count is None else cpu_count
         n = min(per_device or n_workers, remaining)
         threads = max(1, cores // n)
-        envs = [{"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "NAS_DEVICE_LOCK": "cpu"}
-                for _ in range(n)]
+        envs = [
+            {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "NAS_DEVICE_LOCK": "cpu"}
+            for _ in range(n)
+        ]
         if n > cores:
             note = f"{n} workers on {cores} CPU cores: step times are measured under contention"
     n = min(len(envs), remaining)
@@ -180,8 +194,10 @@ class WorkersBackend(OptunaBackend):
         bar = run.progress(self.n_finished() + remaining, self.n_finished())
         failed = supervise(run.path, plan, job.plugins, lambda: self.n_finished(), bar)
         if failed:
-            run.warn(f"{len(failed)} of {len(plan.trials)} workers exited with an error ({'; '.join(failed)}); rerun "
-                     "the same command to run the missing trials")
+            run.warn(
+                f"{len(failed)} of {len(plan.trials)} workers exited with an error ({'; '.join(failed)}); rerun "
+                "the same command to run the missing trials"
+            )
 
 
 def supervise(run_dir: Path, plan: WorkerPlan, plugins: Sequence[str], count, bar) -> list[str]:
@@ -218,6 +234,7 @@ def supervise(run_dir: Path, plan: WorkerPlan, plugins: Sequence[str], count, ba
 
 # -- one worker process (nas worker) -------------------------------------------------------------------------
 
+
 def run_worker(run_dir: Path, n_trials: int, *, echo=print) -> int:
     """Run ``n_trials`` trials of the run in ``run_dir`` in this process (``nas worker``); returns how
     many completed."""
@@ -235,11 +252,21 @@ def run_worker(run_dir: Path, n_trials: int, *, echo=print) -> int:
     config = read_json(run_dir / CONFIG, "run configuration")
     if not isinstance(config, dict) or config.get("backend") != "embedded":
         what = config.get("backend") if isinstance(config, dict) else None
-        raise NasError(f"{str(run_dir)!r} holds a {what!r} backend run; workers join embedded (Optuna storage) runs "
-                       "only; rerun its nas search command to resume it")
+        raise NasError(
+            f"{str(run_dir)!r} holds a {what!r} backend run; workers join embedded (Optuna storage) runs "
+            "only; rerun its nas search command to resume it"
+        )
     problem, sampler, pruner, storage = problem_from_config(config)
-    job = Job(problem=problem, n_trials=n_trials, out=str(run_dir), backend="workers", sampler=sampler, pruner=pruner,
-              storage=storage, echo=echo)
+    job = Job(
+        problem=problem,
+        n_trials=n_trials,
+        out=str(run_dir),
+        backend="workers",
+        sampler=sampler,
+        pruner=pruner,
+        storage=storage,
+        echo=echo,
+    )
     backend = WorkersBackend(job)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     backend.storage = make_storage(storage, run_dir)
@@ -258,8 +285,18 @@ def run_worker(run_dir: Path, n_trials: int, *, echo=print) -> int:
     def on_row(row: dict[str, Any]) -> None:
         dup = row.get("duplicate_of")
         what = f"reward {row['reward']:.4f}" if row.get("reward") is not None else (row.get("error") or "")
-        echo(f"worker {slot}: trial {row['number']} {row['state']} {what}"
-             + (f" (same architecture as trial {dup}, not retrained)" if dup is not None else ""))
+        echo(
+            f"worker {slot}: trial {row['number']} {row['state']} {what}"
+            + (f" (same architecture as trial {dup}, not retrained)" if dup is not None else "")
+        )
 
-    return run_trials(study, problem, evaluator, writer, n_trials, tags={"worker": slot},
-                      claims=Claims(backend.study, run_dir), on_row=on_row)
+    return run_trials(
+        study,
+        problem,
+        evaluator,
+        writer,
+        n_trials,
+        tags={"worker": slot},
+        claims=Claims(backend.study, run_dir),
+        on_row=on_row,
+    )

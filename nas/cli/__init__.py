@@ -44,7 +44,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Ctrl-C is only recorded from here on and acted on at a safe point (nas.interrupt): Python's own
+    # Ctrl-C is only recorded from here on and acted on at a safe point (nas.core.interrupt): Python's own
     # handler would raise KeyboardInterrupt anywhere, also inside code torch runs for Python during an
     # import, after which the interpreter ends by SIGINT (exit -2) even though the exception is caught.
     from nas.core import interrupt
@@ -69,4 +69,3 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("nas: interrupted", file=sys.stderr)
             return 130
-

@@ -35,11 +35,18 @@ def run_presets(args) -> int:
         arch = preset(name)
         # Equal in parameters, MACs and layers, and output for output with the same weights
         # (tests/test_presets.py, tests/test_weights.py).
-        rows.append({"preset": name, "params (1000 classes)": count_params(arch, 1000),
-                     "GMACs": round(count_macs(arch) / 1e9, 3), "px": arch.resolution,
-                     "equals": ", ".join(str(cp) for cp in counterparts(name))})
+        rows.append(
+            {
+                "preset": name,
+                "params (1000 classes)": count_params(arch, 1000),
+                "GMACs": round(count_macs(arch) / 1e9, 3),
+                "px": arch.resolution,
+                "equals": ", ".join(str(cp) for cp in counterparts(name)),
+            }
+        )
     left = {c: max(len(r[c]) for r in rows) for c in ("preset", "equals")}  # text columns read left-aligned
-    text = pd.DataFrame(rows).to_string(index=False, justify="left",
-                                        formatters={c: (lambda v, w=w: v.ljust(w)) for c, w in left.items()})
+    text = pd.DataFrame(rows).to_string(
+        index=False, justify="left", formatters={c: (lambda v, w=w: v.ljust(w)) for c, w in left.items()}
+    )
     print("\n".join(line.rstrip() for line in text.splitlines()))
     return 0

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 
-AMP_MODES = ("auto", "on", "off")  # nas.device.SWITCHES; not imported here to keep `nas --help` fast
-MEMORY_FORMATS = ("auto", "channels_last", "contiguous")  # nas.measure.MEMORY_FORMATS
+AMP_MODES = ("auto", "on", "off")  # nas.core.device.SWITCHES; not imported here to keep `nas --help` fast
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")  # nas.steptime.measure.MEMORY_FORMATS
 _FORMAT_SWITCH = {"auto": "auto", "channels_last": "on", "contiguous": "off"}
 
 
@@ -24,17 +24,37 @@ def add_parser(sub) -> None:
     p.add_argument("--memory-format", choices=MEMORY_FORMATS, default="auto")
     p.add_argument("--amp", choices=AMP_MODES, default="auto")
     p.add_argument("--min-run-time", type=float, default=2.0, help="seconds of timed steps (default 2)")
-    p.add_argument("--compile", nargs="?", const="on", default="off", metavar="on|off",
-                   help="time the torch.compile'd step (--compile alone: on); the compilation is reported apart")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch (default: torch's choice); 1 gives steadier figures on a busy CPU")
-    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                   help="wall (default): elapsed time; cpu: process CPU time, steadier on a CPU shared with other "
-                        "jobs (needs --device cpu --threads 1)")
-    p.add_argument("--table-dir", default=None,
-                   help="where step-time tables live (default $NAS_CACHE_DIR/steptime or ~/.cache/nas/steptime)")
-    p.add_argument("--space", default=None,
-                   help="predict with this space's step-time table (default: the first table for this setting)")
+    p.add_argument(
+        "--compile",
+        nargs="?",
+        const="on",
+        default="off",
+        metavar="on|off",
+        help="time the torch.compile'd step (--compile alone: on); the compilation is reported apart",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default: torch's choice); 1 gives steadier figures on a busy CPU",
+    )
+    p.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall (default): elapsed time; cpu: process CPU time, steadier on a CPU shared with other "
+        "jobs (needs --device cpu --threads 1)",
+    )
+    p.add_argument(
+        "--table-dir",
+        default=None,
+        help="where step-time tables live (default $NAS_CACHE_DIR/steptime or ~/.cache/nas/steptime)",
+    )
+    p.add_argument(
+        "--space",
+        default=None,
+        help="predict with this space's step-time table (default: the first table for this setting)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
@@ -58,23 +78,40 @@ def run(args) -> int:
     arch = resolve_arch(args.arch)
     if args.space is not None:
         get_space(args.space)
-    r = measure_step_time(arch, device=args.device, batch_size=args.batch_size, image_size=args.image_size,
-                          num_classes=args.num_classes, amp=args.amp, memory_format=args.memory_format,
-                          min_run_time=args.min_run_time, compile=compile_step, clock=args.clock,
-                          progress=_progress_line)
+    r = measure_step_time(
+        arch,
+        device=args.device,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        num_classes=args.num_classes,
+        amp=args.amp,
+        memory_format=args.memory_format,
+        min_run_time=args.min_run_time,
+        compile=compile_step,
+        clock=args.clock,
+        progress=_progress_line,
+    )
     out = {"arch": arch.to_string(), "params": count_params(arch, args.num_classes), **r.to_dict()}
     runtime = Runtime.resolve(args.device, args.amp, _FORMAT_SWITCH[args.memory_format])
     out.update(_prediction(arch, runtime, r.image_size, r.batch_size, args))
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
-    print(f"step time   {r.step_time_ms:.2f} ms median  (IQR {r.iqr_ms:.2f} ms, {r.runs} runs x {r.steps_per_run} steps)")
+    print(
+        f"step time   {r.step_time_ms:.2f} ms median  (IQR {r.iqr_ms:.2f} ms, {r.runs} runs x {r.steps_per_run} steps)"
+    )
     if "predicted_step_time_ms" in out:
         p = out["predicted_step_time_ms"]
-        print(f"predicted   {p:.2f} ms ({p / r.step_time_ms - 1:+.1%}) by the {out['table_space']} step-time table "
-              f"{out['table']}" + (f" ({out['predicted_timed_pieces']} pieces timed first)" if out["predicted_timed_pieces"] else ""))
-    print(f"setting     batch {r.batch_size}, {r.image_size} px, {r.dtype}{' (AMP)' if r.amp else ''}, {r.memory_format}, "
-          f"{r.clock} clock{', compiled' if r.compiled else ''}")
+        print(
+            f"predicted   {p:.2f} ms ({p / r.step_time_ms - 1:+.1%}) by the {out['table_space']} step-time table "
+            f"{out['table']}"
+            + (f" ({out['predicted_timed_pieces']} pieces timed first)" if out["predicted_timed_pieces"] else "")
+        )
+    print(
+        f"setting     batch {r.batch_size}, {r.image_size} px, {r.dtype}{' (AMP)' if r.amp else ''}, "
+        f"{r.memory_format}, "
+        f"{r.clock} clock{', compiled' if r.compiled else ''}"
+    )
     if r.compiled:
         print(f"compile     {r.compile_s:.1f} s (the first step, beyond a compiled step)")
     print(f"device      {r.device} ({r.device_name}), torch {r.torch_version}, {r.threads} threads")
@@ -86,13 +123,22 @@ def _prediction(arch, runtime, image_size: int, batch_size: int, args) -> dict:
     """The step-time table's prediction for this device and setting, when there is a table."""
     from nas.steptime import StepTimeModel, Target
 
-    model = StepTimeModel.find(runtime, Target(image_size, batch_size), table_dir=args.table_dir,
-                               spaces=[args.space] if args.space else None, num_classes=args.num_classes,
-                               clock=args.clock)
+    model = StepTimeModel.find(
+        runtime,
+        Target(image_size, batch_size),
+        table_dir=args.table_dir,
+        spaces=[args.space] if args.space else None,
+        num_classes=args.num_classes,
+        clock=args.clock,
+    )
     if model is None:
         return {}
-    return {"predicted_step_time_ms": model.predict(arch), "table": str(model.path), "table_space": model.space.name,
-            "predicted_timed_pieces": model.timed}
+    return {
+        "predicted_step_time_ms": model.predict(arch),
+        "table": str(model.path),
+        "table_space": model.space.name,
+        "predicted_timed_pieces": model.timed,
+    }
 
 
 def _progress_line(done: int, total: int, seconds: float) -> None:

@@ -51,7 +51,14 @@ def run(args) -> int:
     if args.plot:
         from nas.core.files import read_json as _r
 
-        path = problem.plot(run_dir, df, {k: v for k, v in (_r(best_path, "best") if best_path.exists() else {}).items()
-                                          if k in ("space", "target")})
+        path = problem.plot(
+            run_dir,
+            df,
+            {
+                k: v
+                for k, v in (_r(best_path, "best") if best_path.exists() else {}).items()
+                if k in ("space", "target")
+            },
+        )
         print(f"wrote {path}" if path else "no complete trial to plot")
     return 0

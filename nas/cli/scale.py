@@ -13,59 +13,101 @@ import json
 def add_parser(sub) -> None:
     from nas.cli.search import add_run_arguments, add_trial_arguments
 
-    p = sub.add_parser("grid-scale", help="grid-search compound scaling coefficients alpha, beta, gamma",
-                       description="Enumerate (alpha, beta, gamma) on a grid under |alpha*beta**2*gamma**2 - 2| "
-                                   "<= tolerance, scale the base by each (depth alpha**phi, width beta**phi, "
-                                   "resolution gamma**phi), train and time a proxy of each like a nas search "
-                                   "trial (proxy image size grows with gamma**phi) and pick the best. Rerun "
-                                   "the same command to resume.")
-    p.add_argument("--base", required=True,
-                   help="the network to scale: preset, architecture string, JSON file or nas run directory")
-    p.add_argument("--phi", type=float, default=1.0,
-                   help="compound coefficient the candidates are scaled with (default 1, the paper's step 1); "
-                        "the constraint stays on the per-unit product alpha*beta**2*gamma**2 = 2")
+    p = sub.add_parser(
+        "grid-scale",
+        help="grid-search compound scaling coefficients alpha, beta, gamma",
+        description="Enumerate (alpha, beta, gamma) on a grid under |alpha*beta**2*gamma**2 - 2| "
+        "<= tolerance, scale the base by each (depth alpha**phi, width beta**phi, "
+        "resolution gamma**phi), train and time a proxy of each like a nas search "
+        "trial (proxy image size grows with gamma**phi) and pick the best. Rerun "
+        "the same command to resume.",
+    )
+    p.add_argument(
+        "--base",
+        required=True,
+        help="the network to scale: preset, architecture string, JSON file or nas run directory",
+    )
+    p.add_argument(
+        "--phi",
+        type=float,
+        default=1.0,
+        help="compound coefficient the candidates are scaled with (default 1, the paper's step 1); "
+        "the constraint stays on the per-unit product alpha*beta**2*gamma**2 = 2",
+    )
     p.add_argument("--step", type=float, default=0.05, help="grid step (default 0.05)")
-    p.add_argument("--min", type=float, default=1.0, dest="grid_min", metavar="MIN",
-                   help="smallest coefficient (default 1)")
-    p.add_argument("--max", type=float, default=2.0, dest="grid_max", metavar="MAX",
-                   help="largest coefficient (default 2)")
-    p.add_argument("--tolerance", type=float, default=0.1,
-                   help="allowed |alpha*beta**2*gamma**2 - 2| (default 0.1)")
-    p.add_argument("--max-candidates", type=int, default=8,
-                   help="evaluate at most N constraint-satisfying candidates, an evenly spread deterministic "
-                        "subset (default 8); the base is evaluated in addition")
-    p.add_argument("--objective", default="accuracy",
-                   help="accuracy (default, the paper's choice) or reward: how the coefficients are chosen")
+    p.add_argument(
+        "--min", type=float, default=1.0, dest="grid_min", metavar="MIN", help="smallest coefficient (default 1)"
+    )
+    p.add_argument(
+        "--max", type=float, default=2.0, dest="grid_max", metavar="MAX", help="largest coefficient (default 2)"
+    )
+    p.add_argument("--tolerance", type=float, default=0.1, help="allowed |alpha*beta**2*gamma**2 - 2| (default 0.1)")
+    p.add_argument(
+        "--max-candidates",
+        type=int,
+        default=8,
+        help="evaluate at most N constraint-satisfying candidates, an evenly spread deterministic "
+        "subset (default 8); the base is evaluated in addition",
+    )
+    p.add_argument(
+        "--objective",
+        default="accuracy",
+        help="accuracy (default, the paper's choice) or reward: how the coefficients are chosen",
+    )
     p.add_argument("--out", default=None, help="run directory (default runs/grid-BASE-phiPHI)")
     add_run_arguments(p, study="nas-grid")
     add_trial_arguments(p)
     p.set_defaults(func=run_grid_scale)
 
-    p = sub.add_parser("scale", help="write the scaled family of an architecture: compound (phi = 1..N) or a "
-                                     "published table",
-                       description="Compound scaling (depth alpha**phi, width beta**phi, resolution gamma**phi) "
-                                   "with EfficientNet's rounding rules, or EfficientNetV2's with --v2-rules; or "
-                                   "the members of a published table (--coefficients efficientnet: B1..B8, L2; "
-                                   "efficientnetv2: V2-B1..B3). One JSON per member and family.csv.")
-    p.add_argument("--phi", type=float, default=None,
-                   help="largest compound coefficient N (phi = 1..N); with a published table, its first N members "
-                        "(default: all)")
-    p.add_argument("--coefficients", required=True,
-                   help="A,B,G (e.g. 1.2,1.1,1.15), a coefficients.json, a grid-scale run directory, or a published "
-                        "table: efficientnet (V1 rules) or efficientnetv2 (V2 rules)")
-    p.add_argument("--base", default=None,
-                   help="the network to scale (default: the base stored in the coefficients.json, or the table's B0)")
+    p = sub.add_parser(
+        "scale",
+        help="write the scaled family of an architecture: compound (phi = 1..N) or a published table",
+        description="Compound scaling (depth alpha**phi, width beta**phi, resolution gamma**phi) "
+        "with EfficientNet's rounding rules, or EfficientNetV2's with --v2-rules; or "
+        "the members of a published table (--coefficients efficientnet: B1..B8, L2; "
+        "efficientnetv2: V2-B1..B3). One JSON per member and family.csv.",
+    )
+    p.add_argument(
+        "--phi",
+        type=float,
+        default=None,
+        help="largest compound coefficient N (phi = 1..N); with a published table, its first N members (default: all)",
+    )
+    p.add_argument(
+        "--coefficients",
+        required=True,
+        help="A,B,G (e.g. 1.2,1.1,1.15), a coefficients.json, a grid-scale run directory, or a published "
+        "table: efficientnet (V1 rules) or efficientnetv2 (V2 rules)",
+    )
+    p.add_argument(
+        "--base",
+        default=None,
+        help="the network to scale (default: the base stored in the coefficients.json, or the table's B0)",
+    )
     p.add_argument("--out", default=None, help="output directory (default runs/scale-BASE)")
-    p.add_argument("--depth-rounding", choices=["round", "ceil"], default=None,
-                   help="layers per stage: round(repeats*depth) (default for V1 compound scaling: keeps MACs on "
-                        "the (alpha*beta**2*gamma**2)**phi target) or ceil (the papers' rule; default with "
-                        "--v2-rules and for the published tables)")
-    p.add_argument("--v2-rules", action="store_true", default=None,
-                   help="EfficientNetV2's rules: channels rounded without V1's 90%% rule, inference size capped "
-                        "at 480 (the published efficientnetv2 table implies them)")
-    p.add_argument("--late-stages", type=int, default=0, metavar="N",
-                   help="with --v2-rules: give the added layers to the last N stages (V2 section 4.3's heuristic "
-                        "for V2-S to M and L; default 0, every stage scales)")
+    p.add_argument(
+        "--depth-rounding",
+        choices=["round", "ceil"],
+        default=None,
+        help="layers per stage: round(repeats*depth) (default for V1 compound scaling: keeps MACs on "
+        "the (alpha*beta**2*gamma**2)**phi target) or ceil (the papers' rule; default with "
+        "--v2-rules and for the published tables)",
+    )
+    p.add_argument(
+        "--v2-rules",
+        action="store_true",
+        default=None,
+        help="EfficientNetV2's rules: channels rounded without V1's 90%% rule, inference size capped "
+        "at 480 (the published efficientnetv2 table implies them)",
+    )
+    p.add_argument(
+        "--late-stages",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --v2-rules: give the added layers to the last N stages (V2 section 4.3's heuristic "
+        "for V2-S to M and L; default 0, every stage scales)",
+    )
     p.add_argument("--num-classes", type=int, default=1000, help="classes for params / MACs (default 1000)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
@@ -92,21 +134,41 @@ def run_grid_scale(args) -> int:
     base = resolve_arch(args.base)
     # The space only names the settings' default reference; grid-scale normalises by the base.
     settings = trial_settings(args, "trainaware")
-    opts = GridOptions(spec=spec, max_candidates=args.max_candidates, objective=args.objective, storage=args.storage,
-                       study_name=args.study_name or STUDY_NAME, out=args.out or default_out(args.base, base, spec.phi))
+    opts = GridOptions(
+        spec=spec,
+        max_candidates=args.max_candidates,
+        objective=args.objective,
+        storage=args.storage,
+        study_name=args.study_name or STUDY_NAME,
+        out=args.out or default_out(args.base, base, spec.phi),
+    )
     problem = GridProblem(settings, base, opts)
     plan = problem.plan
-    print(f"{plan.n_feasible} of {spec.grid_points} grid points (alpha, beta, gamma in [{spec.lo:g}, {spec.hi:g}] "
-          f"step {spec.step:g}) satisfy |alpha*beta**2*gamma**2 - 2| <= {spec.tolerance:g}; evaluating "
-          f"{len(plan.selected)} of them (evenly spread, --max-candidates {opts.max_candidates}) and the base")
+    print(
+        f"{plan.n_feasible} of {spec.grid_points} grid points (alpha, beta, gamma in [{spec.lo:g}, {spec.hi:g}] "
+        f"step {spec.step:g}) satisfy |alpha*beta**2*gamma**2 - 2| <= {spec.tolerance:g}; evaluating "
+        f"{len(plan.selected)} of them (evenly spread, --max-candidates {opts.max_candidates}) and the base"
+    )
     same = proxy_duplicates(base, settings, plan)
     if same:
-        print(f"note: at proxy scale (--width-mult {settings.proxy.width:g}, --depth-mult {settings.proxy.depth:g}) "
-              f"{'; '.join(' = '.join(c.label() for c in g) for g in same)} train the same network at the same "
-              "image size; raise --width-mult/--depth-mult to tell them apart")
-    job = Job(problem=problem, n_trials=len(plan.candidates), out=opts.out, backend=backend, sampler="random",
-              pruner="none", storage=opts.storage, options=options, plugins=tuple(args.plugin),
-              restart=args.restart, progress=not args.no_progress)
+        print(
+            f"note: at proxy scale (--width-mult {settings.proxy.width:g}, --depth-mult {settings.proxy.depth:g}) "
+            f"{'; '.join(' = '.join(c.label() for c in g) for g in same)} train the same network at the same "
+            "image size; raise --width-mult/--depth-mult to tell them apart"
+        )
+    job = Job(
+        problem=problem,
+        n_trials=len(plan.candidates),
+        out=opts.out,
+        backend=backend,
+        sampler="random",
+        pruner="none",
+        storage=opts.storage,
+        options=options,
+        plugins=tuple(args.plugin),
+        restart=args.restart,
+        progress=not args.no_progress,
+    )
     return 0 if run_job(job) else 1
 
 
@@ -132,11 +194,20 @@ def run(args) -> int:
     if args.base is not None:
         base, spec = resolve_arch(args.base), args.base
     elif stored_base is not None:
-        base, spec = (preset(stored_base), stored_base) if table else (Architecture.from_string(stored_base), stored_base)
+        base, spec = (
+            (preset(stored_base), stored_base) if table else (Architecture.from_string(stored_base), stored_base)
+        )
     else:
         raise NasError(f"--base is needed: {args.coefficients!r} does not name the base it was searched on")
-    rows = scale_family(base, coeffs, n, v2_rules=args.v2_rules, num_classes=args.num_classes,
-                        depth_rounding=args.depth_rounding, late_stages=args.late_stages)
+    rows = scale_family(
+        base,
+        coeffs,
+        n,
+        v2_rules=args.v2_rules,
+        num_classes=args.num_classes,
+        depth_rounding=args.depth_rounding,
+        late_stages=args.late_stages,
+    )
     out = Path(args.out or f"runs/scale-{base_slug(spec, base)}")
     out.mkdir(parents=True, exist_ok=True)
     for r in rows:
@@ -154,27 +225,49 @@ def run(args) -> int:
     compound = not table
     if args.json:
         # Strict JSON (allow_nan=False): the base row's file is null, never NaN.
-        print(json.dumps({"coefficients": args.coefficients, "published": table,
-                          "alpha": coeffs.alpha if compound else None, "beta": coeffs.beta if compound else None,
-                          "gamma": coeffs.gamma if compound else None,
-                          "product": coeffs.product if compound else None, "rules": rules,
-                          "depth_rounding": depth_rounding, "late_stages": args.late_stages,
-                          "num_classes": args.num_classes, "base": base.to_string(), "out": str(out),
-                          "family": records}, indent=2, allow_nan=False))
+        print(
+            json.dumps(
+                {
+                    "coefficients": args.coefficients,
+                    "published": table,
+                    "alpha": coeffs.alpha if compound else None,
+                    "beta": coeffs.beta if compound else None,
+                    "gamma": coeffs.gamma if compound else None,
+                    "product": coeffs.product if compound else None,
+                    "rules": rules,
+                    "depth_rounding": depth_rounding,
+                    "late_stages": args.late_stages,
+                    "num_classes": args.num_classes,
+                    "base": base.to_string(),
+                    "out": str(out),
+                    "family": records,
+                },
+                indent=2,
+                allow_nan=False,
+            )
+        )
         return 0
     shown = table_df.drop(columns=["arch", "file", "rules", "depth_rounding", "num_classes"], errors="ignore").copy()
-    for c, fmt in (("depth_mult", "{:.3f}"), ("width_mult", "{:.3f}"), ("macs_ratio", "{:.2f}"),
-                   ("target_macs_ratio", "{:.2f}")):
+    for c, fmt in (
+        ("depth_mult", "{:.3f}"),
+        ("width_mult", "{:.3f}"),
+        ("macs_ratio", "{:.2f}"),
+        ("target_macs_ratio", "{:.2f}"),
+    ):
         shown[c] = shown[c].map(fmt.format)
     for c in ("params", "macs"):
         shown[c] = shown[c].map(lambda v: f"{int(v):,}")
     if compound:
-        print(f"compound scaling alpha={coeffs.alpha:g} beta={coeffs.beta:g} gamma={coeffs.gamma:g} "
-              f"(alpha*beta**2*gamma**2 = {coeffs.product:.3f}), {rules_text} rules, depth {depth_rounding}; "
-              f"params and MACs at {args.num_classes} classes")
+        print(
+            f"compound scaling alpha={coeffs.alpha:g} beta={coeffs.beta:g} gamma={coeffs.gamma:g} "
+            f"(alpha*beta**2*gamma**2 = {coeffs.product:.3f}), {rules_text} rules, depth {depth_rounding}; "
+            f"params and MACs at {args.num_classes} classes"
+        )
     else:
-        print(f"published {table} coefficients (width, depth, resolution, dropout per member), {rules_text} rules, "
-              f"depth {depth_rounding}; params and MACs at {args.num_classes} classes")
+        print(
+            f"published {table} coefficients (width, depth, resolution, dropout per member), {rules_text} rules, "
+            f"depth {depth_rounding}; params and MACs at {args.num_classes} classes"
+        )
     print(shown.to_string(index=False))
     print()
     for r in rows:

@@ -12,37 +12,86 @@ if TYPE_CHECKING:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("show", help="print an architecture's stage table, parameters and MACs",
-                       description="ARCH is a preset name (nas presets), an architecture string, "
-                                   "an architecture JSON file or a run directory.")
+    p = sub.add_parser(
+        "show",
+        help="print an architecture's stage table, parameters and MACs",
+        description="ARCH is a preset name (nas presets), an architecture string, "
+        "an architecture JSON file or a run directory.",
+    )
     p.add_argument("arch", metavar="ARCH")
-    p.add_argument("--num-classes", type=int, default=None,
-                   help="count parameters for this many classes (default: the class count a run directory or "
-                        "result file records, else 1000)")
+    p.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        help="count parameters for this many classes (default: the class count a run directory or "
+        "result file records, else 1000)",
+    )
     p.add_argument("--resolution", type=int, default=None, help="count MACs at this size (default: native)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
 
 
-def summary(arch: "Architecture", num_classes: int = 1000, resolution: int | None = None) -> dict:
+def summary(arch: Architecture, num_classes: int = 1000, resolution: int | None = None) -> dict:
     from search_spaces import count_macs, count_params
 
     res = resolution or arch.resolution
-    return {"arch": arch.to_string(), "architecture": arch.to_dict(), "params": count_params(arch, num_classes),
-            "macs": count_macs(arch, res, num_classes), "resolution": res, "num_classes": num_classes}
+    return {
+        "arch": arch.to_string(),
+        "architecture": arch.to_dict(),
+        "params": count_params(arch, num_classes),
+        "macs": count_macs(arch, res, num_classes),
+        "resolution": res,
+        "num_classes": num_classes,
+    }
 
 
-def stage_table(arch: "Architecture") -> str:
+def stage_table(arch: Architecture) -> str:
     import pandas as pd
 
-    rows = [{"stage": 0, "op": "conv3x3 (stem)", "kernel": 3, "stride": 2, "expansion": "", "in": 3,
-             "out": arch.stem, "layers": 1, "se": "", "skip": ""}]
+    rows = [
+        {
+            "stage": 0,
+            "op": "conv3x3 (stem)",
+            "kernel": 3,
+            "stride": 2,
+            "expansion": "",
+            "in": 3,
+            "out": arch.stem,
+            "layers": 1,
+            "se": "",
+            "skip": "",
+        }
+    ]
     for k, (s, cin) in enumerate(zip(arch.stages, arch.stage_inputs()), start=1):
-        rows.append({"stage": k, "op": "Fused-MBConv" if s.block == "fused" else "MBConv", "kernel": s.kernel,
-                     "stride": s.stride, "expansion": s.expansion, "in": cin, "out": s.out, "layers": s.repeats,
-                     "se": s.se or "", "skip": s.skip, "nominal in": s.nominal_in or ""})
-    rows.append({"stage": len(arch.stages) + 1, "op": "conv1x1 (head)", "kernel": 1, "stride": 1, "expansion": "",
-                 "in": arch.stages[-1].out, "out": arch.head, "layers": 1, "se": "", "skip": ""})
+        rows.append(
+            {
+                "stage": k,
+                "op": "Fused-MBConv" if s.block == "fused" else "MBConv",
+                "kernel": s.kernel,
+                "stride": s.stride,
+                "expansion": s.expansion,
+                "in": cin,
+                "out": s.out,
+                "layers": s.repeats,
+                "se": s.se or "",
+                "skip": s.skip,
+                "nominal in": s.nominal_in or "",
+            }
+        )
+    rows.append(
+        {
+            "stage": len(arch.stages) + 1,
+            "op": "conv1x1 (head)",
+            "kernel": 1,
+            "stride": 1,
+            "expansion": "",
+            "in": arch.stages[-1].out,
+            "out": arch.head,
+            "layers": 1,
+            "se": "",
+            "skip": "",
+        }
+    )
     df = pd.DataFrame(rows)
     if not any(s.nominal_in for s in arch.stages):  # TF's nominal input (fc): shown only where used
         df = df.drop(columns=["nominal in"])

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -32,5 +33,10 @@ def fidelity(predicted: Sequence[float], measured: Sequence[float]) -> dict[str,
         rho = stats.spearmanr(p, m).statistic if n > 1 else math.nan
         tau = stats.kendalltau(p, m).statistic if n > 1 else math.nan
     rel = np.abs(p - m) / m
-    return {"spearman": float(rho), "kendall_tau": float(tau), "mape": float(mean_absolute_percentage_error(m, p)),
-            "within_10pct": float(np.mean(rel <= 0.10 + 1e-12)), "n": n}  # exactly 10% (in floating point) is within
+    return {
+        "spearman": float(rho),
+        "kendall_tau": float(tau),
+        "mape": float(mean_absolute_percentage_error(m, p)),
+        "within_10pct": float(np.mean(rel <= 0.10 + 1e-12)),
+        "n": n,
+    }  # exactly 10% (in floating point) is within

@@ -1,6 +1,6 @@
 """Where and how a training step runs: device, mixed precision and memory format, decided once.
 
-Measurement (:mod:`nas.measure`), training (:mod:`nas.train`) and every backend resolve a device
+Measurement (:mod:`nas.steptime.measure`), training (:mod:`nas.training.config`) and every backend resolve a device
 through this module, so ``cpu``, ``cuda``, ``cuda:N`` and ``auto`` mean the same everywhere, and a
 step time is measured with exactly the precision and layout that ``nas train`` trains with:
 
@@ -22,8 +22,9 @@ import contextlib
 import os
 import platform
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -51,8 +52,10 @@ def resolve_device(name: str) -> torch.device:
             raise NasError(f"device {name!r} requested but CUDA is not available here; use --device cpu or auto")
         m = _CUDA_N.match(name)
         if m and int(m.group(1)) >= torch.cuda.device_count():
-            raise NasError(f"device {name!r} does not exist: this machine has {torch.cuda.device_count()} GPU(s) "
-                           f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
+            raise NasError(
+                f"device {name!r} does not exist: this machine has {torch.cuda.device_count()} GPU(s) "
+                f"(cuda:0..cuda:{torch.cuda.device_count() - 1})"
+            )
     return torch.device(name)
 
 
@@ -100,7 +103,7 @@ class Runtime:
     channels_last: bool
 
     @classmethod
-    def resolve(cls, device: str = "auto", amp: str = "auto", channels_last: str = "auto") -> "Runtime":
+    def resolve(cls, device: str = "auto", amp: str = "auto", channels_last: str = "auto") -> Runtime:
         dev = resolve_device(device)
         return cls(dev, amp_dtype(dev, amp), use_channels_last(dev, channels_last))
 
@@ -147,9 +150,14 @@ class Runtime:
 
     def fingerprint(self) -> dict[str, Any]:
         """What a step time measured here depends on, besides the network and the step's input."""
-        return {"device": self.device.type, "device_name": device_name(self.device), "torch": torch.__version__,
-                "dtype": self.dtype_name, "memory_format": "channels_last" if self.channels_last else "contiguous",
-                "threads": torch.get_num_threads() if self.device.type == "cpu" else None}
+        return {
+            "device": self.device.type,
+            "device_name": device_name(self.device),
+            "torch": torch.__version__,
+            "dtype": self.dtype_name,
+            "memory_format": "channels_last" if self.channels_last else "contiguous",
+            "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
+        }
 
 
 @contextlib.contextmanager

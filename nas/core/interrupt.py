@@ -17,7 +17,7 @@ import os
 import signal
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 GRACE_S = 5.0
 _state = {"installed": False, "requested": 0.0, "count": 0, "depth": 0}

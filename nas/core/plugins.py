@@ -8,8 +8,8 @@ import importlib
 import os
 import re
 import sys
+from collections.abc import Sequence
 from types import ModuleType
-from typing import Sequence
 
 from nas.errors import NasError
 
@@ -31,8 +31,9 @@ def import_plugins(names: Sequence[str]) -> list[ModuleType]:
             mods.append(importlib.import_module(name))
         except ModuleNotFoundError as e:
             if e.name is not None and (name == e.name or name.startswith(e.name + ".")):
-                raise NasError(f"plugin module {name!r} not found (looked in the current directory and "
-                               f"on PYTHONPATH)") from None
+                raise NasError(
+                    f"plugin module {name!r} not found (looked in the current directory and on PYTHONPATH)"
+                ) from None
             raise NasError(f"plugin {name!r} failed to import: {e}") from None
         except Exception as e:  # the user's module: any error at import time
             raise NasError(f"plugin {name!r} failed to import: {type(e).__name__}: {e}") from None

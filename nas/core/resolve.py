@@ -28,10 +28,12 @@ def resolve_arch(spec: str) -> Architecture:
         if not path.is_file():
             raise NasError(f"architecture file {spec!r} does not exist")
         return _from_json_file(path)
-    if spec[:1] in ("r", "s") and "_" in spec or spec.startswith("stem"):
+    if (spec[:1] in ("r", "s") and "_" in spec) or spec.startswith("stem"):
         return Architecture.from_string(spec)
-    raise NasError(f"{spec!r} is not a preset ({', '.join(preset_names())}), an architecture string, "
-                   "a JSON file or a run directory")
+    raise NasError(
+        f"{spec!r} is not a preset ({', '.join(preset_names())}), an architecture string, "
+        "a JSON file or a run directory"
+    )
 
 
 def _from_json_file(path: Path) -> Architecture:

@@ -14,7 +14,7 @@ images that drew it, which is a few dozen batched calls instead of two calls per
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torchvision.transforms import v2
@@ -45,7 +45,7 @@ def resize(images: torch.Tensor, size: int) -> torch.Tensor:
     return v2.functional.resize(images, [size, size], antialias=True)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _scale_shift(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     mean, std = torch.tensor(MEAN, dtype=torch.float32), torch.tensor(STD, dtype=torch.float32)
     return (1.0 / (255.0 * std)).view(3, 1, 1).to(device), (-mean / std).view(3, 1, 1).to(device)
@@ -107,8 +107,9 @@ class BatchRandAugment(v2.RandAugment):
         return out
 
     def _op(self, images: torch.Tensor, name: str, magnitude: float) -> torch.Tensor:
-        return self._apply_image_or_video_transform(images, name, magnitude, interpolation=self.interpolation,
-                                                    fill=self._fill)
+        return self._apply_image_or_video_transform(
+            images, name, magnitude, interpolation=self.interpolation, fill=self._fill
+        )
 
 
 def make_randaugment(magnitude) -> BatchRandAugment | None:
@@ -117,7 +118,9 @@ def make_randaugment(magnitude) -> BatchRandAugment | None:
     return BatchRandAugment(magnitude=magnitude) if magnitude > 0 else None
 
 
-def make_mixup(alpha: float, num_classes: int) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None:
+def make_mixup(
+    alpha: float, num_classes: int
+) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None:
     """``v2.MixUp(alpha=alpha, num_classes=num_classes)`` as a batch function
     ``(images, int64 labels) -> (mixed images, soft labels [B, num_classes])`` on the batch's device;
     None when ``alpha == 0`` (off: EfficientNetV2 Table 6 starts every schedule there)."""

@@ -13,7 +13,7 @@ learning changes all three, EfficientNetV2 section 4.2).
   normalisation then run on the device, as for in-memory sets.
 
 Determinism: the shuffling order comes from a generator seeded with the epoch's seed, RandAugment
-draws from torch's global generator in the main process (:func:`nas.train.fit` seeds it per epoch),
+draws from torch's global generator in the main process (:func:`nas.training.loop.fit` seeds it per epoch),
 and worker processes draw nothing. So an epoch is a function of its seed whatever the worker count,
 and a run resumed from a checkpoint sees exactly the batches of an uninterrupted one.
 """
@@ -21,7 +21,7 @@ and a run resumed from a checkpoint sees exactly the batches of an uninterrupted
 from __future__ import annotations
 
 import abc
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -37,7 +37,7 @@ class Epoch:
     """One pass over a split, with a length in batches. Iterating again gives the same order (the
     epoch's seed); RandAugment's draws come from torch's generator, which the caller seeds."""
 
-    def __init__(self, batches: "Batches", image_size: int, randaugment: int, seed: int):
+    def __init__(self, batches: Batches, image_size: int, randaugment: int, seed: int):
         self.batches, self.image_size, self.randaugment, self.seed = batches, image_size, randaugment, seed
 
     def __len__(self) -> int:
@@ -80,7 +80,7 @@ class Batches(abc.ABC):
         """The epoch's (uint8 images at ``size`` px on the device, labels) batches, in
         :meth:`order` ``(seed)``; each kind of set gets them its own way."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (an optional hook: in-memory batches hold nothing to release)
         """Release worker processes (if any); the object can still serve epochs afterwards."""
 
 
@@ -95,7 +95,7 @@ class _MemoryBatches(Batches):
         # One upload per epoch; the batches are then index_selects on the device.
         order = self.order(seed).to(self.device, non_blocking=True)
         for b in range(self.num_batches):
-            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             if resized is not None:
                 yield resized.index_select(0, idx), labels.index_select(0, idx)
             else:
@@ -159,11 +159,18 @@ class _LoaderBatches(Batches):
             # generator: the loader draws its workers' base seed from it; without one it would draw
             # from torch's global generator and shift every later RandAugment draw of the epoch.
             self._loader = DataLoader(
-                _FolderItems(self.dataset), batch_size=self.batch_size, sampler=self.sampler,
-                drop_last=self.drop_last, num_workers=self.num_workers, collate_fn=_collate,
-                pin_memory=cuda, pin_memory_device=str(self.device) if cuda else "",
-                persistent_workers=self.num_workers > 0, generator=torch.Generator().manual_seed(0),
-                prefetch_factor=4 if self.num_workers > 0 else None)
+                _FolderItems(self.dataset),
+                batch_size=self.batch_size,
+                sampler=self.sampler,
+                drop_last=self.drop_last,
+                num_workers=self.num_workers,
+                collate_fn=_collate,
+                pin_memory=cuda,
+                pin_memory_device=str(self.device) if cuda else "",
+                persistent_workers=self.num_workers > 0,
+                generator=torch.Generator().manual_seed(0),
+                prefetch_factor=4 if self.num_workers > 0 else None,
+            )
         return self._loader
 
     def uint8_batches(self, size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -175,8 +182,9 @@ class _LoaderBatches(Batches):
         self._loader = None  # the last reference: its iterator shuts the workers down
 
 
-def make_batches(dataset: Dataset, *, device: torch.device | str = "cpu", batch_size: int, train: bool,
-                 num_workers: int = 0) -> Batches:
+def make_batches(
+    dataset: Dataset, *, device: torch.device | str = "cpu", batch_size: int, train: bool, num_workers: int = 0
+) -> Batches:
     """Batches of ``dataset`` on ``device`` for a whole run (see the module docstring).
     ``num_workers`` only applies to sets that are not in memory."""
     batch_size = check_int("batch_size", batch_size, 1, 1 << 20)
@@ -191,9 +199,17 @@ def make_batches(dataset: Dataset, *, device: torch.device | str = "cpu", batch_
     return _LoaderBatches(dataset, device=device, batch_size=batch_size, train=train, num_workers=num_workers)
 
 
-def make_loader(dataset: Dataset, *, image_size: int, batch_size: int, train: bool,
-                randaugment_magnitude: float = 0.0, seed: int = 0, num_workers: int = 0,
-                device: torch.device | str = "cpu") -> Epoch:
+def make_loader(
+    dataset: Dataset,
+    *,
+    image_size: int,
+    batch_size: int,
+    train: bool,
+    randaugment_magnitude: float = 0.0,
+    seed: int = 0,
+    num_workers: int = 0,
+    device: torch.device | str = "cpu",
+) -> Epoch:
     """One epoch of batches (:func:`make_batches` then :meth:`Batches.epoch`), for a single pass
     such as a final evaluation. RandAugment applies to training batches only."""
     batches = make_batches(dataset, device=device, batch_size=batch_size, train=train, num_workers=num_workers)

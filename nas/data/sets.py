@@ -67,7 +67,7 @@ class TensorImages(Dataset):
         self.images = images.contiguous()
         self.labels = labels.to(torch.int64)
         self._on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # device -> (images, labels)
-        self._resized: dict[tuple[torch.device, int], torch.Tensor] = {}      # (device, size) -> uint8 images
+        self._resized: dict[tuple[torch.device, int], torch.Tensor] = {}  # (device, size) -> uint8 images
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -108,19 +108,20 @@ class TensorImages(Dataset):
 def check_dataset_name(name) -> str:
     """A data set name :func:`load_dataset` knows, checked without loading anything."""
     known = [d for d in DATASETS if ":" not in d]
-    if not isinstance(name, str) or (name.strip().lower() not in known
-                                     and not name.strip().lower().startswith("imagefolder:")):
+    if not isinstance(name, str) or (
+        name.strip().lower() not in known and not name.strip().lower().startswith("imagefolder:")
+    ):
         raise NasError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
     return name
 
 
-def load_dataset(name: str, data_dir: str | None = None, *, seed: int = 0, val_fraction: float = 0.2,
-                 download: bool = True) -> Splits:
+def load_dataset(
+    name: str, data_dir: str | None = None, *, seed: int = 0, val_fraction: float = 0.2, download: bool = True
+) -> Splits:
     """Load a data set by name (see the module docstring) and split it deterministically."""
     if not isinstance(name, str) or not name.strip():
         raise NasError(f"dataset name must be a non-empty string, got {name!r}")
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) \
-            or not 0.0 < val_fraction < 1.0:
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0.0 < val_fraction < 1.0:
         raise NasError(f"val_fraction must be a number in (0, 1), got {val_fraction!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise NasError(f"seed must be an integer, got {seed!r}")
@@ -153,11 +154,17 @@ def split_indices(labels: torch.Tensor, val_fraction: float, seed: int) -> tuple
     return torch.cat(train).sort().values, torch.cat(val).sort().values
 
 
-def _split_tensors(name: str, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                   seed: int, val_fraction: float) -> Splits:
+def _split_tensors(
+    name: str, images: torch.Tensor, labels: torch.Tensor, num_classes: int, seed: int, val_fraction: float
+) -> Splits:
     tr, va = split_indices(labels, val_fraction, seed)
-    return Splits(name, TensorImages(images[tr], labels[tr]), TensorImages(images[va], labels[va]),
-                  num_classes, int(images.shape[-1]))
+    return Splits(
+        name,
+        TensorImages(images[tr], labels[tr]),
+        TensorImages(images[va], labels[va]),
+        num_classes,
+        int(images.shape[-1]),
+    )
 
 
 def _digits(seed: int, val_fraction: float) -> Splits:
@@ -199,10 +206,12 @@ def _cifar(name: str, root: Path, seed: int, val_fraction: float, download: bool
         ds = cls(str(root), train=True, download=download)
     except (RuntimeError, OSError) as e:  # no network (URLError is an OSError) or missing files
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise NasError(f"{name} is not in {str(root)!r} and could not be "
-                       f"{'downloaded' if download else 'loaded (download off)'} ({why}); put {archive} or "
-                       f"the extracted {folder}/ folder there (https://www.cs.toronto.edu/~kriz/cifar.html), "
-                       "or pass --data-dir") from None
+        raise NasError(
+            f"{name} is not in {str(root)!r} and could not be "
+            f"{'downloaded' if download else 'loaded (download off)'} ({why}); put {archive} or "
+            f"the extracted {folder}/ folder there (https://www.cs.toronto.edu/~kriz/cifar.html), "
+            "or pass --data-dir"
+        ) from None
     images = torch.as_tensor(ds.data).permute(0, 3, 1, 2).contiguous()  # [N, 32, 32, 3] -> NCHW
     labels = torch.as_tensor(ds.targets, dtype=torch.int64)
     return _split_tensors(name, images, labels, classes, seed, val_fraction)
@@ -241,8 +250,10 @@ def _imagefolder(path: str, seed: int, val_fraction: float) -> Splits:
     try:
         first, _ = sample[0]
     except Exception as e:  # PIL raises UnidentifiedImageError, OSError, SyntaxError ... for a bad file
-        raise NasError(f"cannot decode {sample.samples[0][0]!r} in image folder {str(root)!r}: "
-                       f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        raise NasError(
+            f"cannot decode {sample.samples[0][0]!r} in image folder {str(root)!r}: "
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
     return Splits(f"imagefolder:{path}", train, val, len(classes), int(min(first.shape[-2:])))
 
 
@@ -254,8 +265,10 @@ def probe(splits: Splits) -> Splits:
     splits non-empty, and image files that decode (every file of a folder up to PROBE_ALL_UP_TO
     images, else an evenly spread sample): a bad file is named here, not found by every trial."""
     if splits.num_classes < 2:
-        raise NasError(f"data set {splits.name!r} has {splits.num_classes} class(es); classification needs at "
-                       "least two (one sub-folder per class)")
+        raise NasError(
+            f"data set {splits.name!r} has {splits.num_classes} class(es); classification needs at "
+            "least two (one sub-folder per class)"
+        )
     for part, data in (("training", splits.train), ("validation", splits.val)):
         if len(data) == 0:
             raise NasError(f"data set {splits.name!r} has an empty {part} split")
@@ -274,8 +287,10 @@ def probe(splits: Splits) -> Splits:
             bad.append((path, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
     if bad:
         checked = len(paths[::step])
-        raise NasError(f"{len(bad)} of {checked} checked images of {splits.name!r} cannot be decoded, e.g. "
-                       f"{bad[0][0]!r} ({bad[0][1]}); remove or replace them")
+        raise NasError(
+            f"{len(bad)} of {checked} checked images of {splits.name!r} cannot be decoded, e.g. "
+            f"{bad[0][0]!r} ({bad[0][1]}); remove or replace them"
+        )
     return splits
 
 

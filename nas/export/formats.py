@@ -8,7 +8,7 @@ weights when the run kept them, as its final evaluation used them).
 Random weights as initialised leave a deep network's activations near zero in evaluation mode
 (EfficientNet-B0's logits are ~1e-13), which would make both the check and any latency measured on
 the file meaningless; so their BatchNorm statistics are estimated on random images first
-(:func:`nas.train.recalibrate_bn`), giving outputs of order 1.
+(:func:`nas.training.evaluation.recalibrate_bn`), giving outputs of order 1.
 
 The export traces the network in evaluation mode at one image size with a dynamic batch dimension.
 The check runs the exported file on a random batch of another size than the traced one and reports
@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -40,7 +40,7 @@ OPSET = 17
 @dataclass
 class Check:
     max_abs_diff: float | None  # None: the file was validated, not run
-    max_abs_output: float       # PyTorch's largest output, the scale the difference is measured against
+    max_abs_output: float  # PyTorch's largest output, the scale the difference is measured against
     runtime: str
     batch: int
 
@@ -72,8 +72,16 @@ def export(model: nn.Module, path: str | os.PathLike, fmt: str, image_size: int)
                 import onnx  # noqa: F401  (the exporter needs it to write the file)
             except ImportError:
                 raise NasError("--format onnx needs the onnx package (pip install onnx)") from None
-            torch.onnx.export(model, (x,), str(tmp), dynamo=False, input_names=["images"], output_names=["logits"],
-                              dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, opset_version=OPSET)
+            torch.onnx.export(
+                model,
+                (x,),
+                str(tmp),
+                dynamo=False,
+                input_names=["images"],
+                output_names=["logits"],
+                dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+                opset_version=OPSET,
+            )
         else:
             torch.jit.trace(model, x).save(str(tmp))
     os.replace(tmp, path)  # atomic: a failed export leaves no half-written file
@@ -96,8 +104,13 @@ def check(path: str | os.PathLike, fmt: str, model: nn.Module, image_size: int, 
     try:
         import onnxruntime as ort
     except ImportError:
-        return Check(None, scale, f"onnx.checker {onnx.__version__} (onnxruntime is not installed: the file was "
-                                  "validated, not run; pip install onnxruntime to compare outputs)", CHECK_BATCH)
+        return Check(
+            None,
+            scale,
+            f"onnx.checker {onnx.__version__} (onnxruntime is not installed: the file was "
+            "validated, not run; pip install onnxruntime to compare outputs)",
+            CHECK_BATCH,
+        )
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     out = session.run(None, {"images": x.numpy()})[0]
     return Check(float(abs(out - ref.numpy()).max()), scale, f"onnxruntime {ort.__version__}", CHECK_BATCH)

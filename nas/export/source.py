@@ -48,16 +48,18 @@ def load_source(spec: str, num_classes: int | None = None, seed: int = 0) -> Sou
         arch = Architecture.from_dict(ckpt["arch"])
         recorded = ckpt["data"].get("num_classes")
         if num_classes is not None and num_classes != recorded:
-            raise NasError(f"--num-classes {num_classes}: checkpoint {str(ckpt_path)!r} was trained with "
-                           f"{recorded} classes")
+            raise NasError(
+                f"--num-classes {num_classes}: checkpoint {str(ckpt_path)!r} was trained with {recorded} classes"
+            )
         model = build(arch, recorded)
         ema = ckpt.get("ema")
         state = ema["module"] if isinstance(ema, dict) and isinstance(ema.get("module"), dict) else ckpt["model"]
         try:
             model.load_state_dict(state)
         except RuntimeError as e:
-            raise NasError(f"checkpoint {str(ckpt_path)!r} does not fit its own architecture: "
-                           f"{str(e).strip().splitlines()[0]}") from None
+            raise NasError(
+                f"checkpoint {str(ckpt_path)!r} does not fit its own architecture: {str(e).strip().splitlines()[0]}"
+            ) from None
         which = "EMA weights" if state is not ckpt["model"] else "weights"
         return Source(model.eval(), arch, recorded, f"{which} of {ckpt_path} (epoch {ckpt['epoch']})")
     from nas.core.resolve import recorded_num_classes, resolve_arch
@@ -65,8 +67,9 @@ def load_source(spec: str, num_classes: int | None = None, seed: int = 0) -> Sou
     arch = resolve_arch(spec)
     n = num_classes or recorded_num_classes(spec)[0] or 1000
     torch.manual_seed(seed)
-    return Source(build(arch, n).eval(), arch, n, f"random (seed {seed}), BatchNorm statistics of random images",
-                  random=True)
+    return Source(
+        build(arch, n).eval(), arch, n, f"random (seed {seed}), BatchNorm statistics of random images", random=True
+    )
 
 
 def calibrate_random(model: nn.Module, image_size: int, batches: int = 2, batch_size: int = 8, seed: int = 0) -> None:

@@ -37,8 +37,10 @@ def parse_coefficients(spec: str) -> tuple[Candidate, str | None]:
         elif isinstance(data, list):
             values = data
         else:
-            raise NasError(f"coefficients file {str(path)!r} holds {type(data).__name__}, "
-                           "expected an object with alpha, beta, gamma")
+            raise NasError(
+                f"coefficients file {str(path)!r} holds {type(data).__name__}, "
+                "expected an object with alpha, beta, gamma"
+            )
         where = f"in {str(path)!r}"
     else:
         parts = [p.strip() for p in text.split(",")]
@@ -47,9 +49,11 @@ def parse_coefficients(spec: str) -> tuple[Candidate, str | None]:
             try:
                 values.append(float(p))
             except ValueError:
-                raise NasError(f"--coefficients {text!r}: {p!r} is not a number (expected A,B,G, e.g. "
-                               "1.2,1.1,1.15, a coefficients.json or a published table: efficientnet, "
-                               "efficientnetv2)") from None
+                raise NasError(
+                    f"--coefficients {text!r}: {p!r} is not a number (expected A,B,G, e.g. "
+                    "1.2,1.1,1.15, a coefficients.json or a published table: efficientnet, "
+                    "efficientnetv2)"
+                ) from None
         where = f"in --coefficients {text!r}"
     if len(values) != 3:
         raise NasError(f"expected three coefficients alpha,beta,gamma {where}, got {len(values)}")
@@ -63,9 +67,16 @@ def parse_coefficients(spec: str) -> tuple[Candidate, str | None]:
     return Candidate(*out), base
 
 
-def scale_family(base: Architecture, coeffs: "Candidate | str", n: int | None = None, *,
-                 v2_rules: bool | None = None, num_classes: int = 1000, depth_rounding: str | None = None,
-                 late_stages: int = 0) -> list[dict[str, Any]]:
+def scale_family(
+    base: Architecture,
+    coeffs: Candidate | str,
+    n: int | None = None,
+    *,
+    v2_rules: bool | None = None,
+    num_classes: int = 1000,
+    depth_rounding: str | None = None,
+    late_stages: int = 0,
+) -> list[dict[str, Any]]:
     """The base (phi = 0) and its scaled models: phi = 1..n with compound coefficients
     (V1 section 3.3, step 2), or the members of a published table (``coeffs`` a name of
     :data:`search_spaces.presets.FAMILIES`: "efficientnet" gives B1..B8 and L2, "efficientnetv2"
@@ -89,20 +100,23 @@ def scale_family(base: Architecture, coeffs: "Candidate | str", n: int | None = 
         fam = FAMILIES[coeffs]
         if v2_rules is not None and v2_rules != fam.v2_rules:
             rules = "EfficientNetV2's" if fam.v2_rules else "EfficientNet V1's"
-            raise NasError(f"the published {coeffs} coefficients were made with {rules} rules: "
-                           f"{'add' if fam.v2_rules else 'drop'} --v2-rules")
+            raise NasError(
+                f"the published {coeffs} coefficients were made with {rules} rules: "
+                f"{'add' if fam.v2_rules else 'drop'} --v2-rules"
+            )
         v2_rules = fam.v2_rules
         if n is not None and not 1 <= check_phi(n, integer=True) <= len(fam.members):
-            raise NasError(f"--phi {n}: the published {coeffs} coefficients have {len(fam.members)} members "
-                           f"({', '.join(fam.members)})")
+            raise NasError(
+                f"--phi {n}: the published {coeffs} coefficients have {len(fam.members)} members "
+                f"({', '.join(fam.members)})"
+            )
         members = list(fam.members.items())[: n or len(fam.members)]
         steps = [(k, w, d, r / fam.base_resolution, p) for k, (w, d, r, p) in members]
     else:
         if n is None:
             raise NasError("--phi is needed with compound coefficients alpha,beta,gamma")
         n = check_phi(n, integer=True)
-        steps = [(f"phi{phi}", coeffs.beta ** phi, coeffs.alpha ** phi, coeffs.gamma ** phi, None)
-                 for phi in range(1, n + 1)]
+        steps = [(f"phi{phi}", coeffs.beta**phi, coeffs.alpha**phi, coeffs.gamma**phi, None) for phi in range(1, n + 1)]
     v2_rules = bool(v2_rules)
     late_stages = check_int("--late-stages", late_stages, 0, len(base.stages))
     if late_stages and not v2_rules:
@@ -113,28 +127,51 @@ def scale_family(base: Architecture, coeffs: "Candidate | str", n: int | None = 
     rows = []
     for phi, (member, width, depth, res_mult, dropout) in enumerate([("base", 1.0, 1.0, 1.0, None), *steps]):
         if v2_rules:
-            arch = scale_v2(base, width=width, depth=depth, resolution_mult=res_mult, dropout=dropout,
-                            depth_rounding=depth_rounding, late_stages=late_stages) if phi else base
+            arch = (
+                scale_v2(
+                    base,
+                    width=width,
+                    depth=depth,
+                    resolution_mult=res_mult,
+                    dropout=dropout,
+                    depth_rounding=depth_rounding,
+                    late_stages=late_stages,
+                )
+                if phi
+                else base
+            )
         else:
-            arch = scale(base, width=width, depth=depth, resolution_mult=res_mult, dropout=dropout,
-                         depth_rounding=depth_rounding) if phi else base
+            arch = (
+                scale(
+                    base,
+                    width=width,
+                    depth=depth,
+                    resolution_mult=res_mult,
+                    dropout=dropout,
+                    depth_rounding=depth_rounding,
+                )
+                if phi
+                else base
+            )
         macs = count_macs(arch, num_classes=num_classes)
-        rows.append({
-            "phi": phi,
-            "member": member,
-            "depth_mult": depth,
-            "width_mult": width,
-            "resolution": arch.resolution,
-            "layers": arch.num_blocks,
-            "params": count_params(arch, num_classes),
-            "num_classes": num_classes,
-            "macs": macs,
-            "macs_ratio": macs / base_macs,
-            # The FLOPs law of V1 section 3.3: depth counts once, width and resolution twice.
-            "target_macs_ratio": depth * width ** 2 * res_mult ** 2,
-            "rules": "v2" if v2_rules else "v1",
-            "depth_rounding": depth_rounding,
-            "arch": arch.to_string(),
-            "architecture": arch,
-        })
+        rows.append(
+            {
+                "phi": phi,
+                "member": member,
+                "depth_mult": depth,
+                "width_mult": width,
+                "resolution": arch.resolution,
+                "layers": arch.num_blocks,
+                "params": count_params(arch, num_classes),
+                "num_classes": num_classes,
+                "macs": macs,
+                "macs_ratio": macs / base_macs,
+                # The FLOPs law of V1 section 3.3: depth counts once, width and resolution twice.
+                "target_macs_ratio": depth * width**2 * res_mult**2,
+                "rules": "v2" if v2_rules else "v1",
+                "depth_rounding": depth_rounding,
+                "arch": arch.to_string(),
+                "architecture": arch,
+            }
+        )
     return rows

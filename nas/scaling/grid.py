@@ -7,7 +7,7 @@ Step 1 of the paper fixes ``phi = 1`` and grid-searches alpha, beta, gamma on th
 * :class:`GridSpec`, :func:`enumerate_candidates`, :func:`select_spread`: the grid, the constraint
   and the evenly spread subset that is affordable to train;
 * :func:`scale_candidate`, :func:`plan_grid`: the scaled networks, every candidate checked before
-  anything runs. Evaluating them is a problem like any search (:mod:`nas.scaling.problem`), run by
+  anything runs. Evaluating them is a problem like any search (:mod:`nas.study.grid`), run by
   any backend.
 
 With ``phi != 1`` the grid still constrains the per-unit product ``alpha * beta**2 * gamma**2`` to 2
@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -47,6 +48,7 @@ def check_phi(value: Any, *, integer: bool = False, flag: str = "--phi") -> floa
 
 
 # -- step 1: the grid -------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class GridSpec:
@@ -74,8 +76,10 @@ class GridSpec:
             raise NasError(f"--tolerance must be >= 0, got {self.tolerance!r}")
         n = self.axis_count()
         if n > MAX_AXIS_VALUES:
-            raise NasError(f"the grid has {n} values per coefficient (--min {lo:g} --max {hi:g} --step {step:g}); "
-                           f"at most {MAX_AXIS_VALUES} are allowed, use a larger --step")
+            raise NasError(
+                f"the grid has {n} values per coefficient (--min {lo:g} --max {hi:g} --step {step:g}); "
+                f"at most {MAX_AXIS_VALUES} are allowed, use a larger --step"
+            )
 
     def axis_count(self) -> int:
         return int(math.floor((self.hi - self.lo) / self.step + _EPS)) + 1
@@ -103,7 +107,7 @@ class Candidate:
     @property
     def product(self) -> float:
         """FLOPs factor per unit of phi: depth counts once, width and resolution twice (section 3.3)."""
-        return self.alpha * self.beta ** 2 * self.gamma ** 2
+        return self.alpha * self.beta**2 * self.gamma**2
 
     @property
     def key(self) -> str:
@@ -124,7 +128,7 @@ def enumerate_candidates(spec: GridSpec) -> list[Candidate]:
     """Every grid point within tolerance of the constraint, in lexicographic (alpha, beta, gamma) order."""
     v = np.asarray(spec.values())
     b, g = np.meshgrid(v, v, indexing="ij")
-    bg = b ** 2 * g ** 2
+    bg = b**2 * g**2
     out: list[Candidate] = []
     for a in v:  # one alpha at a time: memory axis**2, not axis**3
         ok = np.abs(a * bg - TARGET) <= spec.tolerance + _EPS
@@ -165,8 +169,9 @@ def select_spread(candidates: Sequence[Candidate], n: int) -> list[Candidate]:
 DEPTH_ROUNDING = "round"
 
 
-def scale_candidate(base: Architecture, cand: Candidate, phi: float,
-                    depth_rounding: str = DEPTH_ROUNDING) -> Architecture:
+def scale_candidate(
+    base: Architecture, cand: Candidate, phi: float, depth_rounding: str = DEPTH_ROUNDING
+) -> Architecture:
     """The base scaled by one candidate (``search_spaces.compound``): depth
     ``round(repeats * alpha**phi)`` (see :data:`DEPTH_ROUNDING`), width ``round_filters(c, beta**phi)``
     with V1's rule, resolution ``round(base.resolution * gamma**phi)``."""
@@ -210,9 +215,11 @@ def plan_grid(base: Architecture, settings, opts: GridOptions) -> GridPlan:
     if not feasible:
         v = spec.values()
         lo_p, hi_p = Candidate(v[0], v[0], v[0]).product, Candidate(v[-1], v[-1], v[-1]).product
-        raise NasError(f"no (alpha, beta, gamma) on the grid [{spec.lo:g}, {spec.hi:g}] step {spec.step:g} "
-                       f"satisfies |alpha*beta**2*gamma**2 - 2| <= {spec.tolerance:g} (products range "
-                       f"{lo_p:.3f}..{hi_p:.3f}); widen --min/--max or --tolerance")
+        raise NasError(
+            f"no (alpha, beta, gamma) on the grid [{spec.lo:g}, {spec.hi:g}] step {spec.step:g} "
+            f"satisfies |alpha*beta**2*gamma**2 - 2| <= {spec.tolerance:g} (products range "
+            f"{lo_p:.3f}..{hi_p:.3f}); widen --min/--max or --tolerance"
+        )
     chosen = select_spread(feasible, opts.max_candidates)
     cands = (BASE, *chosen)
     for c in cands:
@@ -227,7 +234,7 @@ def plan_grid(base: Architecture, settings, opts: GridOptions) -> GridPlan:
 def proxy_image_size(settings, cand: Candidate, phi: float) -> int:
     """The proxy trains at the settings' image size; a candidate's resolution coefficient must be
     visible to its evaluation, so its proxy image grows with ``gamma**phi`` like the real one."""
-    return int(round(settings.proxy.image_size * cand.gamma ** phi))
+    return int(round(settings.proxy.image_size * cand.gamma**phi))
 
 
 def proxy_duplicates(base: Architecture, settings, plan: GridPlan) -> list[list[Candidate]]:
@@ -259,5 +266,3 @@ def base_slug(spec: str, base: Architecture) -> str:
     if p.is_file():
         return p.stem
     return "arch-" + hashlib.sha1(base.to_string().encode()).hexdigest()[:8]
-
-

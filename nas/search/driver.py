@@ -3,7 +3,7 @@
 
 1. check everything before anything is written: settings (checked on construction), the backend's
    options, the data (loaded and probed), the storage, the output path;
-2. own the run directory (:class:`nas.rundir.RunDir`: one owner, one experiment, a failed start
+2. own the run directory (:class:`nas.study.rundir.RunDir`: one owner, one experiment, a failed start
    leaves no trace);
 3. open the backend's state, close trials left running by dead processes, refuse to replace stored
    results by fewer;
@@ -59,8 +59,10 @@ def run(job: Job) -> dict[str, Any] | None:
         run_ = Run(job, rundir, evaluator, extra)
         run_.writer.rewrite(rows, plot=False)
         if closed:
-            echo(f"closed {len(closed)} trial(s) left running by a stopped process ({', '.join(map(str, closed))}); "
-                 "they run again")
+            echo(
+                f"closed {len(closed)} trial(s) left running by a stopped process ({', '.join(map(str, closed))}); "
+                "they run again"
+            )
         if done:
             echo(f"resuming {rundir.path}: {done} of {done + remaining} {problem.unit} already finished")
         t0 = time.perf_counter()
@@ -93,8 +95,11 @@ def run(job: Job) -> dict[str, Any] | None:
     if remaining > 0:
         echo(f"{problem.kind} time {time.perf_counter() - t0:.1f} s; results in {rundir.path}/ ({problem.files()})")
     if best:
-        echo(problem.closing_line(best, rundir.path) if hasattr(problem, "closing_line")
-             else f"best architecture (reward {best['reward']:.4f}): {best['arch']}")
+        echo(
+            problem.closing_line(best, rundir.path)
+            if hasattr(problem, "closing_line")
+            else f"best architecture (reward {best['reward']:.4f}): {best['arch']}"
+        )
     else:
         err = common_error(df)
         echo("no trial completed" + (f"; most common error: {err}" if err else ""))
@@ -104,8 +109,10 @@ def run(job: Job) -> dict[str, Any] | None:
 def _describe(job: Job, evaluator, echo) -> None:
     st = job.settings.step_time
     if st.method == "proxy":
-        what = (f"the proxy's step (width {job.settings.proxy.width:g}, depth {job.settings.proxy.depth:g}, "
-                f"{job.settings.proxy.image_size} px, batch {job.settings.proxy.train.batch_size})")
+        what = (
+            f"the proxy's step (width {job.settings.proxy.width:g}, depth {job.settings.proxy.depth:g}, "
+            f"{job.settings.proxy.image_size} px, batch {job.settings.proxy.train.batch_size})"
+        )
     else:
         what = f"the full-size training step at {st.target_image_size} px, batch {st.target_batch_size}"
     how = {"table": "predicted by the step-time table", "measure": "measured", "proxy": "measured"}[st.method]
@@ -113,5 +120,3 @@ def _describe(job: Job, evaluator, echo) -> None:
 
 
 # -- fidelity ---------------------------------------------------------------------------------------------
-
-

@@ -11,7 +11,7 @@ checked against direct timing (:func:`check`, ``nas calibrate --check K``).
 API (what a search, a worker process or a command calls)::
 
     from nas.steptime import StepTimeModel, Target, default_target, fidelity
-    runtime = Runtime.resolve("auto")                       # nas.device
+    runtime = Runtime.resolve("auto")                       # nas.core.device
     target = default_target(runtime, space)                 # or Target(image_size, batch_size)
     model = StepTimeModel.load_or_build(space, runtime, target, table_dir=None, rebuild=False,
                                         progress=True, num_classes=10)
@@ -26,12 +26,12 @@ API (what a search, a worker process or a command calls)::
     check(model, k, seed=0)        # fidelity on k random candidates timed directly, with rows
 
 Modules, one concept each: :mod:`~nas.steptime.target` (the setting and its defaults),
-:mod:`~nas.steptime.pieces` (decomposition and piece keys), :mod:`~nas.steptime.timing` (timing a
+:mod:`~nas.steptime.pieces` (decomposition and piece keys), :mod:`~nas.steptime.pieces` (timing a
 piece and the optimiser), :mod:`~nas.steptime.cover` (which networks hold every piece of a space),
 :mod:`~nas.steptime.table` (the JSON file, its fingerprint, locking and validation),
 :mod:`~nas.steptime.model` (building, the table's pieces, the prediction formula),
 :mod:`~nas.steptime.correction` (what the piece sum misses, fitted and chosen by leave-one-out),
-:mod:`~nas.steptime.fidelity` (the agreement figures and the self-check).
+:mod:`~nas.steptime.check` (the agreement figures and the self-check).
 """
 
 from nas.core.agreement import fidelity

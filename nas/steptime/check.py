@@ -8,7 +8,8 @@ correlations a search cares about (the reward compares candidates): Spearman's r
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -16,8 +17,14 @@ from nas.core.agreement import fidelity
 from nas.errors import check_int
 
 
-def check(model, k: int, *, seed: int = 0, min_run_time: float | None = None,
-          progress: Callable[[int, int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+def check(
+    model,
+    k: int,
+    *,
+    seed: int = 0,
+    min_run_time: float | None = None,
+    progress: Callable[[int, int, dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """Validate ``model`` on ``k`` random full-size candidates of its space (drawn with ``seed``; the
     calibration networks are skipped), timed directly at its target (:meth:`StepTimeModel.measure`,
     ``min_run_time`` seconds a repeat, default its own): :func:`fidelity` of the
@@ -38,7 +45,11 @@ def check(model, k: int, *, seed: int = 0, min_run_time: float | None = None,
             continue
         seen.add(arch)
         timing = {} if min_run_time is None else {"min_run_time": min_run_time}
-        row = {"arch": arch.to_string(), "predicted_ms": model.predict(arch), "measured_ms": model.measure(arch, **timing)}
+        row = {
+            "arch": arch.to_string(),
+            "predicted_ms": model.predict(arch),
+            "measured_ms": model.measure(arch, **timing),
+        }
         rows.append(row)
         if progress is not None:
             progress(len(rows), k, row)

@@ -18,12 +18,14 @@ import numpy as np
 # The forms the correction may take, simplest first: (name, which of a, b, d, c are free). The first
 # has none: the raw sum itself (a = 1), which wins when the calibration networks' timings are too
 # noisy for any fit to beat it.
-CORRECTION_FORMS = (("raw", (False, False, False, False)),
-                    ("a*raw", (True, False, False, False)),
-                    ("a*raw + c", (True, False, False, True)),
-                    ("a*raw + b*blocks + c", (True, True, False, True)),
-                    ("a*raw + d*params + c", (True, False, True, True)),
-                    ("a*raw + b*blocks + d*params + c", (True, True, True, True)))
+CORRECTION_FORMS = (
+    ("raw", (False, False, False, False)),
+    ("a*raw", (True, False, False, False)),
+    ("a*raw + c", (True, False, False, True)),
+    ("a*raw + b*blocks + c", (True, True, False, True)),
+    ("a*raw + d*params + c", (True, False, True, True)),
+    ("a*raw + b*blocks + d*params + c", (True, True, True, True)),
+)
 MIN_EXTRA_ROWS = 2  # a form with k coefficients is tried on k + 2 calibration networks or more
 
 
@@ -61,8 +63,9 @@ def _fit_form(x: np.ndarray, y: np.ndarray, free) -> np.ndarray:
 def _loo_errors(x: np.ndarray, y: np.ndarray, free) -> np.ndarray:
     """Each network's relative error when the form is fitted on the others."""
     n = len(y)
-    return np.array([abs(x[i] @ _fit_form(x[np.arange(n) != i], y[np.arange(n) != i], free) - y[i]) / y[i]
-                     for i in range(n)])
+    return np.array(
+        [abs(x[i] @ _fit_form(x[np.arange(n) != i], y[np.arange(n) != i], free) - y[i]) / y[i] for i in range(n)]
+    )
 
 
 def fit_correction(rows: list[dict[str, Any]]) -> dict[str, Any]:

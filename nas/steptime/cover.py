@@ -45,8 +45,9 @@ def _stage_keys(arch: Architecture, image_size: int, batch_size: int, num_classe
     return [tuple(by_stage[i]) for i in range(len(arch.stages))] + [tuple(other)]
 
 
-def covering_architectures(space, image_size: int, batch_size: int, num_classes: int,
-                           limit: int = DEFAULT_LIMIT) -> list[Architecture] | None:
+def covering_architectures(
+    space, image_size: int, batch_size: int, num_classes: int, limit: int = DEFAULT_LIMIT
+) -> list[Architecture] | None:
     """Architectures whose pieces are all the pieces ``space`` can produce at this setting, or None
     when it can produce more than ``limit`` stage variants (see the module docstring)."""
     decisions = space.decisions()

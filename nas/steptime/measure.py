@@ -21,14 +21,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from nas.core.device import Runtime
+from nas.errors import NasError, check_choice, check_int
+from search_spaces import Architecture, build
+
 # torch.utils.benchmark imports cpp_extension, which warns on every start on a machine without a CUDA
 # runtime although nothing is compiled; that line would bury the one line a user should read.
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 from torch.utils import benchmark  # noqa: E402
-
-from nas.core.device import Runtime
-from nas.errors import NasError, check_choice, check_int
-from search_spaces import Architecture, build
 
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 CLOCKS = ("wall", "cpu")
@@ -53,17 +53,25 @@ class StepTime:
     batch_size: int
     image_size: int
     num_classes: int
-    compiled: bool = False           # the step timed is the torch.compile'd one (nas.step)
-    compile_s: float | None = None   # compiled: how much longer the first (compiling) step took
+    compiled: bool = False  # the step timed is the torch.compile'd one (nas.training.step)
+    compile_s: float | None = None  # compiled: how much longer the first (compiling) step took
     clock: str = "wall"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def make_train_step(model: nn.Module, *, runtime: Runtime, batch_size: int, image_size: int, num_classes: int,
-                    optimizer: str = "rmsprop", compile: bool = False):
-    """``(step, settings)``: a closure running one :class:`nas.train.TrainStep` (the step ``nas train``
+def make_train_step(
+    model: nn.Module,
+    *,
+    runtime: Runtime,
+    batch_size: int,
+    image_size: int,
+    num_classes: int,
+    optimizer: str = "rmsprop",
+    compile: bool = False,
+):
+    """``(step, settings)``: a closure running one :class:`nas.training.step.TrainStep` (the step ``nas train``
     runs, with ``optimizer`` as it configures it, compiled when ``compile``) on fixed random data, and
     the settings it runs with."""
     from nas.training.config import TrainConfig
@@ -77,9 +85,13 @@ def make_train_step(model: nn.Module, *, runtime: Runtime, batch_size: int, imag
     def step() -> None:
         train_step(x, y)
 
-    settings = {"dtype": runtime.dtype_name, "amp": runtime.amp is not None,
-                "memory_format": "channels_last" if runtime.channels_last else "contiguous", "optimizer": optimizer,
-                "compiled": compile}
+    settings = {
+        "dtype": runtime.dtype_name,
+        "amp": runtime.amp is not None,
+        "memory_format": "channels_last" if runtime.channels_last else "contiguous",
+        "optimizer": optimizer,
+        "compiled": compile,
+    }
     return step, settings
 
 
@@ -87,8 +99,10 @@ def check_clock(clock: str, runtime: Runtime) -> str:
     """``wall``, or ``cpu`` on a one-thread CPU runtime (see the module docstring)."""
     check_choice("clock", clock, CLOCKS)
     if clock == "cpu" and (runtime.device.type != "cpu" or torch.get_num_threads() != 1):
-        raise NasError(f"the cpu clock needs the CPU device and 1 thread (--threads 1), got {runtime.device.type} "
-                       f"with {torch.get_num_threads()} threads")
+        raise NasError(
+            f"the cpu clock needs the CPU device and 1 thread (--threads 1), got {runtime.device.type} "
+            f"with {torch.get_num_threads()} threads"
+        )
     return clock
 
 
@@ -96,8 +110,16 @@ MIN_STEPS = 3  # a median of fewer timed steps is not reported
 PROGRESS_AFTER_S = 0.5  # a step at least this slow gets a progress line (nas measure on a CPU)
 
 
-def time_step(step, runtime: Runtime, *, warmup: int = 3, min_run_time: float = 1.0, clock: str = "wall",
-              statistic: str = "median", progress=None) -> tuple[float, float, int, int]:
+def time_step(
+    step,
+    runtime: Runtime,
+    *,
+    warmup: int = 3,
+    min_run_time: float = 1.0,
+    clock: str = "wall",
+    statistic: str = "median",
+    progress=None,
+) -> tuple[float, float, int, int]:
     """Median (or, with ``statistic="min"``, fastest) and IQR (ms) of one step over repeated blocks;
     Timer synchronises CUDA. The fastest block is the estimate that other jobs on a shared machine,
     which only ever slow a block down, disturb least. At least :data:`MIN_STEPS` steps are timed, in
@@ -111,13 +133,17 @@ def time_step(step, runtime: Runtime, *, warmup: int = 3, min_run_time: float = 
     check_choice("statistic", statistic, STATISTICS)
 
     def checked() -> None:
-        check()  # Ctrl-C stops here, between steps (nas.interrupt)
+        check()  # Ctrl-C stops here, between steps (nas.core.interrupt)
         step()
 
     for _ in range(warmup):
         checked()
-    timer = benchmark.Timer(stmt="step()", globals={"step": checked}, num_threads=torch.get_num_threads(),
-                            **({"timer": time.process_time} if clock == "cpu" else {}))
+    timer = benchmark.Timer(
+        stmt="step()",
+        globals={"step": checked},
+        num_threads=torch.get_num_threads(),
+        **({"timer": time.process_time} if clock == "cpu" else {}),
+    )
     m = timer.blocked_autorange(min_run_time=min_run_time)
     blocks = [m]
     while sum(len(b.times) for b in blocks) < MIN_STEPS:
@@ -132,12 +158,26 @@ def time_step(step, runtime: Runtime, *, warmup: int = 3, min_run_time: float = 
     return value * 1e3, m.iqr * 1e3, len(m.times), m.number_per_run
 
 
-def measure_step_time(arch_or_model: Architecture | nn.Module, *, device: str = "auto", batch_size: int = 32,
-                      image_size: int | None = None, num_classes: int = 1000, amp: str = "auto",
-                      memory_format: str = "auto", optimizer: str = "rmsprop", warmup: int = 3,
-                      min_run_time: float = 1.0, seed: int = 0, compile: bool = False,
-                      runtime: Runtime | None = None, clock: str = "wall", repeats: int = 1,
-                      statistic: str = "median", progress=None) -> StepTime:
+def measure_step_time(
+    arch_or_model: Architecture | nn.Module,
+    *,
+    device: str = "auto",
+    batch_size: int = 32,
+    image_size: int | None = None,
+    num_classes: int = 1000,
+    amp: str = "auto",
+    memory_format: str = "auto",
+    optimizer: str = "rmsprop",
+    warmup: int = 3,
+    min_run_time: float = 1.0,
+    seed: int = 0,
+    compile: bool = False,
+    runtime: Runtime | None = None,
+    clock: str = "wall",
+    repeats: int = 1,
+    statistic: str = "median",
+    progress=None,
+) -> StepTime:
     """Time the real training step of an architecture (or an already built model).
 
     With ``compile`` the step timed is the compiled one; the compilation (the first step) is timed
@@ -175,21 +215,50 @@ def measure_step_time(arch_or_model: Architecture | nn.Module, *, device: str = 
         from nas.training.step import resolve_compile
 
         resolve_compile("on", runtime, 0)  # refuses a compile this machine cannot run, in one line
-    step, settings = make_train_step(model, runtime=runtime, batch_size=batch_size, image_size=image_size,
-                                     num_classes=num_classes, optimizer=optimizer, compile=compile)
+    step, settings = make_train_step(
+        model,
+        runtime=runtime,
+        batch_size=batch_size,
+        image_size=image_size,
+        num_classes=num_classes,
+        optimizer=optimizer,
+        compile=compile,
+    )
     first_s = None
     if compile:
         t0 = time.perf_counter()
         step()
         runtime.synchronize()
         first_s = time.perf_counter() - t0
-    timings = [time_step(step, runtime, warmup=warmup if i == 0 else 0, min_run_time=min_run_time, clock=clock,
-                         statistic=statistic, progress=progress) for i in range(repeats)]
+    timings = [
+        time_step(
+            step,
+            runtime,
+            warmup=warmup if i == 0 else 0,
+            min_run_time=min_run_time,
+            clock=clock,
+            statistic=statistic,
+            progress=progress,
+        )
+        for i in range(repeats)
+    ]
     median, iqr, _, per_run = min(timings)
     runs = sum(t[2] for t in timings)
     if first_s is not None:
         settings["compile_s"] = max(0.0, first_s - median / 1e3)
     fp = runtime.fingerprint()
-    return StepTime(step_time_ms=median, iqr_ms=iqr, runs=runs, steps_per_run=per_run, device=fp["device"],
-                    device_name=fp["device_name"], torch_version=fp["torch"], threads=torch.get_num_threads(),
-                    batch_size=batch_size, image_size=image_size, num_classes=num_classes, clock=clock, **settings)
+    return StepTime(
+        step_time_ms=median,
+        iqr_ms=iqr,
+        runs=runs,
+        steps_per_run=per_run,
+        device=fp["device"],
+        device_name=fp["device_name"],
+        torch_version=fp["torch"],
+        threads=torch.get_num_threads(),
+        batch_size=batch_size,
+        image_size=image_size,
+        num_classes=num_classes,
+        clock=clock,
+        **settings,
+    )

@@ -30,8 +30,8 @@ from typing import Any
 from nas.errors import NasError, check_choice, check_int, check_positive
 
 STEP_TIME_METHODS = ("table", "measure", "proxy")
-STEADY_SPREAD = 0.10   # IQR / median of a steady reference timing
-STEADY_TRIES = 4       # timings of the reference before it is declared noisy
+STEADY_SPREAD = 0.10  # IQR / median of a steady reference timing
+STEADY_TRIES = 4  # timings of the reference before it is declared noisy
 DRIFT_TOLERANCE = 0.25  # a re-timed reference this far from the one in use means the load changed
 
 
@@ -43,8 +43,8 @@ class StepTimeConfig:
     method: str = "table"
     target_image_size: int | None = None
     target_batch_size: int | None = None
-    min_run_time: float = 0.4   # seconds of timed steps per measurement
-    fidelity_every: int = 5     # table: time every k-th trial directly too (0: never)
+    min_run_time: float = 0.4  # seconds of timed steps per measurement
+    fidelity_every: int = 5  # table: time every k-th trial directly too (0: never)
 
     def __post_init__(self) -> None:
         check_choice("--step-time", self.method, STEP_TIME_METHODS)
@@ -55,7 +55,7 @@ class StepTimeConfig:
         check_positive("--measure-time", self.min_run_time)
         check_int("--fidelity-every", self.fidelity_every, 0, 1_000_000)
 
-    def resolved(self, device: str, space: str) -> "StepTimeConfig":
+    def resolved(self, device: str, space: str) -> StepTimeConfig:
         """Concrete target values for ``device`` and ``space`` (:func:`nas.steptime.default_target`:
         on a CPU 64 px, batch 16; on CUDA the space's resolution and the batch that fills the memory
         such a step takes at 224 px, batch 128)."""
@@ -64,15 +64,16 @@ class StepTimeConfig:
         from nas.core.device import Runtime
         from nas.steptime import default_target
 
-        t = default_target(Runtime.resolve(device), space, image_size=self.target_image_size,
-                           batch_size=self.target_batch_size)
+        t = default_target(
+            Runtime.resolve(device), space, image_size=self.target_image_size, batch_size=self.target_batch_size
+        )
         return dataclasses.replace(self, target_image_size=t.image_size, target_batch_size=t.batch_size)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "StepTimeConfig":
+    def from_dict(cls, d: dict[str, Any]) -> StepTimeConfig:
         return cls(**d)
 
 
@@ -84,20 +85,32 @@ class Timing:
     method: str
     image_size: int
     batch_size: int
-    provenance: dict[str, Any]              # device, device_name, torch_version, threads, dtype, memory_format
-    iqr_ms: float | None = None             # measured timings only
+    provenance: dict[str, Any]  # device, device_name, torch_version, threads, dtype, memory_format
+    iqr_ms: float | None = None  # measured timings only
     measured_step_time_ms: float | None = None  # table: the direct timing of a fidelity sample
     noisy: bool = False
 
     def as_metrics(self) -> dict[str, Any]:
-        return {"step_time_ms": self.step_time_ms, "step_iqr_ms": self.iqr_ms, "step_time_method": self.method,
-                "measured_step_time_ms": self.measured_step_time_ms, "step_image_size": self.image_size,
-                "step_batch_size": self.batch_size, **self.provenance}
+        return {
+            "step_time_ms": self.step_time_ms,
+            "step_iqr_ms": self.iqr_ms,
+            "step_time_method": self.method,
+            "measured_step_time_ms": self.measured_step_time_ms,
+            "step_image_size": self.image_size,
+            "step_batch_size": self.batch_size,
+            **self.provenance,
+        }
 
     def as_reference(self) -> dict[str, Any]:
-        return {"step_time_ms": self.step_time_ms, "iqr_ms": self.iqr_ms, "method": self.method,
-                "image_size": self.image_size, "batch_size": self.batch_size, "noisy": self.noisy,
-                **self.provenance}
+        return {
+            "step_time_ms": self.step_time_ms,
+            "iqr_ms": self.iqr_ms,
+            "method": self.method,
+            "image_size": self.image_size,
+            "batch_size": self.batch_size,
+            "noisy": self.noisy,
+            **self.provenance,
+        }
 
 
 class StepTimer:
@@ -118,7 +131,7 @@ class StepTimer:
             raise NasError("the step-time target is not resolved (StepTimeConfig.resolved)")
 
     def _compiles(self) -> bool:
-        """Whether timed steps are compiled: as the training they stand for would be (nas.step's
+        """Whether timed steps are compiled: as the training they stand for would be (nas.training.step's
         rule). The proxy's step compiles when the proxy's short training does; the full-size step
         stands for a long training run. The table is built from eager steps."""
         from nas.training.step import resolve_compile
@@ -126,7 +139,7 @@ class StepTimer:
         if self.method == "table":
             return False
         train = self.settings.proxy.train
-        steps = train.epochs * 20 if self.method == "proxy" else 10 ** 9
+        steps = train.epochs * 20 if self.method == "proxy" else 10**9
         return resolve_compile(self.settings.compile, self.runtime, steps)
 
     # -- the setting --------------------------------------------------------------------------------
@@ -145,29 +158,41 @@ class StepTimer:
         """Identifies a reference timing: same method, device fingerprint and setting."""
         _, size, batch = self.setting(arch)
         fp = self._fingerprint
-        return (f"{self.method}|{fp['device_name']}|{fp['dtype']}|{fp['memory_format']}|threads={fp['threads']}|"
-                f"torch={fp['torch']}|compiled={self.compile}|{size}px|batch{batch}|{arch.to_string()}")
+        return (
+            f"{self.method}|{fp['device_name']}|{fp['dtype']}|{fp['memory_format']}|threads={fp['threads']}|"
+            f"torch={fp['torch']}|compiled={self.compile}|{size}px|batch{batch}|{arch.to_string()}"
+        )
 
     def target(self) -> dict[str, Any]:
         """What S stands for, as stored in every row: the full-size step at the target setting."""
         if self.method == "proxy":
             return {"target_image_size": None, "target_batch_size": None, "target_device": self._fingerprint["device"]}
-        return {"target_image_size": self.config.target_image_size, "target_batch_size": self.config.target_batch_size,
-                "target_device": self._fingerprint["device"]}
+        return {
+            "target_image_size": self.config.target_image_size,
+            "target_batch_size": self.config.target_batch_size,
+            "target_device": self._fingerprint["device"],
+        }
 
     # -- timing ----------------------------------------------------------------------------------------
     def measure(self, arch, image_scale: float = 1.0):
-        """A direct timing of the step ``setting`` names (:func:`nas.measure.measure_step_time`), alone
-        on the device when trials share it (:mod:`nas.devicelock`)."""
+        """A direct timing of the step ``setting`` names (:func:`nas.steptime.measure.measure_step_time`), alone
+        on the device when trials share it (:mod:`nas.core.devicelock`)."""
         from nas.core import devicelock
         from nas.steptime.measure import measure_step_time
 
         timed, size, batch = self.setting(arch, image_scale)
         with devicelock.timing():
-            return measure_step_time(timed, device=self.settings.device, batch_size=batch, image_size=size,
-                                     num_classes=self.num_classes, optimizer=self.settings.proxy.train.optimizer
-                                     if self.method == "proxy" else "rmsprop", min_run_time=self.config.min_run_time,
-                                     seed=self.settings.seed, compile=self.compile)
+            return measure_step_time(
+                timed,
+                device=self.settings.device,
+                batch_size=batch,
+                image_size=size,
+                num_classes=self.num_classes,
+                optimizer=self.settings.proxy.train.optimizer if self.method == "proxy" else "rmsprop",
+                min_run_time=self.config.min_run_time,
+                seed=self.settings.seed,
+                compile=self.compile,
+            )
 
     def model(self):
         """This process's step-time model (:mod:`nas.steptime`): the table on disk for this device
@@ -179,13 +204,18 @@ class StepTimer:
             from nas.steptime import StepTimeModel, Target
 
             target = Target(self.config.target_image_size, self.config.target_batch_size)
-            self._model = StepTimeModel.load_or_build(self.settings.space, self.runtime, target,
-                                                      num_classes=self.num_classes, progress=sys.stderr.isatty(),
-                                                      log=lambda line: print(line, file=sys.stderr, flush=True))
+            self._model = StepTimeModel.load_or_build(
+                self.settings.space,
+                self.runtime,
+                target,
+                num_classes=self.num_classes,
+                progress=sys.stderr.isatty(),
+                log=lambda line: print(line, file=sys.stderr, flush=True),
+            )
         return self._model
 
     def predict(self, arch, image_scale: float = 1.0) -> float:
-        timed, size, batch = self.setting(arch, image_scale)
+        timed, size, _batch = self.setting(arch, image_scale)
         return self.model().predict(timed, image_size=size)
 
     def time(self, arch, *, image_scale: float = 1.0, with_measurement: bool = False) -> Timing:
@@ -201,8 +231,9 @@ class StepTimer:
                     t.measured_step_time_ms = self.model().measure(timed, image_size=size)
             return t
         m = self.measure(arch, image_scale)
-        return Timing(m.step_time_ms, self.method, size, batch, prov, iqr_ms=m.iqr_ms,
-                      measured_step_time_ms=m.step_time_ms)
+        return Timing(
+            m.step_time_ms, self.method, size, batch, prov, iqr_ms=m.iqr_ms, measured_step_time_ms=m.step_time_ms
+        )
 
     def reference(self, arch) -> Timing:
         """The reference's step time; measured ones are steadied (see the module docstring)."""
@@ -234,9 +265,16 @@ class StepTimer:
 
     def _provenance(self) -> dict[str, Any]:
         fp = self._fingerprint
-        return {"device": fp["device"], "device_name": fp["device_name"], "torch_version": fp["torch"],
-                "threads": fp["threads"], "dtype": fp["dtype"], "memory_format": fp["memory_format"],
-                "compiled": self.compile, **self.target()}
+        return {
+            "device": fp["device"],
+            "device_name": fp["device_name"],
+            "torch_version": fp["torch"],
+            "threads": fp["threads"],
+            "dtype": fp["dtype"],
+            "memory_format": fp["memory_format"],
+            "compiled": self.compile,
+            **self.target(),
+        }
 
 
 def _spread(t: Timing) -> float:

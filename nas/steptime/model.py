@@ -36,7 +36,8 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -105,8 +106,15 @@ class StepTimeModel:
     Make one with :meth:`load_or_build` (builds the table when there is none) or :meth:`load` (an
     existing table only: what a search worker calls)."""
 
-    def __init__(self, table: tables.Table, space, runtime: Runtime, target: Target, num_classes: int,
-                 piece_run_time: float = PIECE_RUN_TIME):
+    def __init__(
+        self,
+        table: tables.Table,
+        space,
+        runtime: Runtime,
+        target: Target,
+        num_classes: int,
+        piece_run_time: float = PIECE_RUN_TIME,
+    ):
         self.table, self.space, self.runtime, self.target = table, space, runtime, target
         self.clock = table.fingerprint["clock"]
         self.num_classes = num_classes
@@ -131,8 +139,17 @@ class StepTimeModel:
         return space, runtime, target
 
     @classmethod
-    def load(cls, space, runtime: Runtime | str | None = None, target: Target | None = None, *, table_dir=None,
-             num_classes: int = 1000, piece_run_time: float = PIECE_RUN_TIME, clock: str = "wall") -> "StepTimeModel":
+    def load(
+        cls,
+        space,
+        runtime: Runtime | str | None = None,
+        target: Target | None = None,
+        *,
+        table_dir=None,
+        num_classes: int = 1000,
+        piece_run_time: float = PIECE_RUN_TIME,
+        clock: str = "wall",
+    ) -> StepTimeModel:
         """The model of an existing, complete table: cheap (one JSON read), no timing, safe in many
         processes at once. NasError when there is none (run ``nas calibrate``) or it is unusable."""
         space, runtime, target = cls._args(space, runtime, target, num_classes, piece_run_time, clock)
@@ -140,13 +157,23 @@ class StepTimeModel:
         path = tables.table_path(table_dir, fp)
         t = tables.load(path, fp)
         if t is None or not t.complete:
-            raise NasError(f"no step-time table for space {space.name!r} at {target} on {fp['device_name']} "
-                           f"({'unfinished' if t else 'none'} at {str(path)!r}); build it with `nas calibrate`")
+            raise NasError(
+                f"no step-time table for space {space.name!r} at {target} on {fp['device_name']} "
+                f"({'unfinished' if t else 'none'} at {str(path)!r}); build it with `nas calibrate`"
+            )
         return cls(t, space, runtime, target, num_classes, piece_run_time)
 
     @classmethod
-    def find(cls, runtime: Runtime, target: Target, *, table_dir=None, spaces: list[str] | None = None,
-             num_classes: int = 1000, clock: str = "wall") -> "StepTimeModel | None":
+    def find(
+        cls,
+        runtime: Runtime,
+        target: Target,
+        *,
+        table_dir=None,
+        spaces: list[str] | None = None,
+        num_classes: int = 1000,
+        clock: str = "wall",
+    ) -> StepTimeModel | None:
         """The model of the first complete table for ``runtime`` and ``target`` among ``spaces``
         (default: every registered space), or None. A corrupt or foreign file still raises."""
         from search_spaces import space_names
@@ -160,15 +187,25 @@ class StepTimeModel:
         return None
 
     @classmethod
-    def load_or_build(cls, space, runtime: Runtime | str | None = None, target: Target | None = None, *,
-                      table_dir=None, rebuild: bool = False, progress: bool | Progress = False,
-                      num_classes: int = 1000, piece_run_time: float = PIECE_RUN_TIME,
-                      measure_run_time: float = MEASURE_RUN_TIME,
-                      calibration_samples: int = CALIBRATION_SAMPLES, clock: str = "wall",
-                      log=None) -> "StepTimeModel":
+    def load_or_build(
+        cls,
+        space,
+        runtime: Runtime | str | None = None,
+        target: Target | None = None,
+        *,
+        table_dir=None,
+        rebuild: bool = False,
+        progress: bool | Progress = False,
+        num_classes: int = 1000,
+        piece_run_time: float = PIECE_RUN_TIME,
+        measure_run_time: float = MEASURE_RUN_TIME,
+        calibration_samples: int = CALIBRATION_SAMPLES,
+        clock: str = "wall",
+        log=None,
+    ) -> StepTimeModel:
         """The model of this space, runtime and target: the table on disk when there is a complete
         one (``rebuild=False``), else built now (resuming an unfinished one unless ``rebuild``).
-        ``clock="cpu"`` times by process CPU time (one-thread CPU runtimes: :mod:`nas.measure`).
+        ``clock="cpu"`` times by process CPU time (one-thread CPU runtimes: :mod:`nas.steptime.measure`).
         ``log`` (a callable taking a line) hears when a build starts and ends."""
         space, runtime, target = cls._args(space, runtime, target, num_classes, piece_run_time, clock)
         check_positive("full-step timing run time", measure_run_time)
@@ -188,8 +225,10 @@ class StepTimeModel:
                 t = t or tables.Table(path=path, fingerprint=fp)
                 model = cls(t, space, runtime, target, num_classes, piece_run_time)
                 if log:
-                    log(f"building the step-time table of {space.name} at {target} on this device, once for this "
-                        f"device and setting ({'resuming, ' if t.pieces else ''}a few minutes): {path}")
+                    log(
+                        f"building the step-time table of {space.name} at {target} on this device, once for this "
+                        f"device and setting ({'resuming, ' if t.pieces else ''}a few minutes): {path}"
+                    )
                 model._build(progress, measure_run_time, calibration_samples)
                 if log:
                     log(f"step-time table built in {model.table.build_s:.0f} s")
@@ -217,8 +256,15 @@ class StepTimeModel:
                         self.table.save()
                     measured = self._measure(a, None, measure_run_time)
                     b = self.breakdown(a, corrected=False)
-                    rows.append({"arch": a.to_string(), "raw_ms": b["raw_ms"], "blocks": b["blocks"],
-                                 "params": b["params"], "measured_ms": measured})
+                    rows.append(
+                        {
+                            "arch": a.to_string(),
+                            "raw_ms": b["raw_ms"],
+                            "blocks": b["blocks"],
+                            "params": b["params"],
+                            "measured_ms": measured,
+                        }
+                    )
                     bar.step("calibration network")
                 self.table.correction = {**fit_correction(rows), "points": rows}
         finally:
@@ -229,8 +275,9 @@ class StepTimeModel:
         self.built = True
         self._cache.clear()
 
-    def _time_missing(self, archs: list[Architecture], image_size: int, bar: _Bar | None = None,
-                      counted: bool = False) -> int:
+    def _time_missing(
+        self, archs: list[Architecture], image_size: int, bar: _Bar | None = None, counted: bool = False
+    ) -> int:
         """Time the pieces of ``archs`` the table lacks; returns how many. Caller holds the lock.
 
         Every piece is timed in :data:`PIECE_PASSES` passes over all of them and its fastest pass
@@ -261,8 +308,16 @@ class StepTimeModel:
                 found = extract(net, missing, images, self.runtime)
                 for r in missing:
                     module, x = found[r.key]
-                    ms, iqr = time_piece(module, x, self.runtime, kind=r.kind, num_classes=self.num_classes,
-                                         min_run_time=self.piece_run_time, runs=PIECE_RUNS, clock=self.clock)
+                    ms, iqr = time_piece(
+                        module,
+                        x,
+                        self.runtime,
+                        kind=r.kind,
+                        num_classes=self.num_classes,
+                        min_run_time=self.piece_run_time,
+                        runs=PIECE_RUNS,
+                        clock=self.clock,
+                    )
                     if r.key not in best or ms < best[r.key]["ms"]:
                         params, tensors = piece_params(module)
                         best[r.key] = {"ms": ms, "iqr_ms": iqr, "params": params, "tensors": tensors}
@@ -321,9 +376,13 @@ class StepTimeModel:
         size = self.target.image_size if image_size is None else check_int("image size", image_size, 8, 2048)
         refs = self._pieces(arch, size)
         rows = [(r.key, n, self.table.pieces[r.key]) for r, n in refs]
-        out = {"pieces": [(k, n, p["ms"]) for k, n, p in rows], "raw_ms": sum(n * p["ms"] for _, n, p in rows),
-               "params": sum(n * p["params"] for _, n, p in rows),
-               "tensors": sum(n * p["tensors"] for _, n, p in rows), "blocks": arch.num_blocks}
+        out = {
+            "pieces": [(k, n, p["ms"]) for k, n, p in rows],
+            "raw_ms": sum(n * p["ms"] for _, n, p in rows),
+            "params": sum(n * p["params"] for _, n, p in rows),
+            "tensors": sum(n * p["tensors"] for _, n, p in rows),
+            "blocks": arch.num_blocks,
+        }
         if corrected:
             out["predicted_ms"] = correct(self.table.correction, out["raw_ms"], out["blocks"], out["params"])
         return out
@@ -337,22 +396,36 @@ class StepTimeModel:
             hit = self._cache[key] = self.breakdown(arch, image_size)["predicted_ms"]
         return hit
 
-    def measure(self, arch: Architecture, image_size: int | None = None,
-                min_run_time: float = MEASURE_RUN_TIME, repeats: int = MEASURE_REPEATS) -> float:
+    def measure(
+        self,
+        arch: Architecture,
+        image_size: int | None = None,
+        min_run_time: float = MEASURE_RUN_TIME,
+        repeats: int = MEASURE_REPEATS,
+    ) -> float:
         """The full-size step of ``arch`` timed directly at the target setting, on the table's clock
         (ms; the fastest block of ``repeats`` timings, as the calibration networks and the pieces are
         timed): what a prediction is checked against."""
         with torch.random.fork_rng(devices=self.runtime.cuda_indices):
             return self._measure(arch, image_size, min_run_time, repeats)
 
-    def _measure(self, arch: Architecture, image_size: int | None, min_run_time: float,
-                 repeats: int = MEASURE_REPEATS) -> float:
+    def _measure(
+        self, arch: Architecture, image_size: int | None, min_run_time: float, repeats: int = MEASURE_REPEATS
+    ) -> float:
         from nas.steptime.measure import measure_step_time
 
-        r = measure_step_time(arch, runtime=self.runtime, batch_size=self.target.batch_size,
-                              image_size=image_size or self.target.image_size, num_classes=self.num_classes,
-                              min_run_time=min_run_time, clock=self.clock, repeats=repeats, statistic="min",
-                              warmup=MEASURE_WARMUP)
+        r = measure_step_time(
+            arch,
+            runtime=self.runtime,
+            batch_size=self.target.batch_size,
+            image_size=image_size or self.target.image_size,
+            num_classes=self.num_classes,
+            min_run_time=min_run_time,
+            clock=self.clock,
+            repeats=repeats,
+            statistic="min",
+            warmup=MEASURE_WARMUP,
+        )
         return r.step_time_ms
 
 

@@ -12,7 +12,7 @@ depend on the rate). So a network at a given input size is made of these pieces,
 * ``tail``: global pooling, dropout, the classifier and the loss.
 
 The optimiser's step is not a piece: its cost is a function of the parameter count
-(:mod:`nas.steptime.timing`).
+(:mod:`nas.steptime.pieces`).
 
 A piece's key is its identity: two pieces with the same key are the same module on the same input.
 It is derived from the architecture's own text form (:meth:`Architecture.to_string`): the piece's
@@ -28,17 +28,17 @@ their inputs come from a really built network (:func:`extract`), so a timed piec
 module the full network contains.
 
 Timing a piece (:func:`time_piece`): its share of a training step, forward, backward and optimiser step.
-A piece's step is the training step :class:`nas.train.TrainStep` runs, restricted to the piece:
+A piece's step is the training step :class:`nas.training.step.TrainStep` runs, restricted to the piece:
 gradients set to None (``zero_grad(set_to_none=True)``), the forward under autocast, the backward
 outside it (loss-scaled through the runtime's GradScaler), then ``nas train``'s default optimiser,
-RMSprop as :func:`nas.train.make_optimizer` configures it (decay and no-decay groups), over the
+RMSprop as :func:`nas.training.step.make_optimizer` configures it (decay and no-decay groups), over the
 piece's parameters. The input is the real activation the full network feeds the piece
 (:func:`nas.steptime.pieces.extract`) and requires a gradient, as an activation inside the network
 does (except the stem's images). A block's backward starts from a random output gradient, the
-tail's from the cross-entropy loss. It is timed with :func:`nas.measure.time_step`
+tail's from the cross-entropy loss. It is timed with :func:`nas.steptime.measure.time_step`
 (``torch.utils.benchmark``, which synchronises CUDA; the fastest of repeated blocks after warm-up,
-which other jobs on a shared machine disturb least, on the model's clock) on the resolved :class:`nas.device.Runtime`, under its autocast and in its memory
-format.
+which other jobs on a shared machine disturb least, on the model's clock) on the resolved
+:class:`nas.core.device.Runtime`, under its autocast and in its memory format.
 
 Why the optimiser is timed with each piece rather than fitted as a function of the parameter count: on
 CPU torch steps RMSprop one tensor at a time, and its cost per value depends on the tensors' sizes,
@@ -96,18 +96,26 @@ def decompose(arch: Architecture, image_size: int, batch_size: int, num_classes:
     net = network_tokens(arch)
     size = math.ceil(image_size / 2)  # the stem's stride
     out = [(PieceRef(f"stem|{net}|stem{arch.stem}|{_shape(batch_size, 3, image_size)}", "stem"), 1)]
-    cin, total, idx = arch.stem, arch.num_blocks, 0
+    cin, idx = arch.stem, 0
     for i, st in enumerate(arch.stages):
         first = dataclasses.replace(st, repeats=1)
         # Stochastic depth is on for a residual block when its rate, drop_path * idx / total, is > 0.
         sd = "|sd" if arch.drop_path > 0 and idx > 0 else ""
-        out.append((PieceRef(f"block|{net}|{first.to_string(cin)}{sd}|{_shape(batch_size, cin, size)}", "block", i, 0), 1))
+        out.append(
+            (PieceRef(f"block|{net}|{first.to_string(cin)}{sd}|{_shape(batch_size, cin, size)}", "block", i, 0), 1)
+        )
         size = math.ceil(size / st.stride)
         if st.repeats > 1:
             rep = dataclasses.replace(st, repeats=1, stride=1)
             sd = "|sd" if arch.drop_path > 0 else ""
-            out.append((PieceRef(f"block|{net}|{rep.to_string(st.out)}{sd}|{_shape(batch_size, st.out, size)}",
-                                 "block", i, 1), st.repeats - 1))
+            out.append(
+                (
+                    PieceRef(
+                        f"block|{net}|{rep.to_string(st.out)}{sd}|{_shape(batch_size, st.out, size)}", "block", i, 1
+                    ),
+                    st.repeats - 1,
+                )
+            )
         cin, idx = st.out, idx + st.repeats
     out.append((PieceRef(f"head|{net}|head{arch.head}|{_shape(batch_size, cin, size)}", "head"), 1))
     drop = "|dropout" if arch.dropout > 0 else ""
@@ -129,7 +137,9 @@ def piece_modules(net: nn.Module, refs: list[PieceRef]) -> list[nn.Module]:
     feats = net.features
     stages = len(feats) - 2
     if stages != len(net.arch.stages):
-        raise RuntimeError(f"the built network has {stages} stages in features, its architecture {len(net.arch.stages)}")
+        raise RuntimeError(
+            f"the built network has {stages} stages in features, its architecture {len(net.arch.stages)}"
+        )
     mods = []
     for r in refs:
         if r.kind == "stem":
@@ -144,7 +154,9 @@ def piece_modules(net: nn.Module, refs: list[PieceRef]) -> list[nn.Module]:
 
 
 @torch.no_grad()
-def extract(net: nn.Module, refs: list[PieceRef], images: torch.Tensor, runtime) -> dict[str, tuple[nn.Module, torch.Tensor]]:
+def extract(
+    net: nn.Module, refs: list[PieceRef], images: torch.Tensor, runtime
+) -> dict[str, tuple[nn.Module, torch.Tensor]]:
     """``{key: (module, input)}`` for the pieces ``refs`` of the built network ``net`` (on
     ``runtime``'s device and layout, in training mode): one forward pass of the network, module by
     module in the order ``net.features`` runs them, records each piece's real input (its dtype under
@@ -184,8 +196,18 @@ def piece_params(module: nn.Module) -> tuple[int, int]:
     return sum(p.numel() for p in ps), len(ps)
 
 
-def time_piece(module: nn.Module, x: torch.Tensor, runtime, *, kind: str, num_classes: int,
-               min_run_time: float, runs: int = 8, warmup: int = 1, clock: str = "wall") -> tuple[float, float]:
+def time_piece(
+    module: nn.Module,
+    x: torch.Tensor,
+    runtime,
+    *,
+    kind: str,
+    num_classes: int,
+    min_run_time: float,
+    runs: int = 8,
+    warmup: int = 1,
+    clock: str = "wall",
+) -> tuple[float, float]:
     """Fastest block and IQR (ms) of the piece's share of a training step (see the module docstring),
     timed for ``min_run_time`` seconds or ``runs`` steps, whichever is longer: a piece that takes
     100 ms gets as many chances to run undisturbed as one that takes 1 ms (a heavy piece counts
@@ -226,6 +248,7 @@ def time_piece(module: nn.Module, x: torch.Tensor, runtime, *, kind: str, num_cl
         step()
         runtime.synchronize()
         once = time.perf_counter() - start
-    fastest, iqr, _, _ = time_step(step, runtime, warmup=0, min_run_time=max(min_run_time, runs * once), clock=clock,
-                                   statistic="min")
+    fastest, iqr, _, _ = time_step(
+        step, runtime, warmup=0, min_run_time=max(min_run_time, runs * once), clock=clock, statistic="min"
+    )
     return fastest, iqr

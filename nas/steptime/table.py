@@ -7,7 +7,7 @@ torch version, dtype, memory format and CPU threads, plus the target's image and
 space), so another device or setting never finds this table; the fingerprint is stored in the file
 and compared on every load too, so a file copied or renamed onto the wrong name is refused.
 
-Safety: files are written atomically (:func:`nas.files.atomic_write_json`), so a reader never sees
+Safety: files are written atomically (:func:`nas.core.files.atomic_write_json`), so a reader never sees
 half a table, and any process that adds to a table does so under an exclusive ``fcntl.flock`` on a
 lock file beside it, re-reading the file first: two processes building or extending the same table
 serialise (which also keeps their timings from disturbing each other) and neither loses the
@@ -31,9 +31,10 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from nas.errors import NasError
 
@@ -74,8 +75,15 @@ class Table:
     created: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "fingerprint": self.fingerprint, "pieces": self.pieces, "correction": self.correction, "prefilled": self.prefilled, "build_s": self.build_s,
-                "created": self.created}
+        return {
+            "format": FORMAT,
+            "fingerprint": self.fingerprint,
+            "pieces": self.pieces,
+            "correction": self.correction,
+            "prefilled": self.prefilled,
+            "build_s": self.build_s,
+            "created": self.created,
+        }
 
     def save(self) -> None:
         from nas.core.files import atomic_write_json
@@ -93,8 +101,13 @@ def _bad(path: Path, what: str) -> NasError:
 
 
 def _number(path: Path, where: str, v: Any, *, positive: bool = False, nonneg: bool = False) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
-            or (positive and v <= 0) or (nonneg and v < 0):
+    if (
+        isinstance(v, bool)
+        or not isinstance(v, (int, float))
+        or not math.isfinite(v)
+        or (positive and v <= 0)
+        or (nonneg and v < 0)
+    ):
         raise _bad(path, f"has an impossible value at {where}: {v!r}")
     return float(v)
 
@@ -129,8 +142,10 @@ def load(path: Path, expected: dict[str, Any]) -> Table | None:
         raise _bad(path, "has no fingerprint")
     if fp != expected:
         k = next(k for k in sorted(set(fp) | set(expected), key=str) if fp.get(k) != expected.get(k))
-        raise NasError(f"step-time table {str(path)!r} was made for another setting ({k}: {fp.get(k)!r} there, "
-                       f"{expected.get(k)!r} here) and does not apply; {REBUILD_HINT}")
+        raise NasError(
+            f"step-time table {str(path)!r} was made for another setting ({k}: {fp.get(k)!r} there, "
+            f"{expected.get(k)!r} here) and does not apply; {REBUILD_HINT}"
+        )
     pieces = data["pieces"]
     if not isinstance(pieces, dict):
         raise _bad(path, "has no piece list")
@@ -150,14 +165,20 @@ def load(path: Path, expected: dict[str, Any]) -> Table | None:
             _number(path, f"correction {k}", corr[k])
     if not isinstance(data["prefilled"], bool):
         raise _bad(path, f"has an impossible value at prefilled: {data['prefilled']!r}")
-    return Table(path=path, fingerprint=fp, pieces=pieces, correction=corr,
-                 prefilled=data["prefilled"], build_s=_number(path, "build_s", data["build_s"], nonneg=True),
-                 created=str(data["created"]))
+    return Table(
+        path=path,
+        fingerprint=fp,
+        pieces=pieces,
+        correction=corr,
+        prefilled=data["prefilled"],
+        build_s=_number(path, "build_s", data["build_s"], nonneg=True),
+        created=str(data["created"]),
+    )
 
 
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
-    """An exclusive lock on the table at ``path`` (:func:`nas.files.file_lock` on ``path + '.lock'``),
+    """An exclusive lock on the table at ``path`` (:func:`nas.core.files.file_lock` on ``path + '.lock'``),
     held by whoever builds or extends it; readers need none (writes are atomic)."""
     from nas.core.files import file_lock
 

@@ -2,7 +2,7 @@
 
 S is the step time of the candidate *as sampled* (width and depth multipliers 1) doing the step
 ``nas train`` runs (forward, loss, backward, RMSprop step, with the precision and memory format of
-:mod:`nas.device`) at one image size and batch. That pair is the :class:`Target`.
+:mod:`nas.core.device`) at one image size and batch. That pair is the :class:`Target`.
 
 Defaults (:func:`default_target`), printed at the start of every run that uses them:
 
@@ -47,7 +47,7 @@ class Target:
         return {"image_size": self.image_size, "batch_size": self.batch_size}
 
     @classmethod
-    def from_dict(cls, data: Any) -> "Target":
+    def from_dict(cls, data: Any) -> Target:
         if not isinstance(data, dict) or set(data) != {"image_size", "batch_size"}:
             raise NasError(f"a target setting must be {{'image_size': N, 'batch_size': N}}, got {data!r}")
         return cls(data["image_size"], data["batch_size"])

@@ -14,14 +14,22 @@ def fidelity(predicted, measured) -> dict[str, Any] | None:
     percentage error and the share within +-10% (nn-Meter's measure)."""
     import numpy as np
 
-    pairs = [(float(p), float(m)) for p, m in zip(predicted, measured)
-             if p is not None and m is not None and math.isfinite(float(p)) and math.isfinite(float(m)) and float(m) > 0]
+    pairs = [
+        (float(p), float(m))
+        for p, m in zip(predicted, measured)
+        if p is not None and m is not None and math.isfinite(float(p)) and math.isfinite(float(m)) and float(m) > 0
+    ]
     if not pairs:
         return None
     p, m = np.array([a for a, _ in pairs]), np.array([b for _, b in pairs])
     err = np.abs(p - m) / m
-    out: dict[str, Any] = {"n": len(pairs), "mape": float(err.mean()), "within_10pct": float((err <= 0.10).mean()),
-                           "spearman": None, "kendall_tau": None}
+    out: dict[str, Any] = {
+        "n": len(pairs),
+        "mape": float(err.mean()),
+        "within_10pct": float((err <= 0.10).mean()),
+        "spearman": None,
+        "kendall_tau": None,
+    }
     if len(pairs) >= 3 and np.ptp(p) > 0 and np.ptp(m) > 0:
         from scipy import stats
 
@@ -60,8 +68,10 @@ def fidelity_lines(data: dict[str, Any]) -> list[str]:
     if "step_time" in data:
         f = data["step_time"]
         rank = "" if f["spearman"] is None else f"Spearman {f['spearman']:.2f}, Kendall tau {f['kendall_tau']:.2f}, "
-        out.append(f"step-time model vs direct timing on {f['n']} trials: {rank}mean error {100 * f['mape']:.1f}%, "
-                   f"{100 * f['within_10pct']:.0f}% within +-10% (fidelity.json)")
+        out.append(
+            f"step-time model vs direct timing on {f['n']} trials: {rank}mean error {100 * f['mape']:.1f}%, "
+            f"{100 * f['within_10pct']:.0f}% within +-10% (fidelity.json)"
+        )
     if "accuracy" in data:
         from nas.study.validation import line
 

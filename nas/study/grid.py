@@ -43,10 +43,36 @@ from nas.study.results import (
 )
 from search_spaces import Architecture, count_macs, count_params
 
-GRID_COLUMNS = ["candidate", "alpha", "beta", "gamma", "product", "phi", "depth_mult", "width_mult",
-                "resolution_mult", "resolution", "proxy_image_size", "params", "macs", "macs_ratio",
-                "target_macs_ratio", "step_time_ms", "S", "P", "accuracy", "reward", "state", "error",
-                "duration_s", "arch", "number", "num_classes", "step_time_method", "params_ratio"]
+GRID_COLUMNS = [
+    "candidate",
+    "alpha",
+    "beta",
+    "gamma",
+    "product",
+    "phi",
+    "depth_mult",
+    "width_mult",
+    "resolution_mult",
+    "resolution",
+    "proxy_image_size",
+    "params",
+    "macs",
+    "macs_ratio",
+    "target_macs_ratio",
+    "step_time_ms",
+    "S",
+    "P",
+    "accuracy",
+    "reward",
+    "state",
+    "error",
+    "duration_s",
+    "arch",
+    "number",
+    "num_classes",
+    "step_time_method",
+    "params_ratio",
+]
 
 
 class GridProblem(Problem):
@@ -65,9 +91,15 @@ class GridProblem(Problem):
     def config(self) -> dict[str, Any]:
         # The objective and --max-candidates are options, not identity: changing them re-ranks or
         # extends the same evaluations (the selection of n is a prefix of the selection of n + k).
-        return {"kind": self.kind, "base": self.base.to_string(), "grid": self.spec.to_dict(),
-                "settings": self.settings.to_dict(), "storage": self.opts.storage, "study_name": self.opts.study_name,
-                "options": {"max_candidates": self.opts.max_candidates, "objective": self.opts.objective}}
+        return {
+            "kind": self.kind,
+            "base": self.base.to_string(),
+            "grid": self.spec.to_dict(),
+            "settings": self.settings.to_dict(),
+            "storage": self.opts.storage,
+            "study_name": self.opts.study_name,
+            "options": {"max_candidates": self.opts.max_candidates, "objective": self.opts.objective},
+        }
 
     @classmethod
     def from_config(cls, config: dict[str, Any]):
@@ -75,8 +107,9 @@ class GridProblem(Problem):
 
         g = config["grid"]
         spec = GridSpec(phi=g["phi"], step=g["step"], lo=g["lo"], hi=g["hi"], tolerance=g["tolerance"])
-        opts = GridOptions(spec=spec, storage=config["storage"], study_name=config["study_name"],
-                           **config.get("options", {}))
+        opts = GridOptions(
+            spec=spec, storage=config["storage"], study_name=config["study_name"], **config.get("options", {})
+        )
         problem = cls(TrialSettings.from_dict(config["settings"]), Architecture.from_string(config["base"]), opts)
         return problem, "random", "none", opts.storage
 
@@ -86,8 +119,11 @@ class GridProblem(Problem):
     def pending(self, rows, n_trials):
         from nas.study.results import finished_row
 
-        done = {(float(r["alpha"]), float(r["beta"]), float(r["gamma"])) for r in rows
-                if finished_row(r) and r.get("alpha") is not None}
+        done = {
+            (float(r["alpha"]), float(r["beta"]), float(r["gamma"]))
+            for r in rows
+            if finished_row(r) and r.get("alpha") is not None
+        }
         n_done = sum((c.alpha, c.beta, c.gamma) in done for c in self.plan.candidates)
         return n_done, len(self.plan.candidates) - n_done
 
@@ -99,16 +135,29 @@ class GridProblem(Problem):
         hi = max(self.spec.hi, 1.0)
         # The enqueued values come back as they are; suggesting records them as the trial's params.
         cand = Candidate(*(float(trial.suggest_float(k, 1.0, hi)) for k in ("alpha", "beta", "gamma")))
-        return {"arch": scale_candidate(self.base, cand, self.spec.phi).to_string(),
-                "image_scale": cand.gamma ** self.spec.phi, "facts": self.facts(cand)}
+        return {
+            "arch": scale_candidate(self.base, cand, self.spec.phi).to_string(),
+            "image_scale": cand.gamma**self.spec.phi,
+            "facts": self.facts(cand),
+        }
 
     def facts(self, cand: Candidate) -> dict[str, Any]:
         """What a candidate is before it is trained: its coefficients, multipliers and sizes."""
         phi = self.spec.phi
-        return {"candidate": cand.label(), "alpha": cand.alpha, "beta": cand.beta, "gamma": cand.gamma,
-                "product": cand.product, "phi": phi, "depth_mult": cand.alpha ** phi, "width_mult": cand.beta ** phi,
-                "resolution_mult": cand.gamma ** phi, "resolution": scale_candidate(self.base, cand, phi).resolution,
-                "proxy_image_size": proxy_image_size(self.settings, cand, phi), "target_macs_ratio": cand.product ** phi}
+        return {
+            "candidate": cand.label(),
+            "alpha": cand.alpha,
+            "beta": cand.beta,
+            "gamma": cand.gamma,
+            "product": cand.product,
+            "phi": phi,
+            "depth_mult": cand.alpha**phi,
+            "width_mult": cand.beta**phi,
+            "resolution_mult": cand.gamma**phi,
+            "resolution": scale_candidate(self.base, cand, phi).resolution,
+            "proxy_image_size": proxy_image_size(self.settings, cand, phi),
+            "target_macs_ratio": cand.product**phi,
+        }
 
     def seed(self, number: int) -> int:
         return self.settings.seed  # the same draw for every candidate
@@ -161,8 +210,9 @@ class GridProblem(Problem):
         if not len(ok):
             return None, None
         obj = self.opts.objective
-        ranked = ok.assign(_obj=ok[obj].astype(float), _macs=ok["macs"].astype(float)) \
-            .sort_values(["_obj", "_macs"], ascending=[False, True], kind="stable")
+        ranked = ok.assign(_obj=ok[obj].astype(float), _macs=ok["macs"].astype(float)).sort_values(
+            ["_obj", "_macs"], ascending=[False, True], kind="stable"
+        )
         rows = [_row_dict(r) for _, r in ranked.drop(columns=["_obj", "_macs"]).iterrows()]
         return rows[0], (rows[1] if len(rows) > 1 else None)
 
@@ -175,20 +225,39 @@ class GridProblem(Problem):
         obj = self.opts.objective
         data = {
             "format": "nas.coefficients/1",
-            "alpha": chosen["alpha"], "beta": chosen["beta"], "gamma": chosen["gamma"], "product": chosen["product"],
-            "phi": self.spec.phi, "objective": obj, "objective_value": chosen[obj],
-            "chosen": chosen, "runner_up": runner_up, "base": {**base_row, "arch": self.base.to_string()},
-            "grid": self.spec.to_dict(), "n_grid_points": self.spec.grid_points, "n_feasible": self.plan.n_feasible,
-            "max_candidates": self.opts.max_candidates, "n_evaluated": int(len(_complete(df))),
+            "alpha": chosen["alpha"],
+            "beta": chosen["beta"],
+            "gamma": chosen["gamma"],
+            "product": chosen["product"],
+            "phi": self.spec.phi,
+            "objective": obj,
+            "objective_value": chosen[obj],
+            "chosen": chosen,
+            "runner_up": runner_up,
+            "base": {**base_row, "arch": self.base.to_string()},
+            "grid": self.spec.to_dict(),
+            "n_grid_points": self.spec.grid_points,
+            "n_feasible": self.plan.n_feasible,
+            "max_candidates": self.opts.max_candidates,
+            "n_evaluated": int(len(_complete(df))),
             "selection": "greedy farthest-point in (alpha, beta, gamma), starting nearest the centroid",
-            "settings": self.settings.to_dict(), **extra,
+            "settings": self.settings.to_dict(),
+            **extra,
         }
         atomic_write_json(Path(run_dir) / "coefficients.json", data, durable=False)
-        atomic_write_json(Path(run_dir) / "best.json", durable=False, data={
-            "arch": chosen["arch"], "objective": obj, "num_classes": chosen.get("num_classes"),
-            "metrics": {k: v for k, v in chosen.items() if k != "arch"},
-            "coefficients": [chosen["alpha"], chosen["beta"], chosen["gamma"]], "phi": self.spec.phi,
-            "base": self.base.to_string()})
+        atomic_write_json(
+            Path(run_dir) / "best.json",
+            durable=False,
+            data={
+                "arch": chosen["arch"],
+                "objective": obj,
+                "num_classes": chosen.get("num_classes"),
+                "metrics": {k: v for k, v in chosen.items() if k != "arch"},
+                "coefficients": [chosen["alpha"], chosen["beta"], chosen["gamma"]],
+                "phi": self.spec.phi,
+                "base": self.base.to_string(),
+            },
+        )
         return {**chosen, "_coefficients": data}
 
     def plot(self, run_dir: Path, df: pd.DataFrame, extra: dict[str, Any]):
@@ -200,31 +269,79 @@ class GridProblem(Problem):
         fig, ax = figure((7.5, 4.8))
         cand, base = ok[ok["candidate"] != "base"], ok[ok["candidate"] == "base"]
         if len(cand):
-            sc = ax.scatter(cand["macs"].astype(float) / 1e6, cand["accuracy"].astype(float),
-                            c=cand["gamma"].astype(float), cmap="viridis", s=36, label="candidates")
+            sc = ax.scatter(
+                cand["macs"].astype(float) / 1e6,
+                cand["accuracy"].astype(float),
+                c=cand["gamma"].astype(float),
+                cmap="viridis",
+                s=36,
+                label="candidates",
+            )
             fig.colorbar(sc, ax=ax, label="gamma (resolution coefficient)")
         if len(base):
-            ax.scatter(base["macs"].astype(float) / 1e6, base["accuracy"].astype(float), marker="s", s=60,
-                       c="black", label="base (1, 1, 1)")
+            ax.scatter(
+                base["macs"].astype(float) / 1e6,
+                base["accuracy"].astype(float),
+                marker="s",
+                s=60,
+                c="black",
+                label="base (1, 1, 1)",
+            )
         for _, r in ok.iterrows():
-            ax.annotate(r["candidate"], (float(r["macs"]) / 1e6, float(r["accuracy"])), fontsize=7,
-                        xytext=(4, 3), textcoords="offset points")
+            ax.annotate(
+                r["candidate"],
+                (float(r["macs"]) / 1e6, float(r["accuracy"])),
+                fontsize=7,
+                xytext=(4, 3),
+                textcoords="offset points",
+            )
         if chosen is not None:
-            ax.scatter([chosen["macs"] / 1e6], [chosen["accuracy"]], marker="*", s=240, c="red", zorder=5,
-                       label=f"chosen (best {self.opts.objective})")
-        return save_figure(fig, ax, Path(run_dir) / "grid.png", xlabel="MACs (millions, full-size scaled network)",
-                           ylabel="validation accuracy (proxy)",
-                           title="nas grid-scale: compound coefficients (EfficientNet sec. 3.3)")
+            ax.scatter(
+                [chosen["macs"] / 1e6],
+                [chosen["accuracy"]],
+                marker="*",
+                s=240,
+                c="red",
+                zorder=5,
+                label=f"chosen (best {self.opts.objective})",
+            )
+        return save_figure(
+            fig,
+            ax,
+            Path(run_dir) / "grid.png",
+            xlabel="MACs (millions, full-size scaled network)",
+            ylabel="validation accuracy (proxy)",
+            title="nas grid-scale: compound coefficients (EfficientNet sec. 3.3)",
+        )
 
     def summary(self, df: pd.DataFrame) -> str:
         head = f"candidates: {state_counts(df)}"
-        cols = ["candidate", "product", "resolution", "proxy_image_size", "macs_ratio", "step_time_ms", "S",
-                "accuracy", "reward", "state"]
+        cols = [
+            "candidate",
+            "product",
+            "resolution",
+            "proxy_image_size",
+            "macs_ratio",
+            "step_time_ms",
+            "S",
+            "accuracy",
+            "reward",
+            "state",
+        ]
         obj = self.opts.objective
         t = df[cols].assign(_o=pd.to_numeric(df[obj], errors="coerce"))
         t = t.sort_values("_o", ascending=False, na_position="last", kind="stable").drop(columns="_o")
-        table = format_table(t, {"product": "{:.3f}", "macs_ratio": "{:.3f}", "step_time_ms": "{:.2f}",
-                                 "S": "{:.3f}", "accuracy": "{:.4f}", "reward": "{:.4f}"})
+        table = format_table(
+            t,
+            {
+                "product": "{:.3f}",
+                "macs_ratio": "{:.3f}",
+                "step_time_ms": "{:.2f}",
+                "S": "{:.3f}",
+                "accuracy": "{:.4f}",
+                "reward": "{:.4f}",
+            },
+        )
         err = common_error(df) if not len(_complete(df)) else None
         return f"{head}\nby {obj}:\n{table}" + (f"\nmost common error: {err}" if err else "")
 
@@ -233,9 +350,11 @@ class GridProblem(Problem):
 
     def closing_line(self, best: dict[str, Any], run_dir: Path) -> str:
         data = best["_coefficients"]
-        return (f"chosen alpha={data['alpha']:g} beta={data['beta']:g} gamma={data['gamma']:g} "
-                f"(product {data['product']:.3f}, {data['objective']} {data['objective_value']:.4f}); "
-                f"next: nas scale --coefficients {run_dir}/coefficients.json --phi N")
+        return (
+            f"chosen alpha={data['alpha']:g} beta={data['beta']:g} gamma={data['gamma']:g} "
+            f"(product {data['product']:.3f}, {data['objective']} {data['objective_value']:.4f}); "
+            f"next: nas scale --coefficients {run_dir}/coefficients.json --phi N"
+        )
 
 
 @lru_cache(maxsize=16)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from nas.study.results import ResultsWriter
 
@@ -25,7 +26,7 @@ class Job:
     restart: bool = False
     progress: bool = True
     echo: Callable[[str], None] = print
-    evaluator: Any = None  # this process's evaluator (default: a nas.trial.Evaluator for the settings)
+    evaluator: Any = None  # this process's evaluator (default: a nas.trial.evaluator.Evaluator for the settings)
 
     @property
     def settings(self):
@@ -45,8 +46,15 @@ class Run:
     def progress(self, total: int, initial: int):
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=total, initial=initial, desc="trials", unit="trial", disable=not self.job.progress,
-                        dynamic_ncols=True, file=sys.stderr)
+        self.bar = tqdm(
+            total=total,
+            initial=initial,
+            desc="trials",
+            unit="trial",
+            disable=not self.job.progress,
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
         return self.bar
 
     def warn(self, text: str) -> None:
@@ -62,10 +70,19 @@ def _family(backend: str) -> str:
 def run_extra(job: Job, evaluator) -> dict[str, Any]:
     s = job.settings
     st = s.step_time
-    return {"space": s.space, "reward": evaluator.reward.config(), "sampler": job.sampler, "dataset": s.dataset,
-            "num_classes": evaluator.num_classes,
-            "target": {"method": st.method, "image_size": st.target_image_size, "batch_size": st.target_batch_size,
-                       "device": _device_name(evaluator)}}
+    return {
+        "space": s.space,
+        "reward": evaluator.reward.config(),
+        "sampler": job.sampler,
+        "dataset": s.dataset,
+        "num_classes": evaluator.num_classes,
+        "target": {
+            "method": st.method,
+            "image_size": st.target_image_size,
+            "batch_size": st.target_batch_size,
+            "device": _device_name(evaluator),
+        },
+    }
 
 
 def _device_name(evaluator) -> str:

@@ -1,11 +1,11 @@
 """What a run searches, apart from how trials are scheduled.
 
 A :class:`Problem` is the part of a run that differs between ``nas search`` (architectures sampled
-from a space, :class:`nas.search.SearchProblem`) and ``nas grid-scale`` (fixed compound-scaling
-candidates, :class:`nas.scaling.problem.GridProblem`): how a proposal is drawn from an Optuna trial,
+from a space, :class:`nas.study.space.SearchProblem`) and ``nas grid-scale`` (fixed compound-scaling
+candidates, :class:`nas.study.grid.GridProblem`): how a proposal is drawn from an Optuna trial,
 the seed and pruning signal of a trial, what the study is told, the result columns, the best, the
-plot and the summary. Backends (:mod:`nas.backends`) only schedule; the driver (:mod:`nas.driver`)
-and the objective (:func:`nas.trial.run_objective`) are the same for every problem.
+plot and the summary. Backends (:mod:`nas.backends`) only schedule; the driver (:mod:`nas.search.driver`)
+and the objective (:func:`nas.trial.objective.run_objective`) are the same for every problem.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from nas.study.results import EXTRA_COLUMNS, TRIAL_COLUMNS
 
 
 class Problem(abc.ABC):
-    kind: str = ""                 # stored in config.json: "search" or "grid-scale"
+    kind: str = ""  # stored in config.json: "search" or "grid-scale"
     results_file: str = "trials.csv"
     study_name: str = "nas-search"
     directions: tuple[str, ...] = ("maximize",)
-    incremental: bool = True       # results can be appended line by line (else rewritten whole)
+    incremental: bool = True  # results can be appended line by line (else rewritten whole)
     unit: str = "trials"
 
     def __init__(self, settings):
@@ -96,5 +96,3 @@ class Problem(abc.ABC):
     def files(self) -> str:
         """The result files, for the closing line."""
         return "trials.csv, best.json"
-
-

@@ -3,11 +3,11 @@
 A row is one trial as a flat dict (its number, state, error, every figure it produced, where it
 ran). The writer keeps ``trials.csv`` (``grid.csv`` for the grid) in the run directory:
 
-* incrementally: each finished trial is *appended* as one line (:func:`nas.files.append_line`, one
+* incrementally: each finished trial is *appended* as one line (:func:`nas.core.files.append_line`, one
   ``write`` call, so a SIGKILL never leaves half a row and parallel workers never interleave);
-* whole, sorted by trial number, at the start and the end of a run (atomically: :mod:`nas.files`).
+* whole, sorted by trial number, at the start and the end of a run (atomically: :mod:`nas.core.files`).
 
-The problem the run solves (:class:`nas.problem.Problem`: the search, or the compound-scaling grid)
+The problem the run solves (:class:`nas.study.problem.Problem`: the search, or the compound-scaling grid)
 names the columns and writes what depends on all rows: ``best.json`` whenever the best changes,
 plots at the end of a run and at most every :data:`PLOT_EVERY_S` seconds, never on a trial's path.
 
@@ -22,23 +22,63 @@ import csv
 import io
 import math
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pandas as pd
 
 from nas.core.files import append_line, atomic_write_text, file_lock
 from nas.errors import NasError
 
-TRIAL_COLUMNS = ["number", "state", "arch", "params", "macs", "num_classes", "step_time_ms", "step_time_method", "S",
-                 "P", "accuracy", "reward", "duration_s", "error"]
+TRIAL_COLUMNS = [
+    "number",
+    "state",
+    "arch",
+    "params",
+    "macs",
+    "num_classes",
+    "step_time_ms",
+    "step_time_method",
+    "S",
+    "P",
+    "accuracy",
+    "reward",
+    "duration_s",
+    "error",
+]
 # What every trial row may carry besides: how S was obtained and what it stands for, the reference it
 # was normalised by, measurement provenance, the proxy, timing, and where the trial ran.
-EXTRA_COLUMNS = ["measured_step_time_ms", "step_iqr_ms", "step_image_size", "step_batch_size", "target_image_size",
-                 "target_batch_size", "target_device", "reference_step_time_ms", "reference_params", "device",
-                 "device_name", "torch_version", "threads", "dtype", "memory_format", "compiled", "proxy_arch", "proxy_params",
-                 "epochs", "time_s", "train_s", "t_start", "t_end", "worker", "hostname", "pid", "node_ip",
-                 "duplicate_of"]
+EXTRA_COLUMNS = [
+    "measured_step_time_ms",
+    "step_iqr_ms",
+    "step_image_size",
+    "step_batch_size",
+    "target_image_size",
+    "target_batch_size",
+    "target_device",
+    "reference_step_time_ms",
+    "reference_params",
+    "device",
+    "device_name",
+    "torch_version",
+    "threads",
+    "dtype",
+    "memory_format",
+    "compiled",
+    "proxy_arch",
+    "proxy_params",
+    "epochs",
+    "time_s",
+    "train_s",
+    "t_start",
+    "t_end",
+    "worker",
+    "hostname",
+    "pid",
+    "node_ip",
+    "duplicate_of",
+]
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
 PLOT_EVERY_S = 30.0
 LOCK_NAME = ".results.lock"
@@ -138,7 +178,8 @@ def finished_row(row: dict[str, Any]) -> bool:
     """A trial that counts toward the requested total: complete, pruned, or failed with its own reason
     (one closed as interrupted does not: it is run again)."""
     return row.get("state") in ("COMPLETE", "PRUNED") or (
-        row.get("state") == "FAIL" and bool(row.get("error")) and not str(row.get("error")).startswith("interrupted"))
+        row.get("state") == "FAIL" and bool(row.get("error")) and not str(row.get("error")).startswith("interrupted")
+    )
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
@@ -154,6 +195,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 
 
 # -- what every problem's summary uses -------------------------------------------------------------------
+
 
 def pareto_mask(acc: Iterable[float], cost: Iterable[float]) -> list[bool]:
     """True where no other point has accuracy >= and cost <= with one of them strict."""
@@ -189,7 +231,9 @@ def format_table(t: pd.DataFrame, formats: dict[str, str]) -> str:
     t = t.copy()
     for c, fmt in formats.items():
         if c in t:
-            t[c] = t[c].map(lambda v, f=fmt: "-" if _missing(v) else (f"{int(v):,}" if f == "int" else f.format(float(v))))
+            t[c] = t[c].map(
+                lambda v, f=fmt: "-" if _missing(v) else (f"{int(v):,}" if f == "int" else f.format(float(v)))
+            )
     return t.to_string(index=False)
 
 

@@ -25,8 +25,9 @@ import shutil
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from nas.core.files import _json_default, atomic_write_json, read_json
 from nas.errors import NasError
@@ -70,7 +71,7 @@ class RunDir:
 
     # -- ownership -----------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def own(self, config: dict[str, Any], *, restart: bool = False) -> Iterator["RunDir"]:
+    def own(self, config: dict[str, Any], *, restart: bool = False) -> Iterator[RunDir]:
         """Take the directory for this process and this experiment (see the module docstring). Until
         :meth:`started` is called, an exception removes what this start created."""
         self.check()
@@ -106,12 +107,22 @@ class RunDir:
                 who = f"{h.get('command', 'nas')} (pid {h.get('pid')} on {h.get('host')}, since {h.get('since')})"
             except (ValueError, AttributeError):
                 who = "another nas process"
-            raise NasError(f"run directory {str(self.path)!r} is in use by {who}; wait for it to finish, use another "
-                           f"--out, or add a process to it with: nas worker {self.path}") from None
+            raise NasError(
+                f"run directory {str(self.path)!r} is in use by {who}; wait for it to finish, use another "
+                f"--out, or add a process to it with: nas worker {self.path}"
+            ) from None
         os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                 "since": time.strftime("%Y-%m-%d %H:%M:%S"),
-                                 "command": " ".join(["nas", *sys.argv[1:2]])}).encode())
+        os.write(
+            fd,
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                    "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+                    "command": " ".join(["nas", *sys.argv[1:2]]),
+                }
+            ).encode(),
+        )
         self._lock_fd = fd
 
     def _unlock(self) -> None:
@@ -137,13 +148,16 @@ class RunDir:
         stored = read_json(path, "run configuration")
         if not isinstance(stored, dict):
             raise NasError(f"{str(path)!r} is not a run configuration (a JSON object)")
-        diffs = config_diff({k: v for k, v in stored.items() if k != "options"},
-                            {k: v for k, v in fresh.items() if k != "options"})
+        diffs = config_diff(
+            {k: v for k, v in stored.items() if k != "options"}, {k: v for k, v in fresh.items() if k != "options"}
+        )
         if diffs:
             shown = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, a, b in diffs[:4])
             more = f" (and {len(diffs) - 4} more)" if len(diffs) > 4 else ""
-            raise NasError(f"{str(self.path)!r} holds a {self.what} with different settings ({shown}{more}); pass another "
-                           "--out to start a new run")
+            raise NasError(
+                f"{str(self.path)!r} holds a {self.what} with different settings ({shown}{more}); pass another "
+                "--out to start a new run"
+            )
         if stored.get("options") != fresh.get("options"):
             atomic_write_json(path, fresh)
 
@@ -154,9 +168,11 @@ class RunDir:
 
         recorded = sum(1 for r in read_rows(self.path / results_file) if finished_row(r))
         if recorded > stored:
-            raise NasError(f"{str(self.path / results_file)!r} records {recorded} finished trials but the run's storage "
-                           f"holds {stored} (was study.db deleted, emptied or replaced?); restore it, or rerun with "
-                           "--restart to move the old results aside and start over")
+            raise NasError(
+                f"{str(self.path / results_file)!r} records {recorded} finished trials but the run's storage "
+                f"holds {stored} (was study.db deleted, emptied or replaced?); restore it, or rerun with "
+                "--restart to move the old results aside and start over"
+            )
 
     def move_aside(self) -> Path | None:
         """``--restart``: move every file of the old run into ``replaced-<time>/``."""

@@ -1,6 +1,6 @@
 """``nas search``: architectures sampled from a search space, scored by a reward (EfficientNetV2
 section 3.3, MnasNet section 3). The problem half of a search; any backend runs it
-(:mod:`nas.backends`), through the one driver (:mod:`nas.driver`).
+(:mod:`nas.backends`), through the one driver (:mod:`nas.search.driver`).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class SearchOptions:
     storage: str | None = None
     study_name: str = STUDY_NAME
     out: str = "runs/search-trainaware"
-    validate_top: int = 0          # retrain the top K and K random trials (nas.validate); 0: off
+    validate_top: int = 0  # retrain the top K and K random trials (nas.study.validation); 0: off
     validate_epochs: int | None = None  # None: 4x the proxy's epochs
 
     def __post_init__(self) -> None:
@@ -52,8 +52,10 @@ class SearchOptions:
         check_choice("--sampler", self.sampler, SAMPLERS)
         check_choice("--pruner", self.pruner, PRUNERS)
         if self.sampler == "nsga2" and self.pruner != "none":
-            raise NasError(f"pruner {self.pruner!r} cannot be used with the multi-objective nsga2 sampler "
-                           "(Optuna prunes single-objective studies only); use --pruner none")
+            raise NasError(
+                f"pruner {self.pruner!r} cannot be used with the multi-objective nsga2 sampler "
+                "(Optuna prunes single-objective studies only); use --pruner none"
+            )
 
     @property
     def multi_objective(self) -> bool:
@@ -75,16 +77,27 @@ class SearchProblem(Problem):
         self.directions = tuple(d for _, d in OBJECTIVES) if self.multi else ("maximize",)
 
     def config(self) -> dict[str, Any]:
-        return {"kind": self.kind, "settings": self.settings.to_dict(), "sampler": self.opts.sampler,
-                "pruner": self.opts.pruner, "storage": self.opts.storage, "study_name": self.opts.study_name,
-                "options": {"validate_top": self.opts.validate_top, "validate_epochs": self.opts.validate_epochs}}
+        return {
+            "kind": self.kind,
+            "settings": self.settings.to_dict(),
+            "sampler": self.opts.sampler,
+            "pruner": self.opts.pruner,
+            "storage": self.opts.storage,
+            "study_name": self.opts.study_name,
+            "options": {"validate_top": self.opts.validate_top, "validate_epochs": self.opts.validate_epochs},
+        }
 
     @classmethod
     def from_config(cls, config: dict[str, Any]):
         from nas.trial.settings import TrialSettings
 
-        opts = SearchOptions(sampler=config["sampler"], pruner=config["pruner"], storage=config["storage"],
-                             study_name=config["study_name"], **config.get("options", {}))
+        opts = SearchOptions(
+            sampler=config["sampler"],
+            pruner=config["pruner"],
+            storage=config["storage"],
+            study_name=config["study_name"],
+            **config.get("options", {}),
+        )
         return cls(TrialSettings.from_dict(config["settings"]), opts), opts.sampler, opts.pruner, opts.storage
 
     def propose(self, trial) -> dict[str, Any]:
@@ -117,8 +130,14 @@ class SearchProblem(Problem):
         best = ok.loc[ok["reward"].astype(float).idxmax()]
         metrics = {k: _plain(best[k]) for k in best.index if k != "arch" and _plain(best[k]) is not None}
         front = ok[pareto_mask(ok["accuracy"].astype(float), ok["step_time_ms"].astype(float))]
-        data = {"arch": best["arch"], "objective": "reward", "num_classes": metrics.get("num_classes"),
-                "metrics": metrics, **extra, "pareto_front": [int(n) for n in front["number"]]}
+        data = {
+            "arch": best["arch"],
+            "objective": "reward",
+            "num_classes": metrics.get("num_classes"),
+            "metrics": metrics,
+            **extra,
+            "pareto_front": [int(n) for n in front["number"]],
+        }
         atomic_write_json(Path(run_dir) / "best.json", data, durable=False)
         return {"arch": best["arch"], **metrics}
 
@@ -133,12 +152,21 @@ class SearchProblem(Problem):
         sc = ax.scatter(st, acc, c=ok["reward"].astype(float), cmap="viridis", s=28, label="trials")
         fig.colorbar(sc, ax=ax, label="reward")
         f = ok[front].sort_values("step_time_ms")
-        ax.plot(f["step_time_ms"].astype(float), f["accuracy"].astype(float), "r-o", mfc="none", ms=10,
-                label="Pareto front")
+        ax.plot(
+            f["step_time_ms"].astype(float), f["accuracy"].astype(float), "r-o", mfc="none", ms=10, label="Pareto front"
+        )
         best = ok.loc[ok["reward"].astype(float).idxmax()]
-        ax.scatter([best["step_time_ms"]], [best["accuracy"]], marker="*", s=220, c="red", label="best reward", zorder=5)
-        return save_figure(fig, ax, Path(run_dir) / "pareto.png", xlabel=f"training step time (ms, {_step_label(extra)})",
-                           ylabel="validation accuracy (proxy)", title=f"nas search: {extra.get('space', '')}")
+        ax.scatter(
+            [best["step_time_ms"]], [best["accuracy"]], marker="*", s=220, c="red", label="best reward", zorder=5
+        )
+        return save_figure(
+            fig,
+            ax,
+            Path(run_dir) / "pareto.png",
+            xlabel=f"training step time (ms, {_step_label(extra)})",
+            ylabel="validation accuracy (proxy)",
+            title=f"nas search: {extra.get('space', '')}",
+        )
 
     def summary(self, df: pd.DataFrame, top: int = 10) -> str:
         return summary_table(df, top)
@@ -163,13 +191,27 @@ def summary_table(df: pd.DataFrame, top: int = 10) -> str:
     if not len(ok):
         err = common_error(df)
         return head + (f"\nmost common error: {err}" if err else "")
-    cols = [c for c in ["number", "reward", "accuracy", "step_time_ms", "S", "P", "params", "macs",
-                        "duration_s"] if c in ok.columns]
+    cols = [
+        c
+        for c in ["number", "reward", "accuracy", "step_time_ms", "S", "P", "params", "macs", "duration_s"]
+        if c in ok.columns
+    ]
     t = ok.sort_values("reward", ascending=False).head(top)[cols]
     n_classes = ok["num_classes"].dropna() if "num_classes" in ok else []
     note = f" (params and MACs at {int(n_classes.iloc[0])} classes)" if len(n_classes) else ""
-    table = format_table(t, {"reward": "{:.4f}", "accuracy": "{:.4f}", "step_time_ms": "{:.2f}", "S": "{:.3f}",
-                             "P": "{:.3f}", "duration_s": "{:.1f}", "params": "int", "macs": "int"})
+    table = format_table(
+        t,
+        {
+            "reward": "{:.4f}",
+            "accuracy": "{:.4f}",
+            "step_time_ms": "{:.2f}",
+            "S": "{:.3f}",
+            "P": "{:.3f}",
+            "duration_s": "{:.1f}",
+            "params": "int",
+            "macs": "int",
+        },
+    )
     return f"{head}\ntop {len(t)} by reward{note}:\n{table}"
 
 
@@ -186,5 +228,3 @@ def _plain(v: Any) -> Any:
     if isinstance(v, float) and math.isnan(v):
         return None
     return v
-
-

@@ -95,8 +95,9 @@ def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
     if name == "median":
         # One check, halfway through the proxy training: a proxy's per-epoch figures are noisy, and a
         # trial checked at every epoch has to beat the median every time (all but 5 of 20 pruned).
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=max(1, epochs // 2),
-                                           interval_steps=max(1, epochs))
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=5, n_warmup_steps=max(1, epochs // 2), interval_steps=max(1, epochs)
+        )
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(1, epochs), reduction_factor=3)
     if name == "none":
@@ -164,5 +165,4 @@ def trial_row(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
 
 def study_rows(study: optuna.Study) -> list[dict[str, Any]]:
     """Rows of every trial that started (enqueued, never started ones are not trials yet)."""
-    return [trial_row(t) for t in study.get_trials(deepcopy=False)
-            if t.state != optuna.trial.TrialState.WAITING]
+    return [trial_row(t) for t in study.get_trials(deepcopy=False) if t.state != optuna.trial.TrialState.WAITING]

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 
@@ -32,8 +33,9 @@ def pick(df: pd.DataFrame, k: int, seed: int) -> list[int]:
     return top + sorted(random.Random(seed).sample(rest, min(k, len(rest))))
 
 
-def validate_top(run_dir: Path, df: pd.DataFrame, settings, k: int, epochs: int, *,
-                 echo: Callable[[str], None] = print) -> dict[str, Any] | None:
+def validate_top(
+    run_dir: Path, df: pd.DataFrame, settings, k: int, epochs: int, *, echo: Callable[[str], None] = print
+) -> dict[str, Any] | None:
     """Retrain the picked trials for ``epochs`` and return the accuracy-side fidelity (or None when
     fewer than three trials could be compared)."""
     from nas.core.files import append_line, atomic_write_text
@@ -49,10 +51,14 @@ def validate_top(run_dir: Path, df: pd.DataFrame, settings, k: int, epochs: int,
     done = {(int(r["number"]), int(r["epochs"])): r for r in read_rows(path)} if path.exists() else {}
     todo = [n for n in numbers if (n, epochs) not in done]
     if todo:
-        echo(f"validating the proxy: retraining {len(todo)} of {len(numbers)} trials (top {k} by reward and {k} at "
-             f"random) for {epochs} epochs ...")
-        longer = dataclasses.replace(settings, proxy=dataclasses.replace(
-            settings.proxy, train=dataclasses.replace(settings.proxy.train, epochs=epochs)))
+        echo(
+            f"validating the proxy: retraining {len(todo)} of {len(numbers)} trials (top {k} by reward and {k} at "
+            f"random) for {epochs} epochs ..."
+        )
+        longer = dataclasses.replace(
+            settings,
+            proxy=dataclasses.replace(settings.proxy, train=dataclasses.replace(settings.proxy.train, epochs=epochs)),
+        )
         ev = Evaluator(longer)
         by_number = df.set_index("number")
         if not path.exists():
@@ -60,18 +66,31 @@ def validate_top(run_dir: Path, df: pd.DataFrame, settings, k: int, epochs: int,
         for n in todo:
             arch = Architecture.from_string(by_number.loc[n, "arch"])
             m = ev.evaluate(arch, seed=settings.seed + n)
-            row = {"number": n, "epochs": epochs, "proxy_accuracy": float(by_number.loc[n, "accuracy"]),
-                   "validated_accuracy": m["accuracy"]}
+            row = {
+                "number": n,
+                "epochs": epochs,
+                "proxy_accuracy": float(by_number.loc[n, "accuracy"]),
+                "validated_accuracy": m["accuracy"],
+            }
             append_line(path, f"{n},{epochs},{row['proxy_accuracy']!r},{row['validated_accuracy']!r}")
             done[(n, epochs)] = row
     rows = [done[(n, epochs)] for n in numbers if (n, epochs) in done]
     f = fidelity([r["proxy_accuracy"] for r in rows], [r["validated_accuracy"] for r in rows])
     if f is None or f["kendall_tau"] is None:
         return None
-    return {"n": f["n"], "kendall_tau": f["kendall_tau"], "spearman": f["spearman"], "top": k, "epochs": epochs,
-            "proxy_epochs": settings.proxy.epochs, "trials": [r["number"] for r in rows]}
+    return {
+        "n": f["n"],
+        "kendall_tau": f["kendall_tau"],
+        "spearman": f["spearman"],
+        "top": k,
+        "epochs": epochs,
+        "proxy_epochs": settings.proxy.epochs,
+        "trials": [r["number"] for r in rows],
+    }
 
 
 def line(data: dict[str, Any]) -> str:
-    return (f"proxy accuracy ({data['proxy_epochs']} epochs) vs {data['epochs']} epochs on {data['n']} trials: "
-            f"Kendall tau {data['kendall_tau']:.2f}, Spearman {data['spearman']:.2f} (fidelity.json)")
+    return (
+        f"proxy accuracy ({data['proxy_epochs']} epochs) vs {data['epochs']} epochs on {data['n']} trials: "
+        f"Kendall tau {data['kendall_tau']:.2f}, Spearman {data['spearman']:.2f} (fidelity.json)"
+    )

@@ -1,2 +1,3 @@
 """Training: the configuration, one optimiser step, the loop, checkpoints, evaluation, the weight EMA,
-progressive learning (EfficientNetV2 section 4.2), and a whole ``nas train`` run with its resume and final evaluation."""
+progressive learning (EfficientNetV2 section 4.2), and a whole ``nas train`` run with its resume and
+final evaluation."""

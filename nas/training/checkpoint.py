@@ -3,7 +3,7 @@
 A checkpoint carries the architecture, the training configuration and the data split it was written
 with, so a resumed run cannot silently continue another one: :func:`load_checkpoint` refuses a
 pickled, corrupt or foreign file, or one from another architecture, configuration or split, with one
-line naming what differs. Files are written atomically (:func:`nas.files.atomic_write`).
+line naming what differs. Files are written atomically (:func:`nas.core.files.atomic_write`).
 """
 
 from __future__ import annotations
@@ -26,9 +26,17 @@ CHECKPOINT_FORMAT = "nas.checkpoint/1"
 RUNTIME_FIELDS = ("device", "amp", "channels_last", "num_workers", "compile")
 
 
-
-def make_checkpoint(model: nn.Module, cfg: TrainConfig, splits: Splits, epoch: int, history: list[dict],
-                    optimizer, scheduler, ema: ModelEMA | None, scaler) -> dict[str, Any]:
+def make_checkpoint(
+    model: nn.Module,
+    cfg: TrainConfig,
+    splits: Splits,
+    epoch: int,
+    history: list[dict],
+    optimizer,
+    scheduler,
+    ema: ModelEMA | None,
+    scaler,
+) -> dict[str, Any]:
     """The checkpoint dict: tensors and plain data only (loadable with ``weights_only=True``)."""
     arch = getattr(model, "arch", None)
     return {
@@ -41,26 +49,44 @@ def make_checkpoint(model: nn.Module, cfg: TrainConfig, splits: Splits, epoch: i
         "scaler": scaler.state_dict() if scaler.is_enabled() else None,
         "arch": None if arch is None else arch.to_dict(),
         "config": cfg.to_dict(),
-        "data": {"name": splits.name, "num_classes": int(splits.num_classes), "train_size": len(splits.train),
-                 "val_size": len(splits.val)},
+        "data": {
+            "name": splits.name,
+            "num_classes": int(splits.num_classes),
+            "train_size": len(splits.train),
+            "val_size": len(splits.val),
+        },
         "history": [dict(h) for h in history],
     }
 
 
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> None:
-    """Write atomically (:func:`nas.files.atomic_write`): a crash mid-write leaves the previous
+    """Write atomically (:func:`nas.core.files.atomic_write`): a crash mid-write leaves the previous
     checkpoint intact."""
     from nas.core.files import atomic_write
 
     atomic_write(Path(path), lambda f: torch.save(checkpoint, f), binary=True)
 
 
-_REQUIRED = {"format": str, "epoch": int, "model": dict, "optimizer": dict, "scheduler": dict,
-             "config": dict, "data": dict, "history": list}
+_REQUIRED = {
+    "format": str,
+    "epoch": int,
+    "model": dict,
+    "optimizer": dict,
+    "scheduler": dict,
+    "config": dict,
+    "data": dict,
+    "history": list,
+}
 
 
-def load_checkpoint(path: str | os.PathLike, *, arch=None, config: TrainConfig | None = None,
-                    dataset: str | None = None, splits: Splits | None = None) -> dict[str, Any]:
+def load_checkpoint(
+    path: str | os.PathLike,
+    *,
+    arch=None,
+    config: TrainConfig | None = None,
+    dataset: str | None = None,
+    splits: Splits | None = None,
+) -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True`` and check that it belongs to this run.
 
     Any problem is a :class:`NasError` with one line: unreadable or corrupt file, a file holding
@@ -77,9 +103,11 @@ def load_checkpoint(path: str | os.PathLike, *, arch=None, config: TrainConfig |
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         if "weights only" in str(e).lower() or "weights_only" in str(e).lower():
-            raise NasError(f"refusing checkpoint {where!r}: it holds pickled Python objects, not only tensors "
-                           "and plain data (nas loads checkpoints with weights_only=True); delete it or use "
-                           "another --out") from None
+            raise NasError(
+                f"refusing checkpoint {where!r}: it holds pickled Python objects, not only tensors "
+                "and plain data (nas loads checkpoints with weights_only=True); delete it or use "
+                "another --out"
+            ) from None
         raise NasError(f"checkpoint {where!r} is corrupt or not a PyTorch file ({first})") from None
     except Exception as e:  # zip / EOF / decode errors from a truncated or foreign file
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -95,19 +123,28 @@ def load_checkpoint(path: str | os.PathLike, *, arch=None, config: TrainConfig |
         saved = Architecture.from_dict(ckpt["arch"]) if isinstance(ckpt.get("arch"), dict) else None
         if saved != arch:
             was = saved.to_string() if saved is not None else "no architecture"
-            raise NasError(f"checkpoint {where!r} is for architecture {was}, not {arch.to_string()}; "
-                           "use another --out (or delete the checkpoint) to train a different one")
+            raise NasError(
+                f"checkpoint {where!r} is for architecture {was}, not {arch.to_string()}; "
+                "use another --out (or delete the checkpoint) to train a different one"
+            )
     if config is not None:
         diff = config_differences(ckpt["config"], config)
         if diff:
-            raise NasError(f"checkpoint {where!r} was written with different training settings "
-                           f"({'; '.join(diff)}); rerun with the same settings or use another --out")
+            raise NasError(
+                f"checkpoint {where!r} was written with different training settings "
+                f"({'; '.join(diff)}); rerun with the same settings or use another --out"
+            )
     if dataset is not None and ckpt["data"].get("name") != dataset:
-        raise NasError(f"checkpoint {where!r} was trained on {ckpt['data'].get('name')!r}, not {dataset!r}; "
-                       "use another --out")
+        raise NasError(
+            f"checkpoint {where!r} was trained on {ckpt['data'].get('name')!r}, not {dataset!r}; use another --out"
+        )
     if splits is not None:
-        want = {"name": splits.name, "num_classes": int(splits.num_classes), "train_size": len(splits.train),
-                "val_size": len(splits.val)}
+        want = {
+            "name": splits.name,
+            "num_classes": int(splits.num_classes),
+            "train_size": len(splits.train),
+            "val_size": len(splits.val),
+        }
         got = {k: ckpt["data"].get(k) for k in want}
         if got != want:
             diff = "; ".join(f"{k}: {got[k]!r} -> {want[k]!r}" for k in want if got[k] != want[k])

@@ -32,25 +32,25 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 64
     optimizer: str = "rmsprop"
-    lr: float | None = None                 # None: DEFAULT_LR[optimizer]
-    weight_decay: float = 1e-5              # V2 section 5.1
+    lr: float | None = None  # None: DEFAULT_LR[optimizer]
+    weight_decay: float = 1e-5  # V2 section 5.1
     momentum: float = 0.9
-    warmup_epochs: float = 0.0              # linear warmup, in (fractional) epochs
-    cosine: bool = True                     # cosine decay to 0 after warmup; else constant
+    warmup_epochs: float = 0.0  # linear warmup, in (fractional) epochs
+    cosine: bool = True  # cosine decay to 0 after warmup; else constant
     label_smoothing: float = 0.1
-    ema_decay: float | None = None          # None: no weight EMA
-    image_size: int | None = None           # fixed-size training; None: the architecture's resolution
-    randaugment: float = 0.0                # fixed-size training: RandAugment magnitude (0 = off)
-    mixup: float = 0.0                      # fixed-size training: mixup alpha (0 = off)
-    dropout: float | None = None            # fixed-size training; None: the architecture's
+    ema_decay: float | None = None  # None: no weight EMA
+    image_size: int | None = None  # fixed-size training; None: the architecture's resolution
+    randaugment: float = 0.0  # fixed-size training: RandAugment magnitude (0 = off)
+    mixup: float = 0.0  # fixed-size training: mixup alpha (0 = off)
+    dropout: float | None = None  # fixed-size training; None: the architecture's
     progressive: ProgressiveSchedule | None = None  # overrides the four fixed-size values per stage
-    device: str = "auto"                    # auto: CUDA when available
-    amp: str = "auto"                       # auto: on for CUDA (bf16 if supported, else fp16)
-    channels_last: str = "auto"             # auto: on everywhere (nas.device)
+    device: str = "auto"  # auto: CUDA when available
+    amp: str = "auto"  # auto: on for CUDA (bf16 if supported, else fp16)
+    channels_last: str = "auto"  # auto: on everywhere (nas.core.device)
     seed: int = 0
-    eval_image_size: int | None = None      # None: each epoch's training image size
-    num_workers: int = 0                    # loader processes for sets not held in memory (imagefolder)
-    compile: str = "auto"                   # torch.compile the step: auto (CUDA, long runs), on, off (nas.step)
+    eval_image_size: int | None = None  # None: each epoch's training image size
+    num_workers: int = 0  # loader processes for sets not held in memory (imagefolder)
+    compile: str = "auto"  # torch.compile the step: auto (CUDA, long runs), on, off (nas.training.step)
     # Re-estimate BatchNorm statistics on this many training batches before each evaluation
     # (0 = off). Running averages lag far behind weights that move fast in a short proxy run, which
     # puts early-epoch accuracy at chance and makes pruning decisions noise.
@@ -59,7 +59,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.validate()
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         check_int("epochs", self.epochs, 1, 100_000)
         check_int("batch size", self.batch_size, 1, 65536)
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -102,7 +102,7 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_dict(cls, data: Any) -> "TrainConfig":
+    def from_dict(cls, data: Any) -> TrainConfig:
         if not isinstance(data, dict):
             raise NasError(f"a training config must be an object, got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
@@ -119,12 +119,12 @@ class TrainConfig:
 class TrainResult:
     """What :func:`fit` returns. Accuracies are top-1 fractions in [0, 1]."""
 
-    val_accuracy: float           # after the last epoch
+    val_accuracy: float  # after the last epoch
     best_val_accuracy: float
     history: list[dict[str, Any]]  # one metrics dict per epoch, resumed epochs included
-    wall_time_s: float            # this call only
-    epochs_run: int               # epochs trained by this call
-    start_epoch: int              # epochs already done when this call began (resume)
-    mean_step_time_s: float       # wall time per optimiser step in this call (0 if none ran)
+    wall_time_s: float  # this call only
+    epochs_run: int  # epochs trained by this call
+    start_epoch: int  # epochs already done when this call began (resume)
+    mean_step_time_s: float  # wall time per optimiser step in this call (0 if none ran)
     eval_model: nn.Module = field(repr=False)  # the EMA model when EMA is on, else the model
-    compiled: bool = False        # whether the training step ran compiled (TrainConfig.compile)
+    compiled: bool = False  # whether the training step ran compiled (TrainConfig.compile)

@@ -1,7 +1,7 @@
 """Evaluating a model: top-1 accuracy, and BatchNorm statistics re-estimated before it.
 
 Both take any iterable of ``(images, labels)`` batches (:class:`nas.data.batches.Epoch` yields them
-already on the device; then :meth:`nas.device.Runtime.images` only sets the memory format).
+already on the device; then :meth:`nas.core.device.Runtime.images` only sets the memory format).
 """
 
 from __future__ import annotations

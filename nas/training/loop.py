@@ -6,7 +6,7 @@ evaluate top-1 on the validation split, optionally checkpoint, then call ``on_ep
 
 Optimisers follow the papers' recipes where they name one: RMSProp with decay 0.9, momentum 0.9,
 epsilon 1e-3 (EfficientNet V1 section 5.2, V2 section 5.1), linear warmup then cosine decay, label
-smoothing 0.1, optional weight EMA (:func:`nas.step.make_optimizer`). Small-data defaults (learning
+smoothing 0.1, optional weight EMA (:func:`nas.training.step.make_optimizer`). Small-data defaults (learning
 rates per optimiser, batch 64) are ours.
 
 Data: batches arrive already on the training device, resized, augmented and normalised there
@@ -17,10 +17,10 @@ Reproducibility: every epoch re-seeds torch's generator from ``(seed, epoch)`` i
 batches are shuffled with their own generator seeded the same way. So on CPU the same seed gives the
 same result, and a run resumed from a checkpoint gives exactly the result of an uninterrupted one.
 
-One optimiser step is a :class:`nas.step.TrainStep` (optionally compiled); the same object is what
-:mod:`nas.measure` times, so a measured step time is the step this loop runs. The device, AMP and
-memory format are resolved by :mod:`nas.device`; evaluation is :mod:`nas.evaluate`, checkpoints
-:mod:`nas.checkpoint`, the weight EMA :mod:`nas.ema`.
+One optimiser step is a :class:`nas.training.step.TrainStep` (optionally compiled); the same object is what
+:mod:`nas.steptime.measure` times, so a measured step time is the step this loop runs. The device, AMP and
+memory format are resolved by :mod:`nas.core.device`; evaluation is :mod:`nas.training.evaluation`, checkpoints
+:mod:`nas.training.checkpoint`, the weight EMA :mod:`nas.training.ema`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ import contextlib
 import math
 import os
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -46,8 +47,16 @@ from nas.training.evaluation import evaluate, recalibrate_bn
 from nas.training.progressive import StageSettings
 from nas.training.step import TrainStep, make_optimizer, resolve_compile
 
-__all__ = ["TrainConfig", "TrainResult", "TrainStep", "TrainingDiverged", "evaluate", "fit", "make_optimizer",
-           "recalibrate_bn"]
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "TrainStep",
+    "TrainingDiverged",
+    "evaluate",
+    "fit",
+    "make_optimizer",
+    "recalibrate_bn",
+]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -73,8 +82,12 @@ def epoch_settings(cfg: TrainConfig, epoch: int, base_size: int, base_dropout: f
     if cfg.progressive is not None:
         i = cfg.progressive.stage_index(epoch, cfg.epochs)
         return i, cfg.progressive.stage(i)
-    return 0, StageSettings(image_size=cfg.image_size or base_size, randaugment=check_randaugment(cfg.randaugment),
-                            mixup=float(cfg.mixup), dropout=base_dropout if cfg.dropout is None else float(cfg.dropout))
+    return 0, StageSettings(
+        image_size=cfg.image_size or base_size,
+        randaugment=check_randaugment(cfg.randaugment),
+        mixup=float(cfg.mixup),
+        dropout=base_dropout if cfg.dropout is None else float(cfg.dropout),
+    )
 
 
 def _set_dropout(model: nn.Module, p: float) -> None:
@@ -99,16 +112,22 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 # Training
 
 
-def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, *,
-        on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
-        state: dict[str, Any] | None = None, checkpoint_path: str | os.PathLike | None = None,
-        progress: bool = True) -> TrainResult:
+def fit(
+    model: nn.Module,
+    splits: Splits,
+    cfg: TrainConfig,
+    *,
+    on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+    state: dict[str, Any] | None = None,
+    checkpoint_path: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> TrainResult:
     """Train ``model`` on ``splits.train`` for ``cfg.epochs`` epochs, evaluating on ``splits.val``.
 
     * ``on_epoch_end(epoch, metrics)`` is called after every epoch (``epoch`` 1-based; metrics keys:
       epoch, stage, image_size, dropout, randaugment, mixup, train_loss, val_accuracy, lr,
       epoch_time_s). Whatever it raises (e.g. ``optuna.TrialPruned``) propagates.
-    * ``state``: a checkpoint from :func:`nas.checkpoint.load_checkpoint` to resume from (model,
+    * ``state``: a checkpoint from :func:`nas.training.checkpoint.load_checkpoint` to resume from (model,
       optimiser, schedule, EMA and history are restored; training continues at its epoch).
     * ``checkpoint_path``: written (atomically) after every epoch, before ``on_epoch_end``.
     * When the loss becomes NaN or infinite the epoch stops, ``on_epoch_end`` still gets its
@@ -133,20 +152,24 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, *,
     optimizer = make_optimizer(model, cfg)
     # Batches are produced on the training device (nas.data.batches); one object per split for the
     # whole run, so loader worker processes (image folders) persist across epochs.
-    train_batches = make_batches(splits.train, device=runtime.device, batch_size=cfg.batch_size, train=True,
-                                 num_workers=cfg.num_workers)
-    val_batches = make_batches(splits.val, device=runtime.device, batch_size=max(cfg.batch_size, 256),
-                               train=False, num_workers=cfg.num_workers)
+    train_batches = make_batches(
+        splits.train, device=runtime.device, batch_size=cfg.batch_size, train=True, num_workers=cfg.num_workers
+    )
+    val_batches = make_batches(
+        splits.val, device=runtime.device, batch_size=max(cfg.batch_size, 256), train=False, num_workers=cfg.num_workers
+    )
     steps_per_epoch = train_batches.num_batches
     total_steps = steps_per_epoch * cfg.epochs
     warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total_steps, warmup_steps, cfg.cosine))
+        optimizer, lambda step: lr_factor(step, total_steps, warmup_steps, cfg.cosine)
+    )
     ema = ModelEMA(model, cfg.ema_decay) if cfg.ema_decay else None
     sizes = [epoch_settings(cfg, e, base_size, 0.0)[1].image_size for e in range(cfg.epochs)]
     compiled = resolve_compile(cfg.compile, runtime, min(map(sizes.count, sizes)) * steps_per_epoch)
-    step = TrainStep(model, optimizer, runtime, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
-                     compile=compiled)
+    step = TrainStep(
+        model, optimizer, runtime, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), compile=compiled
+    )
 
     start_epoch, history = 0, []
     if state is not None:
@@ -160,8 +183,12 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, *,
     step_time, steps = 0.0, 0
     # cuda:N is the current device for the run, so nothing that defaults to the current device
     # (kernels compiled by Inductor, cuDNN's autotuning) lands on another GPU.
-    with runtime.device_context(), cudnn_autotune(runtime.device.type == "cuda"), \
-            contextlib.closing(train_batches), contextlib.closing(val_batches):
+    with (
+        runtime.device_context(),
+        cudnn_autotune(runtime.device.type == "cuda"),
+        contextlib.closing(train_batches),
+        contextlib.closing(val_batches),
+    ):
         for epoch in range(start_epoch, cfg.epochs):
             t_epoch = time.perf_counter()
             stage, s = epoch_settings(cfg, epoch, base_size, base_dropout)
@@ -180,7 +207,7 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, *,
                 bar = _progress(batches, progress, f"epoch {epoch + 1}/{cfg.epochs} stage {stage} {s.image_size}px")
                 t_train = time.perf_counter()
                 for i, (images, labels) in enumerate(bar):
-                    check_interrupt()  # Ctrl-C stops here, between steps (nas.interrupt)
+                    check_interrupt()  # Ctrl-C stops here, between steps (nas.core.interrupt)
                     t_step = time.perf_counter()
                     if mix is not None:
                         images, labels = mix(images, labels)
@@ -209,9 +236,16 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, *,
                 recalibrate_bn(eval_model, train_batches.epoch(val_size, seed=seed), runtime, cfg.bn_recalibration)
             acc = evaluate(eval_model, val_batches.epoch(val_size), runtime)
             metrics = {
-                "epoch": epoch + 1, "stage": stage, "image_size": s.image_size, "dropout": s.dropout,
-                "randaugment": s.randaugment, "mixup": s.mixup, "train_loss": train_loss,
-                "val_accuracy": acc, "lr": lr, "epoch_time_s": time.perf_counter() - t_epoch,
+                "epoch": epoch + 1,
+                "stage": stage,
+                "image_size": s.image_size,
+                "dropout": s.dropout,
+                "randaugment": s.randaugment,
+                "mixup": s.mixup,
+                "train_loss": train_loss,
+                "val_accuracy": acc,
+                "lr": lr,
+                "epoch_time_s": time.perf_counter() - t_epoch,
                 "images_per_s": seen / train_s if train_s > 0 else 0.0,
             }
             if diverged is not None:
@@ -220,12 +254,16 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, *,
                 metrics["train_loss"] = diverged[0]
                 if on_epoch_end is not None:
                     on_epoch_end(epoch + 1, dict(metrics))
-                raise TrainingDiverged(f"training diverged: loss is {diverged[0]} at epoch {epoch + 1} "
-                                       f"(learning rate {diverged[1]:.3g}); lower the learning rate")
+                raise TrainingDiverged(
+                    f"training diverged: loss is {diverged[0]} at epoch {epoch + 1} "
+                    f"(learning rate {diverged[1]:.3g}); lower the learning rate"
+                )
             history.append(metrics)
             if checkpoint_path is not None:
-                save_checkpoint(checkpoint_path, make_checkpoint(
-                    model, cfg, splits, epoch + 1, history, optimizer, scheduler, ema, step.scaler))
+                save_checkpoint(
+                    checkpoint_path,
+                    make_checkpoint(model, cfg, splits, epoch + 1, history, optimizer, scheduler, ema, step.scaler),
+                )
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1, dict(metrics))
 
@@ -233,9 +271,14 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, *,
     return TrainResult(
         val_accuracy=accs[-1] if accs else float("nan"),
         best_val_accuracy=max(accs) if accs else float("nan"),
-        history=history, wall_time_s=time.perf_counter() - t_start,
-        epochs_run=cfg.epochs - start_epoch, start_epoch=start_epoch,
-        mean_step_time_s=step_time / steps if steps else 0.0, eval_model=eval_model, compiled=compiled)
+        history=history,
+        wall_time_s=time.perf_counter() - t_start,
+        epochs_run=cfg.epochs - start_epoch,
+        start_epoch=start_epoch,
+        mean_step_time_s=step_time / steps if steps else 0.0,
+        eval_model=eval_model,
+        compiled=compiled,
+    )
 
 
 def _progress(loader, enabled: bool, desc: str):

@@ -119,15 +119,15 @@ class ProgressiveSchedule:
         return [tuple(r) if r else None for r in ranges]
 
     # -- derived schedules -------------------------------------------------------------------
-    def replace(self, **changes: Any) -> "ProgressiveSchedule":
+    def replace(self, **changes: Any) -> ProgressiveSchedule:
         return dataclasses.replace(self, **changes)
 
-    def with_sizes(self, start: int, end: int) -> "ProgressiveSchedule":
+    def with_sizes(self, start: int, end: int) -> ProgressiveSchedule:
         """The same regularisation schedule over other image sizes (search proxies train at
         16..32 px on digits, not 128..380)."""
         return self.replace(size_start=start, size_end=end)
 
-    def scaled_to(self, end: int) -> "ProgressiveSchedule":
+    def scaled_to(self, end: int) -> ProgressiveSchedule:
         """Image sizes scaled so the last stage trains at ``end`` px, keeping the start/end ratio
         of the schedule (S: 128/300 of ``end``); the start is at least 8 px."""
         check_int("image size end", end, MIN_SIZE, MAX_SIZE)
@@ -139,7 +139,7 @@ class ProgressiveSchedule:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Any) -> "ProgressiveSchedule":
+    def from_dict(cls, data: Any) -> ProgressiveSchedule:
         if not isinstance(data, dict):
             raise NasError(f"a progressive schedule must be an object, got {type(data).__name__}")
         fields = {f.name for f in dataclasses.fields(cls)}
@@ -159,8 +159,16 @@ class ProgressiveSchedule:
         for i in range(self.stages):
             s, r = self.stage(i), ranges[i]
             ep = "-" if r is None else (f"{r[0] + 1}" if r[0] == r[1] else f"{r[0] + 1}-{r[1] + 1}")
-            rows.append([str(i), ep if epochs else "", str(s.image_size), str(s.randaugment),
-                         f"{s.mixup:.3g}", f"{s.dropout:.3g}"])
+            rows.append(
+                [
+                    str(i),
+                    ep if epochs else "",
+                    str(s.image_size),
+                    str(s.randaugment),
+                    f"{s.mixup:.3g}",
+                    f"{s.dropout:.3g}",
+                ]
+            )
         if not epochs:
             head.pop(1)
             rows = [r[:1] + r[2:] for r in rows]
@@ -183,11 +191,19 @@ def schedule_names() -> list[str]:
     return [*PRESETS, OFF]
 
 
-def get_schedule(name: str, *, stages: int | None = None, size_start: int | None = None,
-                 size_end: int | None = None, randaugment_start: float | None = None,
-                 randaugment_end: float | None = None, mixup_start: float | None = None,
-                 mixup_end: float | None = None, dropout_start: float | None = None,
-                 dropout_end: float | None = None) -> ProgressiveSchedule | None:
+def get_schedule(
+    name: str,
+    *,
+    stages: int | None = None,
+    size_start: int | None = None,
+    size_end: int | None = None,
+    randaugment_start: float | None = None,
+    randaugment_end: float | None = None,
+    mixup_start: float | None = None,
+    mixup_end: float | None = None,
+    dropout_start: float | None = None,
+    dropout_end: float | None = None,
+) -> ProgressiveSchedule | None:
     """A Table 6 preset (``s``, ``m``, ``l``) with any value overridden, or None for ``off``.
 
     Overriding only ``size_end`` scales the start size with it (keeping the preset's ratio, see
@@ -196,10 +212,21 @@ def get_schedule(name: str, *, stages: int | None = None, size_start: int | None
     if not isinstance(name, str) or name.strip().lower() not in schedule_names():
         raise NasError(f"unknown progressive schedule {name!r}; known: {', '.join(schedule_names())}")
     key = name.strip().lower()
-    changes = {k: v for k, v in dict(
-        stages=stages, size_start=size_start, size_end=size_end, randaugment_start=randaugment_start,
-        randaugment_end=randaugment_end, mixup_start=mixup_start, mixup_end=mixup_end,
-        dropout_start=dropout_start, dropout_end=dropout_end).items() if v is not None}
+    changes = {
+        k: v
+        for k, v in dict(
+            stages=stages,
+            size_start=size_start,
+            size_end=size_end,
+            randaugment_start=randaugment_start,
+            randaugment_end=randaugment_end,
+            mixup_start=mixup_start,
+            mixup_end=mixup_end,
+            dropout_start=dropout_start,
+            dropout_end=dropout_end,
+        ).items()
+        if v is not None
+    }
     if key == OFF:
         if changes:
             raise NasError(f"progressive schedule 'off' takes no overrides, got {', '.join(changes)}")

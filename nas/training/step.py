@@ -1,6 +1,6 @@
 """One optimiser step (:class:`TrainStep`), the optimiser it steps, and whether it is compiled.
 
-:func:`nas.train.fit` runs a :class:`TrainStep` for every batch and :mod:`nas.measure` times the
+:func:`nas.training.loop.fit` runs a :class:`TrainStep` for every batch and :mod:`nas.steptime.measure` times the
 same object, so a measured step time is the step that training runs (precision, memory format,
 optimiser, loss, compiled or not).
 
@@ -12,7 +12,7 @@ step would treat as a new constant (one recompilation per step). Shapes are comp
 specialised to it, at one compilation per stage. Random ops (dropout, stochastic depth) use eager
 PyTorch's generator (``fallback_random``), so a compiled run draws exactly the masks an eager run
 draws and the two differ by floating-point rounding only; that is why ``compile`` is a runtime
-setting a resumed run may change (:data:`nas.checkpoint.RUNTIME_FIELDS`).
+setting a resumed run may change (:data:`nas.training.checkpoint.RUNTIME_FIELDS`).
 
 ``auto`` (the default) compiles on CUDA when every image size of the run trains for at least
 :data:`AUTO_COMPILE_MIN_STEPS` steps, and never on the CPU; see :func:`resolve_compile` for why.
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -54,8 +54,10 @@ def resolve_compile(mode: str, runtime: Runtime, steps_per_size: int) -> bool:
 
         if not has_triton():
             if mode == "on":
-                raise NasError("compile on a CUDA device needs triton, which is not installed "
-                               "(pip install triton), or use compile off")
+                raise NasError(
+                    "compile on a CUDA device needs triton, which is not installed "
+                    "(pip install triton), or use compile off"
+                )
             return False
         return mode == "on" or steps_per_size >= AUTO_COMPILE_MIN_STEPS
     if mode == "on" and runtime.device.type == "cpu" and not any(map(shutil.which, ("g++", "c++", "clang++"))):
@@ -64,14 +66,13 @@ def resolve_compile(mode: str, runtime: Runtime, steps_per_size: int) -> bool:
 
 
 def make_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
-    """The optimiser of a :class:`nas.train.TrainConfig` over ``model``'s parameters. Weight decay is
+    """The optimiser of a :class:`nas.training.config.TrainConfig` over ``model``'s parameters. Weight decay is
     not applied to biases and BatchNorm parameters (as in the authors' code)."""
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     lr = cfg.learning_rate
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
@@ -84,12 +85,20 @@ class TrainStep:
     """One optimiser step on a batch: forward under autocast, loss, backward (loss-scaled for fp16),
     optimiser step; the forward and loss compiled when ``compile`` is true."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, runtime: Runtime,
-                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None, *,
-                 compile: bool = False):
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        runtime: Runtime,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        *,
+        compile: bool = False,
+    ):
         if not isinstance(compile, bool):
-            raise NasError(f"TrainStep's compile must be true or false, got {compile!r} (resolve 'auto' with "
-                           "nas.step.resolve_compile)")
+            raise NasError(
+                f"TrainStep's compile must be true or false, got {compile!r} (resolve 'auto' with "
+                "nas.training.step.resolve_compile)"
+            )
         self.model, self.optimizer, self.runtime = model, optimizer, runtime
         self.loss_fn = loss_fn or nn.CrossEntropyLoss()
         self.scaler = runtime.grad_scaler()
@@ -99,7 +108,7 @@ class TrainStep:
             import torch._inductor.config as inductor_config
 
             # Inductor imports cpp_extension, which warns on a machine without a CUDA runtime although
-            # nothing of it is used; that line would bury the ones a user should read (as in nas.measure).
+            # nothing of it is used; that line would bury the ones a user should read (as in nas.steptime.measure).
             logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
             # Eager's random streams inside compiled graphs: same dropout / stochastic-depth masks.

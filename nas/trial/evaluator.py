@@ -2,12 +2,12 @@
 candidate, and the one objective every backend runs.
 
 A trial (EfficientNetV2 section 3.3): take a candidate architecture, count its parameters, get its
-training step time (:mod:`nas.timing`: predicted or measured at full size, or measured on the proxy),
+training step time (:mod:`nas.steptime.methods`: predicted or measured at full size, or measured on the proxy),
 normalise both by the reference architecture the same way (S, P), train a proxy of it briefly at
 reduced width, depth and image size, measure validation top-1 accuracy (A) and score it with a reward.
 
-* :class:`TrialSettings` (with :class:`ProxyConfig`, which composes a :class:`nas.train.TrainConfig`,
-  and :class:`nas.timing.StepTimeConfig`) is frozen, checked on construction and round-trips through
+* :class:`TrialSettings` (with :class:`ProxyConfig`, which composes a :class:`nas.training.config.TrainConfig`,
+  and :class:`nas.steptime.methods.StepTimeConfig`) is frozen, checked on construction and round-trips through
   JSON: the same settings travel to a worker process or a Ray node and are stored with a run.
 * :class:`Evaluator` holds what is costly to redo per trial in one process: the data, the step-time
   source and the reference figures.
@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -92,9 +93,13 @@ class Evaluator:
     def reference(self) -> dict[str, Any]:
         if self._reference is None:
             t = self.timer.reference(self.reference_arch)
-            self._reference = {"key": self.reference_key(), "arch": self.reference_arch.to_string(),
-                               **t.as_reference(), "params": count_params(self.reference_arch, self.num_classes),
-                               "num_classes": self.num_classes}
+            self._reference = {
+                "key": self.reference_key(),
+                "arch": self.reference_arch.to_string(),
+                **t.as_reference(),
+                "params": count_params(self.reference_arch, self.num_classes),
+                "num_classes": self.num_classes,
+            }
         return self._reference
 
     @property
@@ -113,13 +118,27 @@ class Evaluator:
         ref = self.reference()
         timing = self.timer.time(arch, image_scale=image_scale, with_measurement=fidelity)
         params = count_params(arch, self.num_classes)
-        return {"arch": arch.to_string(), "params": params, "num_classes": self.num_classes,
-                "macs": count_macs(arch, num_classes=self.num_classes),
-                **timing.as_metrics(), "S": timing.step_time_ms / ref["step_time_ms"], "P": params / ref["params"],
-                "reference_step_time_ms": ref["step_time_ms"], "reference_params": ref["params"]}
+        return {
+            "arch": arch.to_string(),
+            "params": params,
+            "num_classes": self.num_classes,
+            "macs": count_macs(arch, num_classes=self.num_classes),
+            **timing.as_metrics(),
+            "S": timing.step_time_ms / ref["step_time_ms"],
+            "P": params / ref["params"],
+            "reference_step_time_ms": ref["step_time_ms"],
+            "reference_params": ref["params"],
+        }
 
-    def evaluate(self, arch: Architecture, *, seed: int = 0, image_scale: float = 1.0, fidelity: bool = False,
-                 on_epoch: Callable[[int, float, dict[str, Any]], bool] | None = None) -> dict[str, Any]:
+    def evaluate(
+        self,
+        arch: Architecture,
+        *,
+        seed: int = 0,
+        image_scale: float = 1.0,
+        fidelity: bool = False,
+        on_epoch: Callable[[int, float, dict[str, Any]], bool] | None = None,
+    ) -> dict[str, Any]:
         """Score one candidate. ``on_epoch(epoch, accuracy, known)`` runs after every proxy epoch and
         returns True to stop the trial (:class:`TrialPruned` then carries what was measured).
         ``image_scale`` multiplies the proxy's image size and the step-time target's for this
@@ -157,9 +176,15 @@ class Evaluator:
             acc = float(result.val_accuracy)
             if not math.isfinite(acc):
                 raise TrialFailed(f"accuracy is {acc}")
-            metrics = {**known, "accuracy": acc, "epochs": p.epochs, "proxy_arch": small.to_string(),
-                       "proxy_params": count_params(small, self.num_classes),
-                       "time_s": t_known - t0, "train_s": time.perf_counter() - t_known}
+            metrics = {
+                **known,
+                "accuracy": acc,
+                "epochs": p.epochs,
+                "proxy_arch": small.to_string(),
+                "proxy_params": count_params(small, self.num_classes),
+                "time_s": t_known - t0,
+                "train_s": time.perf_counter() - t_known,
+            }
             measured = metrics
             metrics["reward"] = float(self.reward(metrics))
             if not math.isfinite(metrics["reward"]):
@@ -172,8 +197,9 @@ class Evaluator:
             failure = e
             if isinstance(e, TrainingDiverged):
                 failure = TrialFailed(str(e))
-            elif isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError)
-                                                            and "out of memory" in str(e).lower()):
+            elif isinstance(e, torch.OutOfMemoryError) or (
+                isinstance(e, RuntimeError) and "out of memory" in str(e).lower()
+            ):
                 failure = TrialFailed(f"out of memory: {str(e).splitlines()[0]}")
             failure.metrics = {k: v for k, v in measured.items() if k != "reward"}
             if failure is e:
@@ -182,5 +208,3 @@ class Evaluator:
 
 
 # -- the one objective -----------------------------------------------------------------------------
-
-

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from nas.trial.evaluator import Evaluator, TrialPruned
 from search_spaces import Architecture
@@ -31,8 +32,13 @@ def place() -> dict[str, Any]:
     return {"hostname": socket.gethostname(), "pid": os.getpid()}
 
 
-def run_objective(problem, evaluator: Evaluator, proposal: dict[str, Any], number: int,
-                  report: Callable[[int, float], bool] | None = None) -> Outcome:
+def run_objective(
+    problem,
+    evaluator: Evaluator,
+    proposal: dict[str, Any],
+    number: int,
+    report: Callable[[int, float], bool] | None = None,
+) -> Outcome:
     """Evaluate ``proposal`` (from ``problem.propose``) as trial ``number``.
 
     ``report(epoch, value)`` is the backend's pruning hook (Optuna's pruner, Ray Tune's scheduler);
@@ -45,18 +51,27 @@ def run_objective(problem, evaluator: Evaluator, proposal: dict[str, Any], numbe
     base = {"number": number, **proposal.get("facts", {}), "arch": proposal["arch"], **place(), "t_start": t_start}
     hook = None
     if report is not None:
+
         def hook(epoch: int, accuracy: float, known: dict[str, Any]) -> bool:
             value = problem.pruning_value(evaluator.reward, known, accuracy)
             return value is not None and bool(report(epoch, value))
 
     def finish(state: str, metrics: dict[str, Any], error: str | None = None) -> Outcome:
         t_end = time.time()
-        return Outcome(state, {**base, **metrics, "state": state, "error": error, "t_end": t_end,
-                               "duration_s": t_end - t_start}, error)
+        return Outcome(
+            state,
+            {**base, **metrics, "state": state, "error": error, "t_end": t_end, "duration_s": t_end - t_start},
+            error,
+        )
 
     try:
-        m = evaluator.evaluate(arch, seed=problem.seed(number), image_scale=float(proposal.get("image_scale", 1.0)),
-                               fidelity=evaluator.samples_fidelity(number), on_epoch=hook)
+        m = evaluator.evaluate(
+            arch,
+            seed=problem.seed(number),
+            image_scale=float(proposal.get("image_scale", 1.0)),
+            fidelity=evaluator.samples_fidelity(number),
+            on_epoch=hook,
+        )
     except TrialPruned as p:
         return finish("PRUNED", p.metrics)
     except Exception as e:  # the candidate's failure: recorded with its reason, the search goes on

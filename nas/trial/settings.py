@@ -14,8 +14,16 @@ from search_spaces import Architecture, get_space, scale
 # The proxy's training recipe: AdamW at a fixed learning rate, no warm-up, BatchNorm re-estimated on 8
 # batches before each evaluation (in a 4-epoch run the running averages lag far behind the weights, so
 # early epochs would score chance and the pruner would act on noise).
-PROXY_TRAINING = TrainConfig(epochs=4, batch_size=64, optimizer="adamw", lr=0.005, image_size=32, eval_image_size=32,
-                             warmup_epochs=0.0, bn_recalibration=8)
+PROXY_TRAINING = TrainConfig(
+    epochs=4,
+    batch_size=64,
+    optimizer="adamw",
+    lr=0.005,
+    image_size=32,
+    eval_image_size=32,
+    warmup_epochs=0.0,
+    bn_recalibration=8,
+)
 
 
 @dataclass(frozen=True)
@@ -35,15 +43,16 @@ class ProxyConfig:
             raise NasError("proxy training needs an image size")
 
     @classmethod
-    def of(cls, *, width: float = 0.25, depth: float = 0.25, image_size: int = 32, progressive: str = "off",
-           **train: Any) -> "ProxyConfig":
+    def of(
+        cls, *, width: float = 0.25, depth: float = 0.25, image_size: int = 32, progressive: str = "off", **train: Any
+    ) -> ProxyConfig:
         """From the ``nas search`` flags: the image size sets training and evaluation size, and a
         progressive schedule (``s``, ``m``, ``l``) is scaled to end at it (EfficientNetV2 section 4.2)."""
         check_int("proxy image size", image_size, 8, 1024)
         cfg = dataclasses.replace(PROXY_TRAINING, image_size=image_size, eval_image_size=image_size, **train)
         return cls(width=width, depth=depth, train=cfg).with_progressive(progressive)
 
-    def with_progressive(self, name: str) -> "ProxyConfig":
+    def with_progressive(self, name: str) -> ProxyConfig:
         from nas.training.progressive import get_schedule
 
         sched = get_schedule(name)
@@ -60,14 +69,15 @@ class ProxyConfig:
     def epochs(self) -> int:
         return self.train.epochs
 
-    def at_image_size(self, size: int) -> "ProxyConfig":
+    def at_image_size(self, size: int) -> ProxyConfig:
         """The same proxy trained and evaluated at ``size`` px (compound scaling's resolution)."""
         check_int("proxy image size", size, 8, 1024)
         sched = self.train.progressive
         if sched is not None:
             sched = sched.with_sizes(max(8, size // 2), size)
-        return dataclasses.replace(self, train=dataclasses.replace(self.train, image_size=size, eval_image_size=size,
-                                                                   progressive=sched))
+        return dataclasses.replace(
+            self, train=dataclasses.replace(self.train, image_size=size, eval_image_size=size, progressive=sched)
+        )
 
     def train_config(self, *, device: str, seed: int, compile: str | None = None) -> TrainConfig:
         changes: dict[str, Any] = {"device": device, "seed": seed}
@@ -79,7 +89,7 @@ class ProxyConfig:
         return {"width": self.width, "depth": self.depth, "train": self.train.to_dict()}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ProxyConfig":
+    def from_dict(cls, d: dict[str, Any]) -> ProxyConfig:
         return cls(width=d["width"], depth=d["depth"], train=TrainConfig.from_dict(d["train"]))
 
 
@@ -102,7 +112,7 @@ class TrialSettings:
     seed: int = 0
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     step_time: StepTimeConfig = field(default_factory=StepTimeConfig)
-    compile: str = "auto"  # torch.compile of the training steps trained and timed: auto, on, off (nas.step)
+    compile: str = "auto"  # torch.compile of the training steps trained and timed: auto, on, off (nas.training.step)
 
     def __post_init__(self) -> None:
         from nas.core.device import check_device
@@ -120,12 +130,21 @@ class TrialSettings:
                 raise NasError(f"{name} must be a {typ.__name__}, got {type(getattr(self, name)).__name__}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"space": self.space, "dataset": self.dataset, "data_dir": self.data_dir, "reward": self.reward,
-                "reward_params": dict(self.reward_params), "device": self.device, "seed": self.seed,
-                "proxy": self.proxy.to_dict(), "step_time": self.step_time.to_dict(), "compile": self.compile}
+        return {
+            "space": self.space,
+            "dataset": self.dataset,
+            "data_dir": self.data_dir,
+            "reward": self.reward,
+            "reward_params": dict(self.reward_params),
+            "device": self.device,
+            "seed": self.seed,
+            "proxy": self.proxy.to_dict(),
+            "step_time": self.step_time.to_dict(),
+            "compile": self.compile,
+        }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrialSettings":
+    def from_dict(cls, d: dict[str, Any]) -> TrialSettings:
         d = dict(d)
         d["proxy"] = ProxyConfig.from_dict(d["proxy"])
         d["step_time"] = StepTimeConfig.from_dict(d["step_time"])
