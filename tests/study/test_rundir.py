@@ -9,10 +9,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
 
 from nas.errors import NasError
 from nas.study.rundir import RunDir, config_diff
+from tests.helpers import REPO
 
 
 def test_a_second_owner_is_refused_with_the_holder_named(tmp_path):

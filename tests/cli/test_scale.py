@@ -42,18 +42,6 @@ TINY_PROXY = [
 ]  # the proxy's own step is timed
 
 
-@pytest.fixture
-def one_thread():
-    """On a shared, loaded CPU two intra-op threads spin against each other and a tiny network's step
-    takes ten times longer; the test measures nothing about threading, so it uses one."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def cli(capsys, *args) -> tuple[int, str, str]:
     rc = main([str(a) for a in args])
     out, err = capsys.readouterr()

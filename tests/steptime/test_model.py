@@ -25,6 +25,8 @@ from nas.steptime.pieces import decompose, extract, piece_params
 from search_spaces import Architecture, Stage, build, count_params, get_space, preset, scale
 from search_spaces.base import SearchSpace
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread (conftest.py)
+
 TINY = Architecture.from_string("stem8,r1_k3_s1_e1_i8_o8_se0.25,r2_k3_s2_e4_i8_o16_c1,head32,res32")
 FAST = {"piece_run_time": 0.002, "measure_run_time": 0.01, "calibration_samples": 3, "num_classes": 10}
 TARGET = Target(16, 2)
@@ -50,16 +52,8 @@ class TinySpace(SearchSpace):
         return TINY
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
+def built(tmp_path_factory, one_thread):
     """A tiny table built once for the module's tests that only read it."""
     d = tmp_path_factory.mktemp("tables")
     return StepTimeModel.load_or_build(TinySpace(), Runtime.resolve("cpu"), TARGET, table_dir=d, **FAST)

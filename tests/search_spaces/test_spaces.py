@@ -22,17 +22,8 @@ from search_spaces import (
     space_names,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread (conftest.py)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread. On a shared 2-core machine OpenMP threads spin against the other jobs
-    and a 32-px forward pass of a small network takes seconds instead of tens of milliseconds."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 SPACES = space_names()

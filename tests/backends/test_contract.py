@@ -8,7 +8,8 @@ import json
 
 import pandas as pd
 import pytest
-from conftest import STANDIN, TINY, nas_env, run_nas, write_plugin
+
+from tests.helpers import STANDIN, TINY, nas_env, run_nas, write_plugin
 
 # What a trial computes and how it ended: identical whatever scheduled it.
 SAME = ["number", "state", "arch", "params", "step_time_ms", "S", "P", "accuracy", "reward"]

@@ -28,19 +28,10 @@ from nas.training.loop import fit
 from nas.training.progressive import get_schedule
 from search_spaces import Architecture, build
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread (conftest.py)
+
 TINY = "stem8,r1_k3_s2_e1_i8_o8_c1,r1_k3_s2_e4_i8_o16,head32,res16"
-REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    """These networks are tiny: a second intra-op thread gains nothing, and on a busy 2-core box
-    thread hand-offs made an epoch over 10x slower. Subprocesses (the CLI) get the same setting."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

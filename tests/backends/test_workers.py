@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import TINY, TWO_SPACE, nas_env, write_plugin
 
 from nas.backends.workers import Claims, plan_workers
 from nas.core.plugins import import_plugins
 from nas.errors import NasError
+from tests.helpers import TINY, TWO_SPACE, nas_env, write_plugin
 
 
 def _nas(*args, cwd: Path, plugin_dir: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -6,7 +6,6 @@ import json
 import math
 
 import pytest
-from conftest import TINY_ARCH
 
 from nas.errors import NasError
 from nas.steptime.methods import StepTimeConfig
@@ -14,6 +13,7 @@ from nas.trial.evaluator import Evaluator, TrialFailed
 from nas.trial.objective import run_objective
 from nas.trial.settings import ProxyConfig, TrialSettings
 from search_spaces import Architecture
+from tests.helpers import TINY_ARCH
 
 
 def test_settings_round_trip_through_json():

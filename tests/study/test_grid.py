@@ -8,11 +8,11 @@ import json
 import optuna
 import pandas as pd
 import pytest
-from conftest import TINY
 
 from nas.scaling.grid import BASE, GridSpec, enumerate_candidates, scale_candidate, select_spread
 from nas.trial.evaluator import Evaluator
 from search_spaces import Architecture
+from tests.helpers import TINY
 
 BASE_ARCH = "stem8,r1_k3_s2_e1_i8_o8_c1,r1_k3_s2_e4_i8_o16,head32,res32"
 NET = Architecture.from_string(BASE_ARCH)

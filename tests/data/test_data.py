@@ -22,15 +22,7 @@ from nas.data import (
 )
 from nas.errors import NasError
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Batches of small images: a second intra-op thread gains nothing, and on a busy 2-core box
-    thread hand-offs made them over 10x slower (as in test_train.py)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread (conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -17,17 +17,11 @@ from nas.training.loop import fit
 from nas.training.step import AUTO_COMPILE_MIN_STEPS, TrainStep, resolve_compile
 from search_spaces import Architecture, build
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread (conftest.py)
+
 TINY = "stem8,r1_k3_s2_e1_i8_o8_c1,r1_k3_s2_e4_i8_o16,head32,res16"
 CPU = Runtime.resolve("cpu")
 CUDA = Runtime(torch.device("cuda"), torch.bfloat16, True)  # built, never run: CI has no GPU
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_auto_compiles_long_cuda_runs_only(monkeypatch):

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import FAILING, REPO, STANDIN, TINY, nas_env, run_nas, write_plugin
 
 from nas.study.results import TRIAL_COLUMNS
 from search_spaces import Architecture, get_space
+from tests.helpers import FAILING, REPO, STANDIN, TINY, nas_env, run_nas, write_plugin
 
 
 def _finished(df: pd.DataFrame) -> pd.DataFrame:
@@ -523,7 +523,7 @@ def test_every_step_time_method_end_to_end(tmp_path, method):
     """S from the step-time table (built on first use), from the full-size step timed directly, and from
     the proxy's step: the same run, the method recorded with every row, S relative to the reference
     obtained the same way; with the table, every 2nd trial is also timed directly (fidelity.json)."""
-    from conftest import TWO_SPACE
+    from tests.helpers import TWO_SPACE
 
     plugins = write_plugin(tmp_path / "plugins", "nas_two_space", TWO_SPACE)
     out = tmp_path / method

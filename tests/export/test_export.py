@@ -19,17 +19,11 @@ from nas.training.config import TrainConfig
 from nas.training.loop import fit
 from search_spaces import Architecture, build
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread (conftest.py)
+
 TINY = "stem8,r1_k3_s2_e1_i8_o8_c1,r1_k3_s2_e4_i8_o16_se0.25,head32,res32"
 # TF "same" padding (computed per call), ReLU6, a nominal input width, BatchNorm eps 1e-5.
 TF_STYLE = "stem16,r1_k3_s2_e4_i8_o16_c1_noskip,r2_k5_s2_e6_i16_o24,head64,res48,act_relu6,bneps1e-05,pad_same"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def cli(capsys, *args) -> tuple[int, str, str]:

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import FAILING, REPO, STANDIN, TINY, write_plugin
 
 from nas.errors import NasError
+from tests.helpers import FAILING, REPO, STANDIN, TINY, write_plugin
 
 
 @dataclass

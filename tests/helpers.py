@@ -1,0 +1,198 @@
+"""Constants and helpers shared by the suite (fixtures live in ``conftest.py``).
+
+* ``REPO``, :func:`run_nas`: the CLI as a user runs it, in a fresh interpreter.
+* ``TINY_ARCH``: a network small enough to build, time and train in milliseconds.
+* ``TINY``: ``nas search`` / ``nas grid-scale`` flags for a real but tiny trial (fake data, 16 px,
+  one epoch, proxy width and depth 0.1, the proxy's step timed: tests about the step-time model and
+  the full-size step name ``--step-time table`` or ``measure`` with a tiny target themselves).
+* Step-time tables go to a directory of this test session (``NAS_CACHE_DIR``), never to ~/.cache.
+* :data:`STANDIN`: a plugin (source text) that replaces the evaluation of a candidate by a
+  deterministic stand-in (accuracy from a hash of the architecture, no training), for tests of what
+  schedules trials rather than what a trial computes. In a subprocess it is a ``--plugin`` module
+  (:func:`write_plugin`); in this process, :func:`standin` installs it with ``monkeypatch``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+TINY_ARCH = "stem8,r1_k3_s1_e1_i8_o8_se0.25,r2_k3_s2_e4_i8_o16_c1,head32,res32"
+
+
+TINY = [
+    "--dataset",
+    "fake",
+    "--epochs",
+    "1",
+    "--image-size",
+    "16",
+    "--measure-time",
+    "0.05",
+    "--width-mult",
+    "0.1",
+    "--depth-mult",
+    "0.1",
+    "--batch-size",
+    "32",
+    "--step-time",
+    "proxy",
+    "--no-progress",
+]
+
+
+def nas_env(*path: str | os.PathLike, **extra: str) -> dict:
+    """The environment of a nas subprocess: this checkout (and ``path``) first on PYTHONPATH."""
+    pp = os.pathsep.join(filter(None, [*map(str, path), str(REPO), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": pp, **extra}
+
+
+def run_nas(
+    *args: str, cwd: str | os.PathLike | None = None, timeout: float = 300, env: dict | None = None
+) -> tuple[int, str, str]:
+    """Run the CLI as a user does, in a fresh interpreter: ``python -m nas.cli *args``.
+
+    Returns ``(returncode, stdout, stderr)``. Warnings are not silenced, so a stray warning on stderr
+    fails the tests that demand a single error line.
+    """
+    p = subprocess.run(
+        [sys.executable, "-m", "nas.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd or REPO,
+        env=env or nas_env(),
+        timeout=timeout,
+    )
+    return p.returncode, p.stdout, p.stderr
+
+
+def write_plugin(directory: Path, name: str, source: str) -> Path:
+    """Write a ``--plugin`` module ``name`` into ``directory`` (created); returns the directory."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{name}.py").write_text(textwrap.dedent(source))
+    return directory
+
+
+# A space of exactly two architectures: four trials must propose one of them twice.
+TWO_SPACE = """
+from search_spaces import Architecture, Stage
+from search_spaces.base import SearchSpace, register
+
+
+@register("test-two")
+class TwoArchitectures(SearchSpace):
+    description = "two tiny networks: kernel 3 or 5"
+
+    def decisions(self):
+        return [("kernel", [3, 5])]
+
+    def make(self, choice):
+        stage = Stage("mbconv", choice["kernel"], 1, 1, 16, 1, 0.0, "id")
+        return Architecture(stem=16, stages=(stage,), head=64, resolution=32)
+
+    def reference(self):
+        return self.make({"kernel": 3})
+"""
+
+
+# A plugin the way a user writes one: a module that registers a space and a reward. It is written
+# to a directory that is on the driver's PYTHONPATH only, so the Ray workers can import it only if
+# nas ships it to them (runtime_env py_modules). Trial 1's architecture is marked so the reward
+# returns NaN for it; trial 2's so the reward raises: two failures, by trial number, deterministic.
+FAILING = '''
+"""Test plugin: trainaware, with trials 1 and 2 failing on purpose."""
+import math
+
+from rewards import register as register_reward
+from rewards.trainaware import TrainAwareReward
+from search_spaces.base import register as register_space
+from search_spaces.trainaware import TrainAwareSpace
+
+MARKS = {1: 0.111, 2: 0.222}  # dropout values no built-in architecture uses
+
+
+@register_space("test-marked")
+class MarkedSpace(TrainAwareSpace):
+    def sample(self, chooser):
+        arch = super().sample(chooser)
+        n = getattr(chooser, "number", None)  # the Optuna trial's number
+        return arch.replace(dropout=MARKS[n]) if n in MARKS else arch
+
+
+@register_reward("test-failing")
+class FailingReward(TrainAwareReward):
+    needs = ("accuracy", "S", "P", "arch")  # a reward declares every metric it reads
+
+    def __call__(self, metrics):
+        if "drop0.111" in metrics["arch"]:
+            return math.nan
+        if "drop0.222" in metrics["arch"]:
+            raise RuntimeError("deliberate failure of trial 2")
+        return super().__call__(metrics)
+'''
+
+
+STANDIN = '''
+"""Stand-in evaluation: a candidate's figures from a hash of its architecture string, no training
+(NAS_STANDIN_SLEEP seconds per epoch, so a test can stop a search in the middle of a trial)."""
+import hashlib
+import os
+import time
+
+from nas.trial import evaluator as _trial
+from search_spaces import count_params
+
+NUM_CLASSES = 10
+
+
+def _unit(text):
+    return int(hashlib.sha1(text.encode()).hexdigest()[:8], 16) / 2 ** 32
+
+
+def evaluate(self, arch, *, seed=0, image_scale=1.0, fidelity=False, on_epoch=None):
+    s = arch.to_string()
+    ref = self.reference()
+    step = 10.0 * (1.0 + _unit("t" + s)) * image_scale ** 2
+    params = count_params(arch, NUM_CLASSES)
+    known = {"arch": s, "params": params, "num_classes": NUM_CLASSES, "macs": params * 10,
+             "step_time_ms": step, "step_time_method": "standin", "S": step / ref["step_time_ms"],
+             "P": params / ref["params"], "reference_step_time_ms": ref["step_time_ms"],
+             "reference_params": ref["params"], "device": "cpu", "device_name": "standin"}
+    acc = 0.5 + 0.4 * _unit("a" + s) + 0.05 * (image_scale - 1.0)
+    epochs = self.settings.proxy.epochs
+    for epoch in range(1, epochs + 1):
+        time.sleep(float(os.environ.get("NAS_STANDIN_SLEEP", "0")))
+        if on_epoch is not None and on_epoch(epoch, acc * epoch / epochs, known):
+            raise _trial.TrialPruned(f"stopped after epoch {epoch}", {**known, "accuracy": acc * epoch / epochs})
+    metrics = {**known, "accuracy": acc, "epochs": epochs}
+    metrics["reward"] = float(self.reward(metrics))
+    return metrics
+
+
+def reference(self):
+    if self._reference is None:
+        self._reference = {"key": "standin", "arch": self.reference_arch.to_string(), "step_time_ms": 15.0,
+                           "iqr_ms": 0.0, "method": "standin", "image_size": 16, "batch_size": 4, "noisy": False,
+                           "device": "cpu", "device_name": "standin",
+                           "params": count_params(self.reference_arch, NUM_CLASSES), "num_classes": NUM_CLASSES}
+    return self._reference
+
+
+def install(setattr=setattr):
+    setattr(_trial.Evaluator, "evaluate", evaluate)
+    setattr(_trial.Evaluator, "reference", reference)
+    setattr(_trial.Evaluator, "reference_key", lambda self: "standin")
+    setattr(_trial.Evaluator, "check_data", lambda self: None)
+    setattr(_trial.Evaluator, "samples_fidelity", lambda self, number: False)
+    setattr(_trial.Evaluator, "num_classes", property(lambda self: NUM_CLASSES))
+
+
+if __name__ != "standin_in_process":
+    install()
+'''
