@@ -31,6 +31,7 @@ class Reward(abc.ABC):
 
     name: str = ""
     Params: type = NoParams
+    default_cost = "step"  # what S measures unless --cost says otherwise (nas.steptime.costs)
 
     def __init__(self, **params: Any):
         unknown = sorted(set(params) - {f.name for f in dataclasses.fields(self.Params)})
@@ -86,6 +87,18 @@ def param_names(cls: type[Reward]) -> list[str]:
     return [f.name for f in dataclasses.fields(cls.Params)]
 
 
+def short_flags() -> dict[str, tuple[str, str]]:
+    """``{flag: (parameter, help)}``: the short forms every registered reward declares for its
+    parameters (a field's ``metadata={"flag": "--w", "help": ...}``); the CLI offers them all and
+    passes the given ones to the chosen reward, which refuses those it does not declare."""
+    out: dict[str, tuple[str, str]] = {}
+    for cls in _REGISTRY.values():
+        for f in dataclasses.fields(cls.Params):
+            if "flag" in f.metadata:
+                out.setdefault(f.metadata["flag"], (f.name, f.metadata.get("help", "")))
+    return out
+
+
 def parse_params(cls: type[Reward], pairs: list[str], aliases: dict[str, Any] | None = None) -> dict[str, Any]:
     """``KEY=VALUE`` strings (``--reward-param``) and flag aliases (``{"w": -0.1}``; None = not given)
     as typed keyword arguments for ``cls``. Values are converted by the declared field type (a
@@ -100,7 +113,7 @@ def parse_params(cls: type[Reward], pairs: list[str], aliases: dict[str, Any] | 
                 f"--{flag.replace('_', '-')} does not apply to reward {cls.name!r} "
                 f"(its parameters: {', '.join(param_names(cls)) or 'none'})"
             )
-        out[flag] = value
+        out[flag] = _convert(flag, value.strip(), hints[flag]) if isinstance(value, str) else value
     for pair in pairs or []:
         key, sep, text = str(pair).partition("=")
         key = key.strip().replace("-", "_")

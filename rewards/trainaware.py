@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from rewards.base import Reward, check_exponent, need, register
 
 
 @dataclass(frozen=True)
 class TrainAwareParams:
-    w: float = -0.07  # step-time exponent
-    v: float = -0.05  # parameter-size exponent
+    w: float = field(default=-0.07, metadata={"flag": "--w", "help": "trainaware: step-time exponent (default -0.07)"})
+    v: float = field(default=-0.05, metadata={"flag": "--v", "help": "trainaware: parameter exponent (default -0.05)"})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "w", check_exponent("w", self.w))

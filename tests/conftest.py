@@ -37,7 +37,7 @@ def standin(monkeypatch):
     """Install the stand-in evaluation in this process for one test."""
     mod = types.ModuleType("standin_in_process")
     exec(compile(STANDIN, "standin", "exec"), mod.__dict__)
-    mod.install(monkeypatch.setattr)
+    mod.install(monkeypatch.setitem)
     return mod
 
 

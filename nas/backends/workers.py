@@ -34,18 +34,22 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 
-from nas.backends.embedded import (
-    OptunaBackend,
-    describe_reference,
-    run_trials,
-    stored_reference,
-)
-from nas.core.files import file_lock
+from nas.backends.base import register_backend
+from nas.backends.optuna import OptunaBackend, run_trials
+from nas.core.device import resolve_device
+from nas.core.files import file_lock, read_json
 from nas.core.interrupt import check as check_interrupt
 from nas.core.interrupt import critical
 from nas.errors import NasError, check_int
-from nas.study.storage import finished, load_study, make_storage
+from nas.steptime.prepared import PreparedTarget
+from nas.study.job import Job, run_extra
+from nas.study.problems import problem_from_config
+from nas.study.results import ResultsWriter
+from nas.study.rundir import CONFIG
+from nas.study.storage import close_dead_trials, finished, load_study, make_storage, trial_row
+from nas.trial.evaluator import get_evaluator
 
 CLAIM_LOCK = ".claims.lock"
 WORKER_SLOTS_ATTR = "worker_slots"  # study user attribute: how many workers have started
@@ -90,8 +94,6 @@ class Claims:
         return None
 
     def _wait(self, owner: int, number: int) -> dict[str, Any] | None:
-        from nas.study.storage import close_dead_trials, trial_row
-
         while True:
             t = next(t for t in self.study.get_trials(deepcopy=False) if t.number == owner)
             if finished(t):
@@ -133,8 +135,6 @@ def plan_workers(
     ``per_device``: that many workers on every device in use (each visible GPU for ``cuda``, the named
     one for ``cuda:K``, the CPU as one device); ``n_workers``: that many in all, round-robin over the
     GPUs. On a CPU the cores are divided between the workers."""
-    from nas.core.device import resolve_device
-
     if (n_workers is None) == (per_device is None):
         raise NasError("give one of --workers N or --trials-per-device N")
     if n_workers is not None:
@@ -144,8 +144,6 @@ def plan_workers(
     dev = resolve_device(device)
     note = None
     if dev.type == "cuda":
-        import torch
-
         gpus = torch.cuda.device_count() if gpu_count is None else gpu_count
         ids = [dev.index] if dev.index is not None else list(range(gpus))
         slots = (
@@ -172,8 +170,11 @@ def plan_workers(
     return WorkerPlan(trials=trials, envs=tuple(envs[:n]), note=note)
 
 
+@register_backend
 class WorkersBackend(OptunaBackend):
     name = "workers"
+    help = "N processes on this machine sharing the run's storage (--workers, --trials-per-device)"
+    selectable = False  # the embedded backend's --workers / --trials-per-device select it
     parallel = True
 
     def check(self) -> None:
@@ -185,8 +186,6 @@ class WorkersBackend(OptunaBackend):
     def execute(self, run, remaining: int) -> None:
         job = self.job
         o = job.options
-        # Timed once here and stored: every worker on the same kind of device reuses it.
-        job.echo(describe_reference(stored_reference(self.study, run.evaluator, job.echo)))
         plan = plan_workers(o.get("workers"), remaining, job.settings.device, per_device=o.get("trials_per_device"))
         if plan.note:
             job.echo(f"note: {plan.note}")
@@ -235,29 +234,20 @@ def supervise(run_dir: Path, plan: WorkerPlan, plugins: Sequence[str], count, ba
 # -- one worker process (nas worker) -------------------------------------------------------------------------
 
 
-def run_worker(run_dir: Path, n_trials: int, *, echo=print) -> int:
-    """Run ``n_trials`` trials of the run in ``run_dir`` in this process (``nas worker``); returns how
-    many completed."""
-    from nas.core.files import read_json
-    from nas.study.job import Job, run_extra
-    from nas.study.problems import problem_from_config
-    from nas.study.results import ResultsWriter
-    from nas.study.rundir import CONFIG
-    from nas.trial.evaluator import Evaluator
-
+def _joined_job(run_dir: Path, n_trials: int, echo) -> Job:
+    """The run in ``run_dir`` as this worker's job (refused unless it is an Optuna-storage run)."""
     check_int("--trials", n_trials, 1, 1_000_000)
-    run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise NasError(f"run directory {str(run_dir)!r} does not exist; start the search with nas search first")
     config = read_json(run_dir / CONFIG, "run configuration")
-    if not isinstance(config, dict) or config.get("backend") != "embedded":
+    if not isinstance(config, dict) or config.get("backend") != OptunaBackend.family:
         what = config.get("backend") if isinstance(config, dict) else None
         raise NasError(
-            f"{str(run_dir)!r} holds a {what!r} backend run; workers join embedded (Optuna storage) runs "
+            f"{str(run_dir)!r} holds a {what!r} backend run; workers join Optuna-storage (embedded) runs "
             "only; rerun its nas search command to resume it"
         )
     problem, sampler, pruner, storage = problem_from_config(config)
-    job = Job(
+    return Job(
         problem=problem,
         n_trials=n_trials,
         out=str(run_dir),
@@ -267,20 +257,42 @@ def run_worker(run_dir: Path, n_trials: int, *, echo=print) -> int:
         storage=storage,
         echo=echo,
     )
-    backend = WorkersBackend(job)
+
+
+def _open_study(backend: WorkersBackend, run_dir: Path) -> int:
+    """Open the run's study for ``backend``; this worker's slot."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    backend.storage = make_storage(storage, run_dir)
-    backend.study = load_study(backend.storage, problem.study_name)
+    job = backend.job
+    backend.storage = make_storage(job.storage, run_dir)
+    backend.study = load_study(backend.storage, job.problem.study_name)
     if backend.study is None:
-        raise NasError(f"{str(run_dir)!r} has no study {problem.study_name!r} yet; start it with nas search")
+        raise NasError(f"{str(run_dir)!r} has no study {job.problem.study_name!r} yet; start it with nas search")
     with claim_lock(run_dir), critical():
         slot = int(backend.study.user_attrs.get(WORKER_SLOTS_ATTR, 0))
         backend.study.set_user_attr(WORKER_SLOTS_ATTR, slot + 1)
+    return slot
+
+
+def _evaluator(job: Job, run_dir: Path):
+    """This worker's evaluator, scoring against the target the run prepared."""
+    kind = get_evaluator(job.settings.evaluator)
+    target = PreparedTarget.load(run_dir) if kind.needs_target else None
+    if kind.needs_target and target is None:
+        raise NasError(f"{str(run_dir)!r} has no prepared target yet; start the search with nas search first")
+    return kind(job.settings, target=target, reference=job.problem.reference_arch())
+
+
+def run_worker(run_dir: Path, n_trials: int, *, echo=print) -> int:
+    """Run ``n_trials`` trials of the run in ``run_dir`` in this process (``nas worker``); returns how
+    many completed."""
+    run_dir = Path(run_dir)
+    job = _joined_job(run_dir, n_trials, echo)
+    backend = WorkersBackend(job)
+    slot = _open_study(backend, run_dir)
     study = backend.worker_study(slot)
-    evaluator = Evaluator(problem.settings, reference=problem.reference_arch())
-    ref = stored_reference(backend.study, evaluator, echo)
-    echo(f"worker {slot} (pid {os.getpid()}): {describe_reference(ref)}")
-    writer = ResultsWriter(run_dir, problem, {**run_extra(job, evaluator), **backend.extra()}, shared=True)
+    evaluator = _evaluator(job, run_dir)
+    echo(f"worker {slot} (pid {os.getpid()}): {evaluator.describe()}")
+    writer = ResultsWriter(run_dir, job.problem, {**run_extra(job, evaluator), **backend.extra()}, shared=True)
 
     def on_row(row: dict[str, Any]) -> None:
         dup = row.get("duplicate_of")
@@ -292,7 +304,7 @@ def run_worker(run_dir: Path, n_trials: int, *, echo=print) -> int:
 
     return run_trials(
         study,
-        problem,
+        job.problem,
         evaluator,
         writer,
         n_trials,

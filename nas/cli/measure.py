@@ -1,24 +1,42 @@
-"""``nas measure``: time the real training step of an architecture on this machine.
+"""``nas measure``: time the real training step of an architecture on this machine, or with
+``--latency`` its inference latency (the forward pass in evaluation mode, batch 1 by default).
 
 When a step-time table (``nas calibrate``) exists for this device and setting (``--image-size``,
-``--batch-size``), the table's prediction is printed beside the measurement, so any architecture can
-be checked against the model.
+``--batch-size``, the cost, ``--num-classes``), the table's prediction is printed beside the
+measurement, so any architecture can be checked against the model.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 
-AMP_MODES = ("auto", "on", "off")  # nas.core.device.SWITCHES; not imported here to keep `nas --help` fast
-MEMORY_FORMATS = ("auto", "channels_last", "contiguous")  # nas.steptime.measure.MEMORY_FORMATS
-_FORMAT_SWITCH = {"auto": "auto", "channels_last": "on", "contiguous": "off"}
+import torch
+
+from nas.core.device import SWITCHES, Runtime
+from nas.core.resolve import resolve_arch
+from nas.errors import check_choice, check_int
+from nas.steptime import StepTimeModel, Target
+from nas.steptime.measure import FORMAT_SWITCH, MEMORY_FORMATS, measure_step_time
+from search_spaces import count_params, get_space
+
+AMP_MODES = SWITCHES
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("measure", help="time one training step (forward, loss, backward, optimizer step)")
+    p = sub.add_parser(
+        "measure",
+        help="time one training step (forward, loss, backward, optimizer step) or, with "
+        "--latency, one inference forward pass",
+    )
     p.add_argument("arch", metavar="ARCH", help="preset, architecture string, JSON file or run directory")
+    p.add_argument(
+        "--latency",
+        action="store_true",
+        help="time the inference latency: the forward pass in evaluation mode (batch 1 unless --batch-size)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=None, help="default 32 (1 with --latency)")
     p.add_argument("--image-size", type=int, default=None, help="default: the architecture's resolution")
     p.add_argument("--num-classes", type=int, default=1000)
     p.add_argument("--memory-format", choices=MEMORY_FORMATS, default="auto")
@@ -60,72 +78,64 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from nas.core.device import Runtime
-    from nas.core.resolve import resolve_arch
-    from nas.steptime.measure import measure_step_time
-    from search_spaces import count_params, get_space
-
     if args.threads is not None:
-        import torch
-
-        from nas.errors import check_int
-
-        check_int("--threads", args.threads, 1, 4096)
-        torch.set_num_threads(args.threads)
-    from nas.errors import check_choice
-
+        torch.set_num_threads(check_int("--threads", args.threads, 1, 4096))
     compile_step = check_choice("--compile", args.compile, ("on", "off")) == "on"
     arch = resolve_arch(args.arch)
     if args.space is not None:
         get_space(args.space)
+    cost = "latency" if args.latency else "step"
+    batch = args.batch_size if args.batch_size is not None else (1 if args.latency else 32)
     r = measure_step_time(
         arch,
         device=args.device,
-        batch_size=args.batch_size,
+        batch_size=batch,
         image_size=args.image_size,
         num_classes=args.num_classes,
         amp=args.amp,
         memory_format=args.memory_format,
+        cost=cost,
         min_run_time=args.min_run_time,
         compile=compile_step,
         clock=args.clock,
         progress=_progress_line,
     )
     out = {"arch": arch.to_string(), "params": count_params(arch, args.num_classes), **r.to_dict()}
-    runtime = Runtime.resolve(args.device, args.amp, _FORMAT_SWITCH[args.memory_format])
-    out.update(_prediction(arch, runtime, r.image_size, r.batch_size, args))
+    runtime = Runtime.resolve(args.device, args.amp, FORMAT_SWITCH[args.memory_format])
+    out.update(_prediction(arch, runtime, Target(r.image_size, r.batch_size, cost), args))
     if args.json:
         print(json.dumps(out, indent=2))
-        return 0
-    print(
-        f"step time   {r.step_time_ms:.2f} ms median  (IQR {r.iqr_ms:.2f} ms, {r.runs} runs x {r.steps_per_run} steps)"
-    )
+    else:
+        _print(r, out)
+    return 0
+
+
+def _print(r, out: dict) -> None:
+    what = "latency    " if r.cost == "latency" else "step time  "
+    print(f"{what} {r.step_time_ms:.2f} ms median  (IQR {r.iqr_ms:.2f} ms, {r.runs} runs x {r.steps_per_run} steps)")
     if "predicted_step_time_ms" in out:
         p = out["predicted_step_time_ms"]
+        timed = f" ({out['predicted_timed_pieces']} pieces timed first)" if out["predicted_timed_pieces"] else ""
         print(
             f"predicted   {p:.2f} ms ({p / r.step_time_ms - 1:+.1%}) by the {out['table_space']} step-time table "
-            f"{out['table']}"
-            + (f" ({out['predicted_timed_pieces']} pieces timed first)" if out["predicted_timed_pieces"] else "")
+            f"{out['table']}{timed}"
         )
+    mode = "inference, evaluation mode" if r.cost == "latency" else "training"
     print(
         f"setting     batch {r.batch_size}, {r.image_size} px, {r.dtype}{' (AMP)' if r.amp else ''}, "
-        f"{r.memory_format}, "
-        f"{r.clock} clock{', compiled' if r.compiled else ''}"
+        f"{r.memory_format}, {mode}, {r.clock} clock{', compiled' if r.compiled else ''}"
     )
     if r.compiled:
         print(f"compile     {r.compile_s:.1f} s (the first step, beyond a compiled step)")
     print(f"device      {r.device} ({r.device_name}), torch {r.torch_version}, {r.threads} threads")
     print(f"params      {out['params']:,}")
-    return 0
 
 
-def _prediction(arch, runtime, image_size: int, batch_size: int, args) -> dict:
+def _prediction(arch, runtime, target: Target, args) -> dict:
     """The step-time table's prediction for this device and setting, when there is a table."""
-    from nas.steptime import StepTimeModel, Target
-
     model = StepTimeModel.find(
         runtime,
-        Target(image_size, batch_size),
+        target,
         table_dir=args.table_dir,
         spaces=[args.space] if args.space else None,
         num_classes=args.num_classes,
@@ -143,6 +153,4 @@ def _prediction(arch, runtime, image_size: int, batch_size: int, args) -> dict:
 
 def _progress_line(done: int, total: int, seconds: float) -> None:
     """Slow steps (the full-size network on a CPU): say what is happening, on stderr."""
-    import sys
-
     print(f"timing: step {done} of at least {total} took {seconds:.1f} s ...", file=sys.stderr, flush=True)

@@ -9,6 +9,12 @@ from __future__ import annotations
 
 import json
 
+from nas.cli.search import backend_options, trial_settings
+from nas.core.plugins import import_plugins
+from nas.core.resolve import resolve_arch
+from nas.scaling.grid import STUDY_NAME, GridOptions, GridSpec, default_out
+from nas.search import grid_scale
+
 
 def add_parser(sub) -> None:
     from nas.cli.search import add_run_arguments, add_trial_arguments
@@ -114,20 +120,6 @@ def add_parser(sub) -> None:
 
 
 def run_grid_scale(args) -> int:
-    from nas.cli.search import backend_options, trial_settings
-    from nas.core.plugins import import_plugins
-    from nas.core.resolve import resolve_arch
-    from nas.scaling.grid import (
-        STUDY_NAME,
-        GridOptions,
-        GridSpec,
-        default_out,
-        proxy_duplicates,
-    )
-    from nas.search.driver import run as run_job
-    from nas.study.grid import GridProblem
-    from nas.study.job import Job
-
     import_plugins(args.plugin)
     backend, options = backend_options(args)
     spec = GridSpec(phi=args.phi, step=args.step, lo=args.grid_min, hi=args.grid_max, tolerance=args.tolerance)
@@ -142,34 +134,17 @@ def run_grid_scale(args) -> int:
         study_name=args.study_name or STUDY_NAME,
         out=args.out or default_out(args.base, base, spec.phi),
     )
-    problem = GridProblem(settings, base, opts)
-    plan = problem.plan
-    print(
-        f"{plan.n_feasible} of {spec.grid_points} grid points (alpha, beta, gamma in [{spec.lo:g}, {spec.hi:g}] "
-        f"step {spec.step:g}) satisfy |alpha*beta**2*gamma**2 - 2| <= {spec.tolerance:g}; evaluating "
-        f"{len(plan.selected)} of them (evenly spread, --max-candidates {opts.max_candidates}) and the base"
-    )
-    same = proxy_duplicates(base, settings, plan)
-    if same:
-        print(
-            f"note: at proxy scale (--width-mult {settings.proxy.width:g}, --depth-mult {settings.proxy.depth:g}) "
-            f"{'; '.join(' = '.join(c.label() for c in g) for g in same)} train the same network at the same "
-            "image size; raise --width-mult/--depth-mult to tell them apart"
-        )
-    job = Job(
-        problem=problem,
-        n_trials=len(plan.candidates),
-        out=opts.out,
+    best = grid_scale(
+        settings,
+        base,
+        opts,
         backend=backend,
-        sampler="random",
-        pruner="none",
-        storage=opts.storage,
         options=options,
         plugins=tuple(args.plugin),
         restart=args.restart,
         progress=not args.no_progress,
     )
-    return 0 if run_job(job) else 1
+    return 0 if best else 1
 
 
 def run(args) -> int:

@@ -1,122 +1,171 @@
-"""The one driver skeleton every way of running a search shares (``nas search``, ``nas grid-scale``,
-``nas worker``'s parent, any backend):
+"""The one driver every way of running a search shares (``nas search``, ``nas grid-scale``, any
+backend):
 
 1. check everything before anything is written: settings (checked on construction), the backend's
-   options, the data (loaded and probed), the storage, the output path;
+   options, the evaluator and what it reads (the data, loaded and probed), the storage, the output
+   path; resolve what the user left open (the cost, the target setting: :func:`nas.trial.target.resolve`);
 2. own the run directory (:class:`nas.study.rundir.RunDir`: one owner, one experiment, a failed start
    leaves no trace);
-3. open the backend's state, close trials left running by dead processes, refuse to replace stored
-   results by fewer;
-4. let the backend run the missing trials, each finished trial appended to the results as it ends;
+3. prepare the run's target once, before the first trial (a step-time table built or loaded, the
+   reference's cost) and keep it in the run directory, or reuse the one a resumed run prepared;
+4. open the backend's state, close trials left running by dead processes, refuse to replace stored
+   results by fewer; let the backend run the missing trials, each finished trial appended to the
+   results as it ends;
 5. rewrite the result files from the backend's state, write ``fidelity.json``, print the summary
    and the reason when nothing completed.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 import time
 from typing import Any
 
+from nas.backends import get_backend
+from nas.core.interrupt import handle_interrupts
+from nas.errors import NasError
+from nas.steptime.model import StepTimeModel
+from nas.steptime.prepared import PreparedTarget
 from nas.study.fidelity import fidelity_lines, step_time_fidelity, write_fidelity
-from nas.study.job import Job, Run, _device_name, _family, run_extra
+from nas.study.job import Job, Run, run_extra
 from nas.study.results import common_error, finished_row
+from nas.study.rundir import RunDir
+from nas.study.storage import check_storage_url
+from nas.trial.evaluator import get_evaluator
+from nas.trial.target import prepare as prepare_target
+from nas.trial.target import resolve
 
 
-def prepare(job: Job):
-    """Step 1: the backend's options, the data, the storage URL and the output path, checked before
-    anything is written. Returns the backend and the driver's evaluator (it holds the loaded data)."""
-    from nas.backends import get_backend
-    from nas.study.rundir import RunDir
-    from nas.study.storage import check_storage_url
-    from nas.trial.evaluator import Evaluator
+@dataclasses.dataclass
+class Prepared:
+    """What step 1 checked and loaded: the backend, the evaluator's kind and its data."""
 
-    backend = get_backend(job.backend, job)
+    backend: Any
+    evaluator_kind: Any
+    data: Any
+
+
+def prepare(job: Job) -> Prepared:
+    """Step 1 (see the module docstring): nothing is written, and ``job.problem`` gets resolved settings."""
+    backend = get_backend(job.backend)(job)
     backend.check()
     RunDir(job.out).check()
     check_storage_url(job.storage)
-    evaluator = job.evaluator or Evaluator(job.settings, reference=job.problem.reference_arch())
-    evaluator.check_data()
-    return backend, evaluator
+    kind = get_evaluator(job.settings.evaluator)
+    if kind.needs_target:
+        job.problem = job.problem.with_settings(resolve(job.settings, backend.target_device()))
+    return Prepared(backend, kind, kind.load_data(job.settings))
+
+
+def _target(job: Job, prep: Prepared, rundir: RunDir) -> PreparedTarget | None:
+    """Step 3: the run's target, prepared now or the one this run directory holds."""
+    if not prep.evaluator_kind.needs_target:
+        return None
+    target = PreparedTarget.load(rundir.path)
+    wanted = job.settings.step_time.target
+    if target is not None:
+        if wanted is not None and target.table is not None:
+            _check_same_table(wanted, target)
+        return target
+
+    def build(device: str):
+        log = (lambda line: print(line, file=sys.stderr, flush=True)) if job.progress else job.echo
+        return prepare_target(
+            job.settings,
+            num_classes=prep.data.num_classes,
+            reference=job.problem.reference_arch(),
+            device=device,
+            progress=job.progress and sys.stderr.isatty(),
+            log=log,
+        )
+
+    return prep.backend.prepare_target(build).save(rundir.path)
+
+
+def _check_same_table(path: str, target: PreparedTarget) -> None:
+    given = StepTimeModel.from_file(path).identity
+    if given != target.identity:
+        raise NasError(
+            f"this run was prepared with step-time table {target.identity} ({target.source}) and --target "
+            f"{path!r} is table {given}; pass the same table, or --restart to start over with this one"
+        )
+
+
+def _open(job: Job, backend, rundir: RunDir, evaluator) -> tuple[Run, list, int, int]:
+    """Step 4's start: the backend's state, dead trials closed, the results rewritten."""
+    backend.open(rundir)
+    closed = backend.close_dead()
+    rows = backend.rows()
+    done, remaining = job.problem.pending(rows, job.n_trials)
+    rundir.check_not_less(job.problem.results_file, sum(1 for r in rows if finished_row(r)))
+    rundir.started()
+    run_ = Run(job, rundir, evaluator, {**run_extra(job, evaluator), **backend.extra()}, shared=backend.parallel)
+    run_.writer.rewrite(rows, plot=False)
+    if closed:
+        job.echo(
+            f"closed {len(closed)} trial(s) left running by a stopped process ({', '.join(map(str, closed))}); "
+            "they run again"
+        )
+    if done:
+        job.echo(f"resuming {rundir.path}: {done} of {done + remaining} {job.problem.unit} already finished")
+    return run_, rows, done, remaining
+
+
+def _execute(job: Job, backend, run_: Run, remaining: int) -> tuple[bool, Any, list]:
+    """Step 4's trials and step 5's files: (interrupted, results frame, rows)."""
+    interrupted = False
+    try:
+        if remaining > 0:
+            job.echo(run_.evaluator.describe())
+            backend.execute(run_, remaining)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        if run_.bar is not None:
+            run_.bar.close()
+        rows = backend.rows()
+        run_.writer.extra = {**run_.extra, **backend.extra()}
+        df = run_.writer.rewrite(rows, plot=True)
+    return interrupted, df, rows
 
 
 def run(job: Job) -> dict[str, Any] | None:
     """Run (or resume) ``job`` until ``job.n_trials`` trials have finished; returns the best row."""
-    from nas.core.interrupt import handle_interrupts
-    from nas.study.rundir import RunDir
-
-    backend, evaluator = prepare(job)
-    problem, echo = job.problem, job.echo
+    prep = prepare(job)
+    problem = job.problem
     rundir = RunDir(job.out, what=f"nas {problem.kind} run")
-    config = {**problem.config(), "backend": _family(job.backend), **backend.config()}
+    config = {**problem.config(), "backend": prep.backend.family, **prep.backend.config()}
     with handle_interrupts(), rundir.own(config, restart=job.restart):
-        backend.open(rundir)
-        closed = backend.close_dead()
-        rows = backend.rows()
-        done, remaining = problem.pending(rows, job.n_trials)
-        rundir.check_not_less(problem.results_file, sum(1 for r in rows if finished_row(r)))
-        rundir.started()
-        extra = {**run_extra(job, evaluator), **backend.extra()}
-        run_ = Run(job, rundir, evaluator, extra)
-        run_.writer.rewrite(rows, plot=False)
-        if closed:
-            echo(
-                f"closed {len(closed)} trial(s) left running by a stopped process ({', '.join(map(str, closed))}); "
-                "they run again"
-            )
-        if done:
-            echo(f"resuming {rundir.path}: {done} of {done + remaining} {problem.unit} already finished")
+        target = _target(job, prep, rundir)
+        evaluator = prep.evaluator_kind(job.settings, target=target, reference=problem.reference_arch(), data=prep.data)
+        run_, rows, _, remaining = _open(job, prep.backend, rundir, evaluator)
         t0 = time.perf_counter()
-        interrupted = False
-        try:
-            if remaining > 0:
-                _describe(job, evaluator, echo)
-                backend.execute(run_, remaining)
-        except KeyboardInterrupt:
-            interrupted = True
-        finally:
-            if run_.bar is not None:
-                run_.bar.close()
-            rows = backend.rows()
-            run_.writer.extra = {**extra, **backend.extra()}
-            df = run_.writer.rewrite(rows, plot=True)
-        best = run_.writer.best
+        interrupted, df, rows = _execute(job, prep.backend, run_, remaining)
         sections = step_time_fidelity(df)
         if not interrupted and problem.pending(rows, job.n_trials)[1] == 0:
-            sections.update(problem.finish(rundir.path, df, echo))
+            sections.update(problem.finish(rundir.path, df, job.echo, evaluator))
         write_fidelity(rundir.path, sections)
+    _report(job, run_, df, sections, interrupted, remaining, time.perf_counter() - t0)
+    return run_.writer.best
+
+
+def _report(job: Job, run_: Run, df, sections: dict, interrupted: bool, remaining: int, seconds: float) -> None:
+    """Step 5's summary lines."""
+    problem, echo, path = job.problem, job.echo, run_.path
     echo(problem.summary(df))
     for line in fidelity_lines(sections):
         echo(line)
     for w in run_.warnings:
         echo(f"warning: {w}")
     if interrupted:
-        echo(f"interrupted; results so far in {rundir.path}/ ({problem.files()}); rerun the same command to resume")
+        echo(f"interrupted; results so far in {path}/ ({problem.files()}); rerun the same command to resume")
         raise KeyboardInterrupt
     if remaining > 0:
-        echo(f"{problem.kind} time {time.perf_counter() - t0:.1f} s; results in {rundir.path}/ ({problem.files()})")
+        echo(f"{problem.kind} time {seconds:.1f} s; results in {path}/ ({problem.files()})")
+    best = run_.writer.best
     if best:
-        echo(
-            problem.closing_line(best, rundir.path)
-            if hasattr(problem, "closing_line")
-            else f"best architecture (reward {best['reward']:.4f}): {best['arch']}"
-        )
+        echo(problem.closing_line(best, path))
     else:
         err = common_error(df)
         echo("no trial completed" + (f"; most common error: {err}" if err else ""))
-    return best
-
-
-def _describe(job: Job, evaluator, echo) -> None:
-    st = job.settings.step_time
-    if st.method == "proxy":
-        what = (
-            f"the proxy's step (width {job.settings.proxy.width:g}, depth {job.settings.proxy.depth:g}, "
-            f"{job.settings.proxy.image_size} px, batch {job.settings.proxy.train.batch_size})"
-        )
-    else:
-        what = f"the full-size training step at {st.target_image_size} px, batch {st.target_batch_size}"
-    how = {"table": "predicted by the step-time table", "measure": "measured", "proxy": "measured"}[st.method]
-    echo(f"S = step time of {what}, {how} on {_device_name(evaluator)}, relative to the reference")
-
-
-# -- fidelity ---------------------------------------------------------------------------------------------

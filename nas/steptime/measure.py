@@ -1,4 +1,5 @@
-"""Honest training-step timing: forward, loss, backward and optimizer step on the target device.
+"""Honest timing of one step of work on a device: a training step (forward, loss, backward,
+optimiser step) or an inference step (the forward pass in evaluation mode: latency).
 
 The step is timed with ``torch.utils.benchmark.Timer`` (which synchronises CUDA) after warm-up, and
 reported as the median and inter-quartile range over repeated blocks, with the provenance needed to
@@ -22,7 +23,10 @@ import torch
 from torch import nn
 
 from nas.core.device import Runtime
-from nas.errors import NasError, check_choice, check_int
+from nas.core.interrupt import check as check_interrupt
+from nas.errors import NasError, check_choice, check_int, check_positive
+from nas.training.config import TrainConfig
+from nas.training.step import TrainStep, make_optimizer, resolve_compile
 from search_spaces import Architecture, build
 
 # torch.utils.benchmark imports cpp_extension, which warns on every start on a machine without a CUDA
@@ -33,11 +37,17 @@ from torch.utils import benchmark  # noqa: E402
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 CLOCKS = ("wall", "cpu")
 STATISTICS = ("median", "min")
-_FORMAT_SWITCH = {"auto": "auto", "channels_last": "on", "contiguous": "off"}
+STEP_KINDS = ("step", "latency")
+FORMAT_SWITCH = {"auto": "auto", "channels_last": "on", "contiguous": "off"}
+MIN_STEPS = 3  # a median of fewer timed steps is not reported
+PROGRESS_AFTER_S = 0.5  # a step at least this slow gets a progress line (nas measure on a CPU)
 
 
 @dataclass(frozen=True)
 class StepTime:
+    """One timed step with what it depends on. ``cost`` says which step: ``step`` (training) or
+    ``latency`` (the forward pass in evaluation mode; ``optimizer`` is then None)."""
+
     step_time_ms: float
     iqr_ms: float
     runs: int
@@ -49,16 +59,25 @@ class StepTime:
     dtype: str
     amp: bool
     memory_format: str
-    optimizer: str
+    optimizer: str | None
     batch_size: int
     image_size: int
     num_classes: int
     compiled: bool = False  # the step timed is the torch.compile'd one (nas.training.step)
     compile_s: float | None = None  # compiled: how much longer the first (compiling) step took
     clock: str = "wall"
+    cost: str = "step"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _runtime_settings(runtime: Runtime) -> dict[str, Any]:
+    return {
+        "dtype": runtime.dtype_name,
+        "amp": runtime.amp is not None,
+        "memory_format": "channels_last" if runtime.channels_last else "contiguous",
+    }
 
 
 def make_train_step(
@@ -71,12 +90,9 @@ def make_train_step(
     optimizer: str = "rmsprop",
     compile: bool = False,
 ):
-    """``(step, settings)``: a closure running one :class:`nas.training.step.TrainStep` (the step ``nas train``
-    runs, with ``optimizer`` as it configures it, compiled when ``compile``) on fixed random data, and
-    the settings it runs with."""
-    from nas.training.config import TrainConfig
-    from nas.training.step import TrainStep, make_optimizer
-
+    """``(step, settings)``: a closure running one :class:`nas.training.step.TrainStep` (the step
+    ``nas train`` runs, with ``optimizer`` as it configures it, compiled when ``compile``) on fixed
+    random data, and the settings it runs with."""
     model = runtime.prepare(model).train()
     x = runtime.images(torch.randn(batch_size, 3, image_size, image_size))
     y = torch.randint(0, num_classes, (batch_size,), device=runtime.device)
@@ -85,14 +101,21 @@ def make_train_step(
     def step() -> None:
         train_step(x, y)
 
-    settings = {
-        "dtype": runtime.dtype_name,
-        "amp": runtime.amp is not None,
-        "memory_format": "channels_last" if runtime.channels_last else "contiguous",
-        "optimizer": optimizer,
-        "compiled": compile,
-    }
-    return step, settings
+    return step, {**_runtime_settings(runtime), "optimizer": optimizer, "compiled": compile}
+
+
+def make_forward_step(model: nn.Module, *, runtime: Runtime, batch_size: int, image_size: int, compile: bool = False):
+    """``(step, settings)``: a closure running the model's forward pass in evaluation mode, without
+    autograd, under the runtime's autocast, on fixed random images: what inference costs."""
+    model = runtime.prepare(model).eval()
+    x = runtime.images(torch.randn(batch_size, 3, image_size, image_size))
+    forward = torch.compile(model, dynamic=False) if compile else model
+
+    def step() -> None:
+        with torch.inference_mode(), runtime.autocast():
+            forward(x)
+
+    return step, {**_runtime_settings(runtime), "optimizer": None, "compiled": compile}
 
 
 def check_clock(clock: str, runtime: Runtime) -> str:
@@ -104,10 +127,6 @@ def check_clock(clock: str, runtime: Runtime) -> str:
             f"with {torch.get_num_threads()} threads"
         )
     return clock
-
-
-MIN_STEPS = 3  # a median of fewer timed steps is not reported
-PROGRESS_AFTER_S = 0.5  # a step at least this slow gets a progress line (nas measure on a CPU)
 
 
 def time_step(
@@ -127,35 +146,37 @@ def time_step(
     otherwise give a "median" of one step. ``progress(done, total, seconds_per_step)`` is called
     after each of those blocks whose step took :data:`PROGRESS_AFTER_S` or more (a progress line for
     slow steps; fast ones finish before anyone waits)."""
-    from nas.core.interrupt import check
-
     check_clock(clock, runtime)
     check_choice("statistic", statistic, STATISTICS)
 
     def checked() -> None:
-        check()  # Ctrl-C stops here, between steps (nas.core.interrupt)
+        check_interrupt()  # Ctrl-C stops here, between steps (nas.core.interrupt)
         step()
 
     for _ in range(warmup):
         checked()
-    timer = benchmark.Timer(
-        stmt="step()",
-        globals={"step": checked},
-        num_threads=torch.get_num_threads(),
-        **({"timer": time.process_time} if clock == "cpu" else {}),
-    )
-    m = timer.blocked_autorange(min_run_time=min_run_time)
-    blocks = [m]
+    clock_kw = {"timer": time.process_time} if clock == "cpu" else {}
+    timer = benchmark.Timer(stmt="step()", globals={"step": checked}, num_threads=torch.get_num_threads(), **clock_kw)
+    blocks = [timer.blocked_autorange(min_run_time=min_run_time)]
     while sum(len(b.times) for b in blocks) < MIN_STEPS:
         if progress is not None and blocks[-1].times[-1] >= PROGRESS_AFTER_S:
             done = sum(len(b.times) for b in blocks)
             progress(done, max(done + 1, MIN_STEPS), blocks[-1].times[-1])
         blocks.append(timer.timeit(1))
     runtime.synchronize()
-    if len(blocks) > 1:
-        m = benchmark.Measurement.merge(blocks)[0]
+    m = benchmark.Measurement.merge(blocks)[0] if len(blocks) > 1 else blocks[0]
     value = m.median if statistic == "median" else min(m.times)
     return value * 1e3, m.iqr * 1e3, len(m.times), m.number_per_run
+
+
+def _model_and_size(arch_or_model, image_size: int | None, num_classes: int, seed: int) -> tuple[nn.Module, int]:
+    if isinstance(arch_or_model, Architecture):
+        torch.manual_seed(seed)
+        size = arch_or_model.resolution if image_size is None else image_size
+        return build(arch_or_model, num_classes), check_int("image size", size, 8, 2048)
+    if image_size is None:
+        raise NasError("image_size is required when timing a model")
+    return arch_or_model, check_int("image size", image_size, 8, 2048)
 
 
 def measure_step_time(
@@ -168,6 +189,7 @@ def measure_step_time(
     amp: str = "auto",
     memory_format: str = "auto",
     optimizer: str = "rmsprop",
+    cost: str = "step",
     warmup: int = 3,
     min_run_time: float = 1.0,
     seed: int = 0,
@@ -178,15 +200,14 @@ def measure_step_time(
     statistic: str = "median",
     progress=None,
 ) -> StepTime:
-    """Time the real training step of an architecture (or an already built model).
+    """Time the real training step (``cost="step"``) or inference step (``cost="latency"``) of an
+    architecture (or an already built model).
 
     With ``compile`` the step timed is the compiled one; the compilation (the first step) is timed
-    on its own and reported as ``compile_s``, beyond a compiled step's time.
-
-    ``repeats`` > 1 times the step that many times (``min_run_time`` each, warm-up once) and reports
-    the fastest: on a shared machine other jobs only ever slow a timing down. ``statistic="min"``
-    reports the fastest block instead of the median (:func:`time_step`, which also takes
-    ``progress``).
+    on its own and reported as ``compile_s``, beyond a compiled step's time. ``repeats`` > 1 times
+    the step that many times (``min_run_time`` each, warm-up once) and reports the fastest: on a
+    shared machine other jobs only ever slow a timing down. ``statistic="min"`` reports the fastest
+    block instead of the median (:func:`time_step`, which also takes ``progress``).
 
     ``runtime``, when given, is used as resolved (``device``, ``amp`` and ``memory_format`` are then
     ignored): the step-time model (:mod:`nas.steptime`) times candidates on the runtime its table
@@ -195,41 +216,30 @@ def measure_step_time(
     check_int("batch size", batch_size, 1, 1 << 16)
     check_int("repeats", repeats, 1, 1000)
     check_choice("memory format", memory_format, MEMORY_FORMATS)
-    if isinstance(arch_or_model, Architecture):
-        image_size = arch_or_model.resolution if image_size is None else image_size
-        torch.manual_seed(seed)
-        model = build(arch_or_model, num_classes)
-    else:
-        model = arch_or_model
-        if image_size is None:
-            raise NasError("image_size is required when timing a model")
-    check_int("image size", image_size, 8, 2048)
-    if min_run_time <= 0:
-        raise NasError(f"min_run_time must be positive, got {min_run_time}")
+    check_choice("cost", cost, STEP_KINDS)
+    check_positive("min_run_time", min_run_time)
     if not isinstance(compile, bool):
         raise NasError(f"compile must be true or false, got {compile!r}")
-    if runtime is None:
-        runtime = Runtime.resolve(device, amp, _FORMAT_SWITCH[memory_format])
+    model, image_size = _model_and_size(arch_or_model, image_size, num_classes, seed)
+    runtime = runtime or Runtime.resolve(device, amp, FORMAT_SWITCH[memory_format])
     check_clock(clock, runtime)
     if compile:
-        from nas.training.step import resolve_compile
-
         resolve_compile("on", runtime, 0)  # refuses a compile this machine cannot run, in one line
-    step, settings = make_train_step(
-        model,
-        runtime=runtime,
-        batch_size=batch_size,
-        image_size=image_size,
-        num_classes=num_classes,
-        optimizer=optimizer,
-        compile=compile,
-    )
-    first_s = None
-    if compile:
-        t0 = time.perf_counter()
-        step()
-        runtime.synchronize()
-        first_s = time.perf_counter() - t0
+    if cost == "latency":
+        step, settings = make_forward_step(
+            model, runtime=runtime, batch_size=batch_size, image_size=image_size, compile=compile
+        )
+    else:
+        step, settings = make_train_step(
+            model,
+            runtime=runtime,
+            batch_size=batch_size,
+            image_size=image_size,
+            num_classes=num_classes,
+            optimizer=optimizer,
+            compile=compile,
+        )
+    first_s = _first_step_s(step, runtime) if compile else None
     timings = [
         time_step(
             step,
@@ -242,15 +252,14 @@ def measure_step_time(
         )
         for i in range(repeats)
     ]
-    median, iqr, _, per_run = min(timings)
-    runs = sum(t[2] for t in timings)
+    value, iqr, _, per_run = min(timings)
     if first_s is not None:
-        settings["compile_s"] = max(0.0, first_s - median / 1e3)
+        settings["compile_s"] = max(0.0, first_s - value / 1e3)
     fp = runtime.fingerprint()
     return StepTime(
-        step_time_ms=median,
+        step_time_ms=value,
         iqr_ms=iqr,
-        runs=runs,
+        runs=sum(t[2] for t in timings),
         steps_per_run=per_run,
         device=fp["device"],
         device_name=fp["device_name"],
@@ -260,5 +269,14 @@ def measure_step_time(
         image_size=image_size,
         num_classes=num_classes,
         clock=clock,
+        cost=cost,
         **settings,
     )
+
+
+def _first_step_s(step, runtime: Runtime) -> float:
+    """The first (compiling) step's time."""
+    t0 = time.perf_counter()
+    step()
+    runtime.synchronize()
+    return time.perf_counter() - t0

@@ -1,35 +1,35 @@
-"""Where a trial's training step time comes from: S's numerator and denominator.
+"""Where a candidate's cost comes from: one registry entry per method (``--step-time``).
 
-S is the candidate's training step time over the reference architecture's, obtained the same way
-(EfficientNetV2 section 3.3). ``--step-time`` picks the way:
+* ``table`` (default): the *full-size* candidate's cost at the target setting, predicted by the
+  run's step-time table (:mod:`nas.steptime.model`) in any process on any machine. Every
+  ``fidelity_every``-th trial is also timed directly, where the process matches the target device.
+* ``measure``: the full-size candidate timed directly at the target setting, on the target device.
+* ``proxy``: the shrunk proxy timed at the proxy's batch and image size on the target device: the
+  old method, kept for comparison only (on an H100 its ranking of full-size training cost is poor:
+  Spearman 0.30).
 
-* ``table`` (default): the *full-size* candidate's step time at the target setting, predicted by the
-  per-device step-time model (:mod:`nas.steptime`, ``nas calibrate``). Every ``fidelity_every``-th
-  trial is also timed directly, so each run carries its own check of the model.
-* ``measure``: the full-size candidate timed directly at the target setting (right on GPUs, where a
-  step takes milliseconds).
-* ``proxy``: the shrunk proxy timed at the proxy's batch and image size: the old method, kept for
-  comparison only (on an H100 its ranking of full-size training cost is poor: Spearman 0.30).
-
-The target setting (``--target-image-size``, ``--target-batch-size``) is the training step the user
-will run: resolved once per run from the device (:func:`default_target`) and stored with the run.
-
-Measured references defend themselves against a noisy machine: the reference is timed after a
-warm-up and again until its inter-quartile range is within :data:`STEADY_SPREAD` of its median (at
-most :data:`STEADY_TRIES` times); when it never settles the run is told (``noisy``), and a driver can
-re-time it later (:meth:`StepTimer.drift`) to warn when the machine's load changed during a run.
+A method's :meth:`Method.source` turns a run's prepared target (:mod:`nas.steptime.prepared`) into
+this process's :class:`Source`, which gives a cost (ms) for an architecture at an image size, and
+a direct timing when this process can make one (:mod:`nas.steptime.ontarget`).
 """
 
 from __future__ import annotations
 
+import abc
 import dataclasses
-import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from nas.errors import NasError, check_choice, check_int, check_positive
+from nas.steptime import table as tables
+from nas.steptime.costs import COSTS, get_cost
+from nas.steptime.measure import measure_step_time
+from nas.steptime.model import StepTimeModel
+from nas.steptime.ontarget import OffTarget, mismatch, on_target
+from nas.steptime.prepared import PreparedTarget
+from search_spaces import Architecture
 
-STEP_TIME_METHODS = ("table", "measure", "proxy")
 STEADY_SPREAD = 0.10  # IQR / median of a steady reference timing
 STEADY_TRIES = 4  # timings of the reference before it is declared noisy
 DRIFT_TOLERANCE = 0.25  # a re-timed reference this far from the one in use means the load changed
@@ -37,253 +37,199 @@ DRIFT_TOLERANCE = 0.25  # a re-timed reference this far from the one in use mean
 
 @dataclass(frozen=True)
 class StepTimeConfig:
-    """How step times are obtained (see the module docstring). ``None`` targets are resolved from
-    the device by :meth:`resolved` before a run stores its settings."""
+    """How costs are obtained (the module docstring). ``None`` values are resolved before a run
+    stores its settings (:func:`nas.trial.target.resolve`): the cost from the reward, the target
+    setting from the target file or the device."""
 
     method: str = "table"
     target_image_size: int | None = None
     target_batch_size: int | None = None
     min_run_time: float = 0.4  # seconds of timed steps per measurement
     fidelity_every: int = 5  # table: time every k-th trial directly too (0: never)
+    cost: str | None = None  # step or latency; None: the reward's own (MnasNet's is latency)
+    target: str | None = None  # a step-time table file to use as the target (--target FILE)
 
     def __post_init__(self) -> None:
-        check_choice("--step-time", self.method, STEP_TIME_METHODS)
+        check_choice("--step-time", self.method, tuple(METHODS))
         if self.target_image_size is not None:
             check_int("--target-image-size", self.target_image_size, 8, 2048)
         if self.target_batch_size is not None:
             check_int("--target-batch-size", self.target_batch_size, 1, 65536)
         check_positive("--measure-time", self.min_run_time)
         check_int("--fidelity-every", self.fidelity_every, 0, 1_000_000)
+        if self.cost is not None:
+            check_choice("--cost", self.cost, tuple(COSTS))
+        if self.target is not None and (not isinstance(self.target, str) or not self.target.strip()):
+            raise NasError(f"--target takes a step-time table file, got {self.target!r}")
+        get_method(self.method).check_config(self)
 
-    def resolved(self, device: str, space: str) -> StepTimeConfig:
-        """Concrete target values for ``device`` and ``space`` (:func:`nas.steptime.default_target`:
-        on a CPU 64 px, batch 16; on CUDA the space's resolution and the batch that fills the memory
-        such a step takes at 224 px, batch 128)."""
-        if self.target_image_size is not None and self.target_batch_size is not None:
-            return self
-        from nas.core.device import Runtime
-        from nas.steptime import default_target
-
-        t = default_target(
-            Runtime.resolve(device), space, image_size=self.target_image_size, batch_size=self.target_batch_size
-        )
-        return dataclasses.replace(self, target_image_size=t.image_size, target_batch_size=t.batch_size)
+    @property
+    def method_kind(self) -> Method:
+        return get_method(self.method)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StepTimeConfig:
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise NasError(f"unknown step-time setting(s) {', '.join(unknown)}")
         return cls(**d)
 
 
-@dataclass
-class Timing:
-    """One step time with what it depends on."""
+class Source(abc.ABC):
+    """This process's costs for one run's target."""
 
-    step_time_ms: float
-    method: str
-    image_size: int
-    batch_size: int
-    provenance: dict[str, Any]  # device, device_name, torch_version, threads, dtype, memory_format
-    iqr_ms: float | None = None  # measured timings only
-    measured_step_time_ms: float | None = None  # table: the direct timing of a fidelity sample
-    noisy: bool = False
+    def __init__(self, target: PreparedTarget):
+        self.target = target
 
-    def as_metrics(self) -> dict[str, Any]:
-        return {
-            "step_time_ms": self.step_time_ms,
-            "step_iqr_ms": self.iqr_ms,
-            "step_time_method": self.method,
-            "measured_step_time_ms": self.measured_step_time_ms,
-            "step_image_size": self.image_size,
-            "step_batch_size": self.batch_size,
-            **self.provenance,
-        }
+    @abc.abstractmethod
+    def cost(self, arch: Architecture, image_size: int, batch_size: int) -> dict[str, Any]:
+        """``{"ms": ..., "iqr_ms": ..., "measured_ms": ...}`` of ``arch`` at this image size and batch."""
 
-    def as_reference(self) -> dict[str, Any]:
-        return {
-            "step_time_ms": self.step_time_ms,
-            "iqr_ms": self.iqr_ms,
-            "method": self.method,
-            "image_size": self.image_size,
-            "batch_size": self.batch_size,
-            "noisy": self.noisy,
-            **self.provenance,
-        }
+    def direct(self, arch: Architecture, image_size: int, batch_size: int) -> tuple[float | None, str | None]:
+        """A direct timing on the target (ms, None) when this process matches it, else (None, why not)."""
+        return None, "this method times nothing directly"
 
 
-class StepTimer:
-    """The step-time source of one process (one device): proxy, measure or table."""
-
-    def __init__(self, settings, num_classes: int):
-        from nas.core.device import Runtime
-
-        self.settings = settings
-        self.config: StepTimeConfig = settings.step_time
-        self.num_classes = num_classes
-        self.runtime = Runtime.resolve(settings.device)
-        self.method = self.config.method
-        self._model = None
-        self._fingerprint = self.runtime.fingerprint()
-        self.compile = self._compiles()
-        if self.method != "proxy" and (self.config.target_image_size is None or self.config.target_batch_size is None):
-            raise NasError("the step-time target is not resolved (StepTimeConfig.resolved)")
-
-    def _compiles(self) -> bool:
-        """Whether timed steps are compiled: as the training they stand for would be (nas.training.step's
-        rule). The proxy's step compiles when the proxy's short training does; the full-size step
-        stands for a long training run. The table is built from eager steps."""
-        from nas.training.step import resolve_compile
-
-        if self.method == "table":
-            return False
-        train = self.settings.proxy.train
-        steps = train.epochs * 20 if self.method == "proxy" else 10**9
-        return resolve_compile(self.settings.compile, self.runtime, steps)
-
-    # -- the setting --------------------------------------------------------------------------------
-    def setting(self, arch, image_scale: float = 1.0) -> tuple[Any, int, int]:
-        """(architecture, image size, batch) whose step is timed for ``arch``."""
-        if self.method == "proxy":
-            from nas.trial.settings import proxy_arch
-
-            p = self.settings.proxy
-            if image_scale != 1.0:
-                p = p.at_image_size(int(round(p.image_size * image_scale)))
-            return proxy_arch(arch, p), p.image_size, p.train.batch_size
-        return arch, _scaled(self.config.target_image_size, image_scale), self.config.target_batch_size
-
-    def key(self, arch) -> str:
-        """Identifies a reference timing: same method, device fingerprint and setting."""
-        _, size, batch = self.setting(arch)
-        fp = self._fingerprint
-        return (
-            f"{self.method}|{fp['device_name']}|{fp['dtype']}|{fp['memory_format']}|threads={fp['threads']}|"
-            f"torch={fp['torch']}|compiled={self.compile}|{size}px|batch{batch}|{arch.to_string()}"
+class TableSource(Source):
+    def __init__(self, target: PreparedTarget, space=None):
+        super().__init__(target)
+        self.model = StepTimeModel(
+            tables.Table.from_dict(target.table, Path(target.table_path or "steptime.json")), space
         )
 
-    def target(self) -> dict[str, Any]:
-        """What S stands for, as stored in every row: the full-size step at the target setting."""
-        if self.method == "proxy":
-            return {"target_image_size": None, "target_batch_size": None, "target_device": self._fingerprint["device"]}
-        return {
-            "target_image_size": self.config.target_image_size,
-            "target_batch_size": self.config.target_batch_size,
-            "target_device": self._fingerprint["device"],
-        }
+    def cost(self, arch, image_size, batch_size):
+        return {"ms": self.model.predict(arch, image_size), "iqr_ms": None, "measured_ms": None}
 
-    # -- timing ----------------------------------------------------------------------------------------
-    def measure(self, arch, image_scale: float = 1.0):
-        """A direct timing of the step ``setting`` names (:func:`nas.steptime.measure.measure_step_time`), alone
-        on the device when trials share it (:mod:`nas.core.devicelock`)."""
-        from nas.core import devicelock
-        from nas.steptime.measure import measure_step_time
+    def direct(self, arch, image_size, batch_size):
+        try:
+            return self.model.measure(arch, image_size), None
+        except OffTarget:
+            return None, f"not on the target device ({mismatch(self.target.fingerprint)})"
 
-        timed, size, batch = self.setting(arch, image_scale)
-        with devicelock.timing():
+
+class DirectSource(Source):
+    """Timed directly on the target device, every candidate (``measure``, ``proxy``)."""
+
+    def time(self, arch: Architecture, image_size: int, batch_size: int):
+        st = self.target.setting
+        with on_target(
+            self.target.fingerprint,
+            needed_for=f"--step-time {self.target.method}",
+            cover="run the trials on the target device, or use --step-time table",
+        ) as runtime:
             return measure_step_time(
-                timed,
-                device=self.settings.device,
-                batch_size=batch,
-                image_size=size,
-                num_classes=self.num_classes,
-                optimizer=self.settings.proxy.train.optimizer if self.method == "proxy" else "rmsprop",
-                min_run_time=self.config.min_run_time,
-                seed=self.settings.seed,
-                compile=self.compile,
+                arch,
+                runtime=runtime,
+                batch_size=batch_size,
+                image_size=image_size,
+                num_classes=st["num_classes"],
+                optimizer=st.get("optimizer") or "rmsprop",
+                cost=self.target.cost,
+                min_run_time=st["min_run_time"],
+                compile=bool(st.get("compiled")),
+                seed=st.get("seed", 0),
             )
 
-    def model(self):
-        """This process's step-time model (:mod:`nas.steptime`): the table on disk for this device
-        and setting, built on first use (with a progress bar on a terminal) and reused by every later
-        run; workers on the same machine load the table the driver built."""
-        if self._model is None:
-            import sys
+    def cost(self, arch, image_size, batch_size):
+        r = self.time(arch, image_size, batch_size)
+        return {"ms": r.step_time_ms, "iqr_ms": r.iqr_ms, "measured_ms": r.step_time_ms}
 
-            from nas.steptime import StepTimeModel, Target
+    def direct(self, arch, image_size, batch_size):
+        try:
+            return self.time(arch, image_size, batch_size).step_time_ms, None
+        except OffTarget:
+            return None, f"not on the target device ({mismatch(self.target.fingerprint)})"
 
-            target = Target(self.config.target_image_size, self.config.target_batch_size)
-            self._model = StepTimeModel.load_or_build(
-                self.settings.space,
-                self.runtime,
-                target,
-                num_classes=self.num_classes,
-                progress=sys.stderr.isatty(),
-                log=lambda line: print(line, file=sys.stderr, flush=True),
+
+class Method(abc.ABC):
+    name: str = ""
+    help: str = ""
+    full_size: bool = True  # times the candidate as sampled (else its shrunk proxy)
+    predicted: bool = False  # a prediction, checked every fidelity_every-th trial
+
+    def check_config(self, cfg: StepTimeConfig) -> None:
+        """Refuse settings that do not apply to this method."""
+
+    @abc.abstractmethod
+    def source(self, target: PreparedTarget, space=None) -> Source: ...
+
+
+class TableMethod(Method):
+    name = "table"
+    help = (
+        "the full-size candidate's cost at the target setting, predicted by the run's step-time table "
+        "(nas calibrate; built on first use)"
+    )
+    predicted = True
+
+    def source(self, target, space=None):
+        return TableSource(target, space)
+
+
+class MeasureMethod(Method):
+    name = "measure"
+    help = "the same cost, timed directly for every candidate on the target device"
+
+    def check_config(self, cfg):
+        if cfg.target is not None:
+            raise NasError("--target names a step-time table, which --step-time measure does not use; drop one")
+
+    def source(self, target, space=None):
+        return DirectSource(target)
+
+
+class ProxyMethod(MeasureMethod):
+    name = "proxy"
+    help = "the shrunk proxy's own training step, timed (the old method, for comparison)"
+    full_size = False
+
+    def check_config(self, cfg):
+        super().check_config(cfg)
+        if cfg.target_image_size is not None or cfg.target_batch_size is not None:
+            raise NasError(
+                "--target-image-size and --target-batch-size set the full-size step; with --step-time "
+                "proxy the proxy's own step is timed (use --step-time measure or table)"
             )
-        return self._model
-
-    def predict(self, arch, image_scale: float = 1.0) -> float:
-        timed, size, _batch = self.setting(arch, image_scale)
-        return self.model().predict(timed, image_size=size)
-
-    def time(self, arch, *, image_scale: float = 1.0, with_measurement: bool = False) -> Timing:
-        _, size, batch = self.setting(arch, image_scale)
-        prov = self._provenance()
-        if self.method == "table":
-            t = Timing(self.predict(arch, image_scale), "table", size, batch, prov)
-            if with_measurement:  # timed the way the table's own check times (nas.steptime)
-                from nas.core import devicelock
-
-                timed, size, _ = self.setting(arch, image_scale)
-                with devicelock.timing():
-                    t.measured_step_time_ms = self.model().measure(timed, image_size=size)
-            return t
-        m = self.measure(arch, image_scale)
-        return Timing(
-            m.step_time_ms, self.method, size, batch, prov, iqr_ms=m.iqr_ms, measured_step_time_ms=m.step_time_ms
-        )
-
-    def reference(self, arch) -> Timing:
-        """The reference's step time; measured ones are steadied (see the module docstring)."""
-        if self.method == "table":
-            return self.time(arch)
-        # The first timing in a fresh process runs slow (allocator, oneDNN / cuDNN kernel caches
-        # are cold), which would make every S of the run too small: it is a warm-up only.
-        self.measure(arch)
-        best = None
-        for _ in range(STEADY_TRIES):
-            t = self.time(arch)
-            if best is None or _spread(t) < _spread(best):
-                best = t
-            if _spread(t) <= STEADY_SPREAD:
-                break
-        best.noisy = _spread(best) > STEADY_SPREAD
-        return best
-
-    def drift(self, arch, reference_ms: float) -> dict[str, Any] | None:
-        """Re-time the reference; a dict describing the change when it moved more than
-        :data:`DRIFT_TOLERANCE` from ``reference_ms`` (the machine's load changed), else None."""
-        if self.method == "table":
-            return None
-        now = self.time(arch).step_time_ms
-        change = now / reference_ms - 1.0
-        if abs(change) <= DRIFT_TOLERANCE:
-            return None
-        return {"reference_step_time_ms": reference_ms, "retimed_step_time_ms": now, "change": change}
-
-    def _provenance(self) -> dict[str, Any]:
-        fp = self._fingerprint
-        return {
-            "device": fp["device"],
-            "device_name": fp["device_name"],
-            "torch_version": fp["torch"],
-            "threads": fp["threads"],
-            "dtype": fp["dtype"],
-            "memory_format": fp["memory_format"],
-            "compiled": self.compile,
-            **self.target(),
-        }
+        if cfg.cost not in (None, "step"):
+            raise NasError(
+                f"--step-time proxy times the proxy's training step; --cost {cfg.cost} needs --step-time "
+                "table or measure"
+            )
 
 
-def _spread(t: Timing) -> float:
-    return (t.iqr_ms or 0.0) / t.step_time_ms if t.step_time_ms > 0 else math.inf
+METHODS: dict[str, Method] = {m.name: m for m in (TableMethod(), MeasureMethod(), ProxyMethod())}
 
 
-def _scaled(size: int, scale: float) -> int:
-    return max(8, int(round(size * scale)))
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise NasError(f"unknown step-time method {name!r}; known: {', '.join(METHODS)}")
+    return METHODS[name]
 
 
-def make_timer(settings, num_classes: int) -> StepTimer:
-    return StepTimer(settings, num_classes)
+def spread(iqr_ms: float | None, ms: float) -> float:
+    return (iqr_ms or 0.0) / ms if ms > 0 else float("inf")
+
+
+def steady_reference(source: DirectSource, arch: Architecture, image_size: int, batch_size: int) -> dict[str, Any]:
+    """The reference timed directly until its spread settles (at most :data:`STEADY_TRIES` times; the
+    first timing in a fresh process runs slow and is a warm-up only); ``noisy`` when it never did."""
+    source.time(arch, image_size, batch_size)
+    best = None
+    for _ in range(STEADY_TRIES):
+        r = source.time(arch, image_size, batch_size)
+        if best is None or spread(r.iqr_ms, r.step_time_ms) < spread(best.iqr_ms, best.step_time_ms):
+            best = r
+        if spread(r.iqr_ms, r.step_time_ms) <= STEADY_SPREAD:
+            break
+    return {
+        "ms": best.step_time_ms,
+        "iqr_ms": best.iqr_ms,
+        "noisy": spread(best.iqr_ms, best.step_time_ms) > STEADY_SPREAD,
+    }
+
+
+def cost_describe(cost: str) -> str:
+    return get_cost(cost).what

@@ -2,166 +2,152 @@
 
 Prediction (the formula :meth:`StepTimeModel.breakdown` computes and the tests check)::
 
-    raw(arch)  = sum over the pieces p of arch:  count_p * ms_p                   (pieces.py, timing.py)
-    predicted  = a * raw(arch) + b * blocks(arch) + d * params(arch) + c          (fit_correction)
+    raw(arch)  = sum over the pieces p of arch:  count_p * ms_p                   (pieces.py, costs.py)
+    predicted  = a * raw(arch) + b * blocks(arch) + d * params(arch) + c          (correction.py)
                  bounded to [0.9 * min r, 1.1 * max r] * raw(arch), r: measured / raw of the
                  calibration networks (correction.correct: no extrapolation past what was measured)
 
-``ms_p`` is piece p's share of a training step at the target setting (its forward, backward and
-RMSprop step over its parameters), ``blocks`` the network's number of blocks and ``params`` its parameter count
-(the pieces' summed with their counts). The correction stands for what timing pieces one at a time
-misses: the per-step costs paid once (``c``: the optimiser's and autograd's bookkeeping); the
-per-call overhead each separately timed piece pays and the network pays once, and whatever else
-grows with the number of layers (``b``); what grows with the parameters' memory (``d``: gradients
-and optimiser temporaries allocated in fresh pages, weights no longer in cache when the whole
-network runs, not one piece again and again); and cache effects in proportion to the work (``a``).
-It is fitted to the measured full step times of a few calibration networks: the space's reference
-and ``CALIBRATION_SAMPLES`` candidates drawn with a fixed seed of their own, so the candidates a
-check draws (``nas calibrate --check``) are not the ones the correction saw. Which of b, d and c
-are used, if any, is decided by leave-one-out error on those networks (:func:`fit_correction`): on a
-shared 2-core CPU the raw sum already agrees with measurement about as well as a second measurement
-does, and no fit is kept; on a GPU, where each separately timed piece pays overheads that the full
-step hides, a fit is expected to be.
+``ms_p`` is piece p's share of the cost at the target setting (for the training step: its forward,
+backward and RMSprop step over its parameters; for latency: its forward pass in evaluation mode),
+``blocks`` the network's number of blocks and ``params`` its parameter count. The correction stands
+for what timing pieces one at a time misses (per-step costs paid once, per-call overheads each
+separately timed piece pays, cache effects); which terms are used, if any, is decided by
+leave-one-out error on the calibration networks (:mod:`nas.steptime.correction`).
 
-Building a table (:meth:`StepTimeModel.load_or_build`): time every piece the space can produce when
-it can be enumerated (:mod:`nas.steptime.cover`), then the calibration networks' missing pieces and
-their full steps, and fit. Any piece a later prediction needs that the table lacks (a space too
-large to pre-fill, another resolution, a scaled network) is timed on first use and added to the
-table (under its lock, atomically): :attr:`StepTimeModel.timed` counts them. The build saves after
-the pieces and after every calibration network, so a killed build resumes from there.
+A model predicts from its table alone, in any process on any machine. A piece the table lacks (a
+space too large to pre-fill such as ``mnasnet``, another resolution in ``nas grid-scale``) is timed
+only in a process that matches the table's device (:mod:`nas.steptime.ontarget`) and added to the
+table under its lock; anywhere else the prediction fails with :class:`~nas.steptime.ontarget.OffTarget`
+naming the ``nas calibrate`` command that covers it. Building a table: :mod:`nas.steptime.build`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import datetime
-import time
-from collections.abc import Callable
+import os
+from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from nas.core.device import Runtime
 from nas.errors import NasError, check_int, check_positive
+from nas.steptime import build as builder
 from nas.steptime import table as tables
-from nas.steptime.correction import correct, fit_correction
-from nas.steptime.cover import covering_architectures
-from nas.steptime.pieces import PieceRef, decompose, extract, piece_params, time_piece
+from nas.steptime.correction import correct
+from nas.steptime.costs import Cost, get_cost
+from nas.steptime.measure import check_clock
+from nas.steptime.ontarget import on_target
+from nas.steptime.pieces import PieceRef, decompose
 from nas.steptime.target import Target, default_target
-from search_spaces import Architecture, build
+from search_spaces import Architecture, get_space
 
-CALIBRATION_SAMPLES = 5
-CALIBRATION_SEED = 1_000_003  # the sample stream of the calibration networks (a check draws from its own)
-PIECE_RUN_TIME = 0.05  # seconds of timed repetitions per piece and pass, at least
-PIECE_RUNS = 4  # ... and at least this many runs (timing.time_piece)
-PIECE_PASSES = 2  # passes over all pieces; each piece's fastest is kept (_time_missing)
-MEASURE_RUN_TIME = 0.5  # seconds of timed full steps per network and repeat (at least one step)
-MEASURE_WARMUP = 2  # untimed steps first (the first allocates; kernels are warm from the pieces)
-MEASURE_REPEATS = 2  # a full step is timed this often and the fastest kept (other jobs only slow it down)
-
-Progress = Callable[[int, int, str], None]  # (done, total, what)
-
-
-class _Bar:
-    """``progress``: False (silent), True (a tqdm bar on stderr) or a callable ``(done, total, what)``."""
-
-    def __init__(self, progress: bool | Progress, total: int):
-        self.done, self.total = 0, total
-        self.fn = progress if callable(progress) else None
-        self.tqdm = None
-        if progress is True:
-            from tqdm import tqdm
-
-            self.tqdm = tqdm(total=total, desc="step-time table", unit="part", leave=False)
-
-    def grow(self, n: int) -> None:
-        self.total += n
-        if self.tqdm is not None:
-            self.tqdm.total = self.total
-            self.tqdm.refresh()
-
-    def step(self, what: str) -> None:
-        self.done += 1
-        if self.tqdm is not None:
-            self.tqdm.set_postfix_str(what[:40], refresh=False)
-            self.tqdm.update(1)
-        if self.fn is not None:
-            self.fn(self.done, self.total, what)
-
-    def close(self) -> None:
-        if self.tqdm is not None:
-            self.tqdm.close()
-
-
-def _space(space) -> Any:
-    from search_spaces import get_space
-
-    return get_space(space) if isinstance(space, str) else space
+PIECE_RUN_TIME = builder.PIECE_RUN_TIME
+MEASURE_RUN_TIME = builder.MEASURE_RUN_TIME
+CALIBRATION_SAMPLES = builder.CALIBRATION_SAMPLES
 
 
 class StepTimeModel:
-    """Predicts a full-size candidate's training step time (ms) on one runtime at one target setting.
+    """Predicts a full-size candidate's cost (ms) on a table's target device and setting.
 
-    Make one with :meth:`load_or_build` (builds the table when there is none) or :meth:`load` (an
-    existing table only: what a search worker calls)."""
+    Make one with :meth:`from_file` (a table file, e.g. ``--target FILE``), :meth:`load_or_build`
+    (this machine's table for a setting, built when there is none) or :meth:`load` (an existing
+    table only)."""
 
-    def __init__(
-        self,
-        table: tables.Table,
-        space,
-        runtime: Runtime,
-        target: Target,
-        num_classes: int,
-        piece_run_time: float = PIECE_RUN_TIME,
-    ):
-        self.table, self.space, self.runtime, self.target = table, space, runtime, target
-        self.clock = table.fingerprint["clock"]
-        self.num_classes = num_classes
-        self.piece_run_time = piece_run_time
+    def __init__(self, table: tables.Table, space=None, *, piece_run_time: float = PIECE_RUN_TIME):
+        self.table = table
+        self.space = space if space is not None else get_space(table.setting["space"])
+        self.piece_run_time = check_positive("piece timing run time", piece_run_time)
         self.timed = 0  # pieces this object timed on first use (not while building)
         self.built = False  # whether this object built (or finished building) its table
         self._cache: dict[tuple[Architecture, int], float] = {}
+        self.cover_flags = ""  # calibrate flags that cover what the owner's run needs beyond the space
+
+    # -- what it is ----------------------------------------------------------------------------
+    @property
+    def path(self) -> Path:
+        return self.table.path
+
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        return dict(self.table.fingerprint)
+
+    @property
+    def setting(self) -> dict[str, Any]:
+        return dict(self.table.setting)
+
+    @property
+    def target(self) -> Target:
+        st = self.table.setting
+        return Target(st["image_size"], st["batch_size"], st["cost"])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.table.setting["num_classes"])
+
+    @property
+    def cost(self) -> Cost:
+        return get_cost(self.table.setting["cost"])
+
+    @property
+    def clock(self) -> str:
+        return self.table.fingerprint["clock"]
+
+    @property
+    def identity(self) -> str:
+        return self.table.identity
+
+    def cover_command(self, **changes: Any) -> str:
+        """The ``nas calibrate`` command that builds this table on its device with every piece a run
+        of its space needs (``cover_flags``: what else the run needs, e.g. a grid's resolutions), with
+        ``changes`` to its setting (``num_classes=10``)."""
+        st, fp = {**self.table.setting, **changes}, self.table.fingerprint
+        threads = f" --threads {fp['threads']}" if fp.get("threads") else ""
+        return (
+            f"run `nas calibrate --space {st['space']} --cost {st['cost']} --device {fp['device']}{threads} "
+            f"--target-image-size {st['image_size']} --target-batch-size {st['batch_size']} "
+            f"--num-classes {st['num_classes']}{self.cover_flags} --out FILE` on a {fp['device_name']} and "
+            "pass --target FILE"
+        )
 
     # -- making one ----------------------------------------------------------------------------
-    @staticmethod
-    def _args(space, runtime, target, num_classes, piece_run_time, clock):
-        from nas.steptime.measure import check_clock
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, space=None) -> StepTimeModel:
+        """The model of a complete table file (``--target FILE``), whatever device this process has."""
+        t = tables.read(Path(path))
+        if t is None:
+            raise NasError(f"step-time table {str(path)!r} does not exist")
+        if not t.complete:
+            raise NasError(
+                f"step-time table {str(path)!r} is unfinished (its build was stopped); finish it with "
+                "the same `nas calibrate` command"
+            )
+        return cls(t, space)
 
-        space = _space(space)
+    @staticmethod
+    def _local(space, runtime, target, num_classes, clock) -> tuple[Any, dict, dict]:
+        space = get_space(space) if isinstance(space, str) else space
         runtime = runtime if isinstance(runtime, Runtime) else Runtime.resolve(runtime or "auto")
         check_clock(clock, runtime)
         target = target or default_target(runtime, space)
         if not isinstance(target, Target):
             raise NasError(f"target must be a nas.steptime.Target, got {type(target).__name__}")
         check_int("number of classes", num_classes, 1, 1 << 20)
-        check_positive("piece timing run time", piece_run_time)
-        return space, runtime, target
+        return space, tables.fingerprint(runtime, clock), tables.setting(space.name, target, num_classes)
 
     @classmethod
     def load(
-        cls,
-        space,
-        runtime: Runtime | str | None = None,
-        target: Target | None = None,
-        *,
-        table_dir=None,
-        num_classes: int = 1000,
-        piece_run_time: float = PIECE_RUN_TIME,
-        clock: str = "wall",
+        cls, space, runtime=None, target=None, *, table_dir=None, num_classes: int = 1000, clock: str = "wall"
     ) -> StepTimeModel:
-        """The model of an existing, complete table: cheap (one JSON read), no timing, safe in many
-        processes at once. NasError when there is none (run ``nas calibrate``) or it is unusable."""
-        space, runtime, target = cls._args(space, runtime, target, num_classes, piece_run_time, clock)
-        fp = tables.fingerprint(runtime, target, space.name, clock)
-        path = tables.table_path(table_dir, fp)
-        t = tables.load(path, fp)
+        """The model of this machine's existing, complete table for a setting: cheap (one JSON read)."""
+        space, fp, st = cls._local(space, runtime, target, num_classes, clock)
+        path = tables.table_path(table_dir, fp, st)
+        t = tables.load(path, fp, st)
         if t is None or not t.complete:
             raise NasError(
                 f"no step-time table for space {space.name!r} at {target} on {fp['device_name']} "
                 f"({'unfinished' if t else 'none'} at {str(path)!r}); build it with `nas calibrate`"
             )
-        return cls(t, space, runtime, target, num_classes, piece_run_time)
+        return cls(t, space)
 
     @classmethod
     def find(
@@ -174,28 +160,28 @@ class StepTimeModel:
         num_classes: int = 1000,
         clock: str = "wall",
     ) -> StepTimeModel | None:
-        """The model of the first complete table for ``runtime`` and ``target`` among ``spaces``
-        (default: every registered space), or None. A corrupt or foreign file still raises."""
+        """The model of the first complete table on this machine for ``runtime`` and ``target`` among
+        ``spaces`` (default: every registered space), or None. A corrupt or foreign file still raises."""
         from search_spaces import space_names
 
         for name in spaces or space_names():
-            space = _space(name)
-            fp = tables.fingerprint(runtime, target, space.name, clock)
-            t = tables.load(tables.table_path(table_dir, fp), fp)
+            space, fp, st = cls._local(name, runtime, target, num_classes, clock)
+            t = tables.load(tables.table_path(table_dir, fp, st), fp, st)
             if t is not None and t.complete:
-                return cls(t, space, runtime, target, num_classes)
+                return cls(t, space)
         return None
 
     @classmethod
     def load_or_build(
         cls,
         space,
-        runtime: Runtime | str | None = None,
-        target: Target | None = None,
+        runtime=None,
+        target=None,
         *,
         table_dir=None,
+        path=None,
         rebuild: bool = False,
-        progress: bool | Progress = False,
+        progress=False,
         num_classes: int = 1000,
         piece_run_time: float = PIECE_RUN_TIME,
         measure_run_time: float = MEASURE_RUN_TIME,
@@ -203,179 +189,54 @@ class StepTimeModel:
         clock: str = "wall",
         log=None,
     ) -> StepTimeModel:
-        """The model of this space, runtime and target: the table on disk when there is a complete
-        one (``rebuild=False``), else built now (resuming an unfinished one unless ``rebuild``).
-        ``clock="cpu"`` times by process CPU time (one-thread CPU runtimes: :mod:`nas.steptime.measure`).
-        ``log`` (a callable taking a line) hears when a build starts and ends."""
-        space, runtime, target = cls._args(space, runtime, target, num_classes, piece_run_time, clock)
+        """The model of this space, this machine's device and a setting: the table at ``path`` (default:
+        in the table directory) when it is complete and ``rebuild`` is false, else built now on this
+        device (an unfinished one resumed unless ``rebuild``). ``clock="cpu"`` times by process CPU
+        time (one-thread CPU runtimes). ``log`` (a callable taking a line) hears when a build starts
+        and ends; ``progress`` is a tqdm bar (True) or a callable ``(done, total, what)``."""
+        space, fp, st = cls._local(space, runtime, target, num_classes, clock)
         check_positive("full-step timing run time", measure_run_time)
         check_int("calibration samples", calibration_samples, 2, 1000)
-        fp = tables.fingerprint(runtime, target, space.name, clock)
-        path = tables.table_path(table_dir, fp)
-        if not rebuild:
-            t = tables.load(path, fp)
-            if t is not None and t.complete:
-                return cls(t, space, runtime, target, num_classes, piece_run_time)
+        path = Path(path) if path is not None else tables.table_path(table_dir, fp, st)
+        t = None if rebuild else tables.load(path, fp, st)
+        if t is not None and t.complete:
+            return cls(t, space, piece_run_time=piece_run_time)
         try:
             with tables.locked(path):
-                # Whoever held the lock before us may have built it meanwhile.
-                t = None if rebuild else tables.load(path, fp)
-                if t is not None and t.complete:
-                    return cls(t, space, runtime, target, num_classes, piece_run_time)
-                t = t or tables.Table(path=path, fingerprint=fp)
-                model = cls(t, space, runtime, target, num_classes, piece_run_time)
-                if log:
-                    log(
-                        f"building the step-time table of {space.name} at {target} on this device, once for this "
-                        f"device and setting ({'resuming, ' if t.pieces else ''}a few minutes): {path}"
+                t = None if rebuild else tables.load(path, fp, st)  # whoever held the lock may have built it
+                model = cls(
+                    t or tables.Table(path=path, fingerprint=fp, setting=st), space, piece_run_time=piece_run_time
+                )
+                if not model.table.complete:
+                    builder.build(
+                        model,
+                        progress=progress,
+                        measure_run_time=measure_run_time,
+                        samples=calibration_samples,
+                        log=log,
                     )
-                model._build(progress, measure_run_time, calibration_samples)
-                if log:
-                    log(f"step-time table built in {model.table.build_s:.0f} s")
                 return model
         except OSError as e:
             raise NasError(f"cannot write the step-time table {str(path)!r}: {e.strerror or e}") from None
 
-    # -- building ------------------------------------------------------------------------------
-    def _build(self, progress: bool | Progress, measure_run_time: float, samples: int) -> None:
-        t0 = time.perf_counter() - self.table.build_s  # a resumed build counts the time already spent
-        tgt = self.target
-        covers = covering_architectures(self.space, tgt.image_size, tgt.batch_size, self.num_classes) or []
-        calib = calibration_archs(self, samples)
-        todo = {r.key for a in covers for r, _ in decompose(a, tgt.image_size, tgt.batch_size, self.num_classes)}
-        bar = _Bar(progress, len(todo - set(self.table.pieces)) * PIECE_PASSES + len(calib))
-        try:
-            with torch.random.fork_rng(devices=self.runtime.cuda_indices):
-                self._time_missing(covers, self.target.image_size, bar, counted=True)
-                self.table.prefilled = bool(covers)
-                self.table.build_s = time.perf_counter() - t0
-                self.table.save()
-                rows = []
-                for a in calib:
-                    if self._time_missing([a], self.target.image_size, bar):
-                        self.table.save()
-                    measured = self._measure(a, None, measure_run_time)
-                    b = self.breakdown(a, corrected=False)
-                    rows.append(
-                        {
-                            "arch": a.to_string(),
-                            "raw_ms": b["raw_ms"],
-                            "blocks": b["blocks"],
-                            "params": b["params"],
-                            "measured_ms": measured,
-                        }
-                    )
-                    bar.step("calibration network")
-                self.table.correction = {**fit_correction(rows), "points": rows}
-        finally:
-            bar.close()
-        self.table.build_s = time.perf_counter() - t0
-        self.table.created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        self.table.save()
-        self.built = True
-        self._cache.clear()
-
-    def _time_missing(
-        self, archs: list[Architecture], image_size: int, bar: _Bar | None = None, counted: bool = False
-    ) -> int:
-        """Time the pieces of ``archs`` the table lacks; returns how many. Caller holds the lock.
-
-        Every piece is timed in :data:`PIECE_PASSES` passes over all of them and its fastest pass
-        kept: on a shared machine a pass at a busy moment is outvoted by one at a quiet moment.
-        A stage's first and second block are all its distinct pieces (later blocks repeat the
-        second), so each network is built with at most two blocks a stage: it holds every piece and
-        builds and runs faster. ``counted``: the progress bar's total already counts the pieces."""
-        plan, seen = [], set(self.table.pieces)
-        for arch in archs:
-            short = arch.replace(stages=tuple(dataclasses.replace(s, repeats=min(s.repeats, 2)) for s in arch.stages))
-            refs = [r for r, _ in decompose(short, image_size, self.target.batch_size, self.num_classes)]
-            full = {r.key for r, _ in decompose(arch, image_size, self.target.batch_size, self.num_classes)}
-            if full != {r.key for r in refs}:
-                raise RuntimeError(f"the pieces of {arch} change when its stages are shortened")
-            missing = list({r.key: r for r in refs if r.key not in seen}.values())
-            seen |= full
-            if missing:
-                plan.append((short, missing))
-        n = sum(len(m) for _, m in plan)
-        if bar is not None and not counted:
-            bar.grow(n * PIECE_PASSES)
-        best: dict[str, dict[str, Any]] = {}
-        for _ in range(PIECE_PASSES):
-            for short, missing in plan:
-                torch.manual_seed(0)
-                net = self.runtime.prepare(build(short, self.num_classes)).train()
-                images = self.runtime.images(torch.randn(self.target.batch_size, 3, image_size, image_size))
-                found = extract(net, missing, images, self.runtime)
-                for r in missing:
-                    module, x = found[r.key]
-                    ms, iqr = time_piece(
-                        module,
-                        x,
-                        self.runtime,
-                        kind=r.kind,
-                        num_classes=self.num_classes,
-                        min_run_time=self.piece_run_time,
-                        runs=PIECE_RUNS,
-                        clock=self.clock,
-                    )
-                    if r.key not in best or ms < best[r.key]["ms"]:
-                        params, tensors = piece_params(module)
-                        best[r.key] = {"ms": ms, "iqr_ms": iqr, "params": params, "tensors": tensors}
-                    if bar is not None:
-                        bar.step(r.kind)
-                del net, found, images
-        self.table.pieces.update(best)
-        return n
-
-    def _extend(self, arch: Architecture, image_size: int) -> None:
-        """Time the pieces of ``arch`` this table lacks, under the table's lock, merging with what
-        other processes added meanwhile, and save."""
-        path = self.table.path
-        try:
-            with tables.locked(path):
-                disk = tables.load(path, self.table.fingerprint)
-                if disk is not None:
-                    for k, v in self.table.pieces.items():
-                        disk.pieces.setdefault(k, v)
-                    if disk.complete:
-                        self.table = disk
-                    else:
-                        self.table.pieces = disk.pieces
-                with torch.random.fork_rng(devices=self.runtime.cuda_indices):
-                    n = self._time_missing([arch], image_size)
-                if n:
-                    self.table.save()
-                self.timed += n
-        except OSError as e:
-            raise NasError(f"cannot write the step-time table {str(path)!r}: {e.strerror or e}") from None
-        self._cache.clear()
-
     # -- predicting ----------------------------------------------------------------------------
-    @property
-    def path(self):
-        return self.table.path
-
-    @property
-    def fingerprint(self) -> dict[str, Any]:
-        return dict(self.table.fingerprint)
-
     def _pieces(self, arch: Architecture, image_size: int) -> list[tuple[PieceRef, int]]:
         refs = decompose(arch, image_size, self.target.batch_size, self.num_classes)
         if any(r.key not in self.table.pieces for r, _ in refs):
-            self._extend(arch, image_size)
+            self.timed += builder.extend(self, arch, image_size)
+            self._cache.clear()
         return refs
 
     def raw(self, arch: Architecture, image_size: int | None = None) -> float:
-        """The uncorrected sum: pieces plus the optimiser fit (ms)."""
+        """The uncorrected sum of the pieces (ms)."""
         return self.breakdown(arch, image_size, corrected=False)["raw_ms"]
 
-    def breakdown(self, arch: Architecture, image_size: int | None = None, *, corrected: bool = True) -> dict[str, Any]:
+    def breakdown(self, arch: Architecture, image_size: int | None = None, *, corrected: bool = True) -> dict:
         """Every term of the prediction (see the module docstring), timing missing pieces first."""
         if not isinstance(arch, Architecture):
             raise NasError(f"predict() takes an Architecture, got {type(arch).__name__}")
         size = self.target.image_size if image_size is None else check_int("image size", image_size, 8, 2048)
-        refs = self._pieces(arch, size)
-        rows = [(r.key, n, self.table.pieces[r.key]) for r, n in refs]
+        rows = [(r.key, n, self.table.pieces[r.key]) for r, n in self._pieces(arch, size)]
         out = {
             "pieces": [(k, n, p["ms"]) for k, n, p in rows],
             "raw_ms": sum(n * p["ms"] for _, n, p in rows),
@@ -388,8 +249,8 @@ class StepTimeModel:
         return out
 
     def predict(self, arch: Architecture, image_size: int | None = None) -> float:
-        """Predicted full-size training step time (ms) of ``arch`` at the target setting (or at
-        ``image_size``). Cached per architecture; pieces the table lacks are timed first."""
+        """Predicted full-size cost (ms) of ``arch`` at the target setting (or at ``image_size``).
+        Cached per architecture; pieces the table lacks are timed first, on the target only."""
         key = (arch, image_size or self.target.image_size)
         hit = self._cache.get(key)
         if hit is None:
@@ -401,39 +262,17 @@ class StepTimeModel:
         arch: Architecture,
         image_size: int | None = None,
         min_run_time: float = MEASURE_RUN_TIME,
-        repeats: int = MEASURE_REPEATS,
+        repeats: int = builder.MEASURE_REPEATS,
     ) -> float:
-        """The full-size step of ``arch`` timed directly at the target setting, on the table's clock
-        (ms; the fastest block of ``repeats`` timings, as the calibration networks and the pieces are
-        timed): what a prediction is checked against."""
-        with torch.random.fork_rng(devices=self.runtime.cuda_indices):
-            return self._measure(arch, image_size, min_run_time, repeats)
-
-    def _measure(
-        self, arch: Architecture, image_size: int | None, min_run_time: float, repeats: int = MEASURE_REPEATS
-    ) -> float:
-        from nas.steptime.measure import measure_step_time
-
-        r = measure_step_time(
-            arch,
-            runtime=self.runtime,
-            batch_size=self.target.batch_size,
-            image_size=image_size or self.target.image_size,
-            num_classes=self.num_classes,
-            min_run_time=min_run_time,
-            clock=self.clock,
-            repeats=repeats,
-            statistic="min",
-            warmup=MEASURE_WARMUP,
-        )
-        return r.step_time_ms
-
-
-def calibration_archs(model: StepTimeModel, samples: int | None = None) -> list[Architecture]:
-    """The networks the correction is fitted on: the space's reference, then ``samples`` candidates
-    from a seeded stream of their own (the table records how many it used)."""
-    if samples is None:
-        points = (model.table.correction or {}).get("points")
-        samples = len(points) - 1 if points else CALIBRATION_SAMPLES
-    rng = np.random.default_rng(CALIBRATION_SEED)
-    return [model.space.reference()] + [model.space.sample(rng) for _ in range(samples)]
+        """The full-size cost of ``arch`` timed directly at the target setting on the target device,
+        the fastest of ``repeats`` timings as the calibration networks are timed: what a prediction
+        is checked against. :class:`~nas.steptime.ontarget.OffTarget` off the target."""
+        with (
+            on_target(
+                self.fingerprint,
+                needed_for="a direct check of the step-time table",
+                cover="run the check on the target device",
+            ) as runtime,
+            torch.random.fork_rng(devices=runtime.cuda_indices),
+        ):
+            return builder.measure_network(self, runtime, arch, image_size, min_run_time, repeats)

@@ -1,59 +1,66 @@
-"""TODO docstring."""
+"""``fidelity.json``: what a run's figures were checked against, written at its end.
+
+* ``step_time``: with a predicted cost (``--step-time table``), every ``--fidelity-every``-th trial is
+  also timed directly on the target device; the agreement of predictions and timings
+  (:func:`nas.core.agreement.agreement`). Where no process could time on the target (the trials ran
+  on other devices), the section says so plainly instead.
+* ``accuracy``: with ``--validate-top K``, how well the proxy's accuracy ranks a longer training's
+  (:mod:`nas.study.validation`).
+
+Sections of earlier runs of the same directory are kept unless this run recomputed them.
+"""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
+from nas.core.agreement import agreement, describe, paired
+from nas.core.files import atomic_write_json, read_json
 from nas.errors import NasError
+from nas.steptime.methods import METHODS, get_method
+from nas.study.validation import line as accuracy_line
+
+FILE = "fidelity.json"
 
 
-def fidelity(predicted, measured) -> dict[str, Any] | None:
-    """How well predicted step times stand for measured ones: Spearman, Kendall tau, mean absolute
-    percentage error and the share within +-10% (nn-Meter's measure)."""
-    import numpy as np
-
-    pairs = [
-        (float(p), float(m))
-        for p, m in zip(predicted, measured)
-        if p is not None and m is not None and math.isfinite(float(p)) and math.isfinite(float(m)) and float(m) > 0
-    ]
-    if not pairs:
-        return None
-    p, m = np.array([a for a, _ in pairs]), np.array([b for _, b in pairs])
-    err = np.abs(p - m) / m
-    out: dict[str, Any] = {
-        "n": len(pairs),
-        "mape": float(err.mean()),
-        "within_10pct": float((err <= 0.10).mean()),
-        "spearman": None,
-        "kendall_tau": None,
-    }
-    if len(pairs) >= 3 and np.ptp(p) > 0 and np.ptp(m) > 0:
-        from scipy import stats
-
-        out["spearman"] = float(stats.spearmanr(p, m).statistic)
-        out["kendall_tau"] = float(stats.kendalltau(p, m).statistic)
-    return out
+def _predicted(df: pd.DataFrame) -> pd.DataFrame:
+    methods = df["step_time_method"].dropna().unique() if "step_time_method" in df else []
+    names = [m for m in methods if m in METHODS and get_method(m).predicted]
+    return df[df["step_time_method"].isin(names)] if names else df.iloc[0:0]
 
 
-def step_time_fidelity(df) -> dict[str, Any]:
-    """The step-time model checked against the direct timings of the run's sampled trials."""
-    if "step_time_method" not in df or not len(df):
+def step_time_fidelity(df: pd.DataFrame) -> dict[str, Any]:
+    """The run's predicted costs checked against the direct timings of its sampled trials."""
+    if not len(df) or "measured_ms" not in df:
         return {}
-    table = df[(df["step_time_method"] == "table") & df["measured_step_time_ms"].notna()]
-    f = fidelity(table["step_time_ms"], table["measured_step_time_ms"]) if len(table) else None
-    return {"step_time": {**f, "trials": [int(n) for n in table["number"]]}} if f else {}
+    rows = _predicted(df).to_dict(orient="records")
+    sampled = [r for r in rows if _given(r.get("measured_ms")) or _given(r.get("fidelity_skipped"))]
+    if not sampled:
+        return {}
+    pred, meas = paired(sampled, "cost_ms", "measured_ms")
+    timed = [int(r["number"]) for r in sampled if _given(r.get("measured_ms"))]
+    out = {**agreement(pred, meas), "trials": timed}
+    skipped = sorted({str(r["fidelity_skipped"]) for r in sampled if _given(r.get("fidelity_skipped"))})
+    if skipped:
+        out["not_checked"] = {
+            "trials": [int(r["number"]) for r in sampled if _given(r.get("fidelity_skipped"))],
+            "why": skipped,
+        }
+    return {"step_time": out}
+
+
+def _given(v: Any) -> bool:
+    return v is not None and not (isinstance(v, float) and v != v) and v != ""
 
 
 def write_fidelity(run_dir: Path, sections: dict[str, Any]) -> None:
-    """``fidelity.json``: what the run's figures were checked against (sections kept from earlier runs)."""
-    from nas.core.files import atomic_write_json, read_json
-
+    """Write ``fidelity.json`` with this run's sections over those of earlier runs."""
     if not sections:
         return
-    path = Path(run_dir) / "fidelity.json"
+    path = Path(run_dir) / FILE
     old: dict[str, Any] = {}
     if path.exists():
         try:
@@ -65,15 +72,16 @@ def write_fidelity(run_dir: Path, sections: dict[str, Any]) -> None:
 
 def fidelity_lines(data: dict[str, Any]) -> list[str]:
     out = []
-    if "step_time" in data:
-        f = data["step_time"]
-        rank = "" if f["spearman"] is None else f"Spearman {f['spearman']:.2f}, Kendall tau {f['kendall_tau']:.2f}, "
-        out.append(
-            f"step-time model vs direct timing on {f['n']} trials: {rank}mean error {100 * f['mape']:.1f}%, "
-            f"{100 * f['within_10pct']:.0f}% within +-10% (fidelity.json)"
-        )
+    f = data.get("step_time")
+    if f:
+        if f.get("n"):
+            out.append(f"step-time model vs direct timing on the target: {describe(f)} trials (fidelity.json)")
+        if f.get("not_checked"):
+            nc = f["not_checked"]
+            out.append(
+                f"no direct check of the step-time model was possible for {len(nc['trials'])} sampled trial(s): "
+                f"{'; '.join(nc['why'])} (fidelity.json)"
+            )
     if "accuracy" in data:
-        from nas.study.validation import line
-
-        out.append(line(data["accuracy"]))
+        out.append(accuracy_line(data["accuracy"]))
     return out

@@ -37,10 +37,13 @@ from nas.study.results import (
     EXTRA_COLUMNS,
     common_error,
     figure,
+    finished_row,
     format_table,
+    frame,
     save_figure,
     state_counts,
 )
+from nas.trial.settings import TrialSettings
 from search_spaces import Architecture, count_macs, count_params
 
 GRID_COLUMNS = [
@@ -59,7 +62,10 @@ GRID_COLUMNS = [
     "macs",
     "macs_ratio",
     "target_macs_ratio",
+    "cost",
+    "cost_ms",
     "step_time_ms",
+    "latency_ms",
     "S",
     "P",
     "accuracy",
@@ -80,6 +86,8 @@ class GridProblem(Problem):
     results_file = "grid.csv"
     incremental = False  # one row per candidate: the file is rewritten (a few rows)
     unit = "candidates"
+    # The candidates are fixed and enqueued: nothing to sample, and every one is trained to the end.
+    sampler, pruner = "random", "none"
 
     def __init__(self, settings, base: Architecture, opts: GridOptions):
         super().__init__(settings)
@@ -103,22 +111,18 @@ class GridProblem(Problem):
 
     @classmethod
     def from_config(cls, config: dict[str, Any]):
-        from nas.trial.settings import TrialSettings
-
         g = config["grid"]
         spec = GridSpec(phi=g["phi"], step=g["step"], lo=g["lo"], hi=g["hi"], tolerance=g["tolerance"])
         opts = GridOptions(
             spec=spec, storage=config["storage"], study_name=config["study_name"], **config.get("options", {})
         )
         problem = cls(TrialSettings.from_dict(config["settings"]), Architecture.from_string(config["base"]), opts)
-        return problem, "random", "none", opts.storage
+        return problem, cls.sampler, cls.pruner, opts.storage
 
     def reference_arch(self):
         return self.base
 
     def pending(self, rows, n_trials):
-        from nas.study.results import finished_row
-
         done = {
             (float(r["alpha"]), float(r["beta"]), float(r["gamma"]))
             for r in rows
@@ -172,8 +176,6 @@ class GridProblem(Problem):
     def table(self, rows: list[dict[str, Any]]) -> pd.DataFrame:
         """One row per planned candidate: its latest finished trial (a complete one preferred), or
         WAITING when it has not been evaluated yet."""
-        from nas.study.results import frame
-
         latest: dict[tuple, dict[str, Any]] = {}
         for r in rows:
             if r.get("alpha") is None or r.get("state") not in ("COMPLETE", "PRUNED", "FAIL"):
@@ -322,7 +324,7 @@ class GridProblem(Problem):
             "resolution",
             "proxy_image_size",
             "macs_ratio",
-            "step_time_ms",
+            "cost_ms",
             "S",
             "accuracy",
             "reward",
@@ -336,7 +338,7 @@ class GridProblem(Problem):
             {
                 "product": "{:.3f}",
                 "macs_ratio": "{:.3f}",
-                "step_time_ms": "{:.2f}",
+                "cost_ms": "{:.2f}",
                 "S": "{:.3f}",
                 "accuracy": "{:.4f}",
                 "reward": "{:.4f}",

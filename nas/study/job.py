@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""One command's run as the driver and the backends see it: the :class:`Job` (what to search, how
+many trials, scheduled how) and the :class:`Run` a backend gets while it runs (the run directory,
+the results writer, this process's evaluator, the progress bar)."""
 
 from __future__ import annotations
 
@@ -26,7 +28,6 @@ class Job:
     restart: bool = False
     progress: bool = True
     echo: Callable[[str], None] = print
-    evaluator: Any = None  # this process's evaluator (default: a nas.trial.evaluator.Evaluator for the settings)
 
     @property
     def settings(self):
@@ -36,10 +37,10 @@ class Job:
 class Run:
     """What a backend gets while it runs: the run directory, the writer, the driver's evaluator."""
 
-    def __init__(self, job: Job, rundir, evaluator, extra: dict[str, Any]):
+    def __init__(self, job: Job, rundir, evaluator, extra: dict[str, Any], *, shared: bool = False):
         self.job, self.rundir, self.evaluator, self.extra = job, rundir, evaluator, extra
         self.path = rundir.path
-        self.writer = ResultsWriter(rundir.path, job.problem, extra, shared=job.backend == "workers")
+        self.writer = ResultsWriter(rundir.path, job.problem, extra, shared=shared)
         self.bar = None
         self.warnings: list[str] = []
 
@@ -62,32 +63,16 @@ class Run:
         self.job.echo(f"warning: {text}")
 
 
-def _family(backend: str) -> str:
-    # Workers and the embedded driver share one Optuna storage: a run is resumable by either.
-    return "embedded" if backend in ("embedded", "workers") else backend
-
-
 def run_extra(job: Job, evaluator) -> dict[str, Any]:
+    """What best.json records about the run besides the best trial: its space, reward, sampler, data
+    and the target S stands for."""
     s = job.settings
-    st = s.step_time
+    target = evaluator.target.summary() if evaluator.target is not None else {"evaluator": s.evaluator}
     return {
         "space": s.space,
         "reward": evaluator.reward.config(),
         "sampler": job.sampler,
         "dataset": s.dataset,
         "num_classes": evaluator.num_classes,
-        "target": {
-            "method": st.method,
-            "image_size": st.target_image_size,
-            "batch_size": st.target_batch_size,
-            "device": _device_name(evaluator),
-        },
+        "target": target,
     }
-
-
-def _device_name(evaluator) -> str:
-    timer = getattr(evaluator, "timer", None)
-    if timer is None or not hasattr(timer, "runtime"):  # a stand-in evaluator (tests, plugins)
-        return str(evaluator.settings.device) if hasattr(evaluator, "settings") else "unknown"
-    fp = timer.runtime.fingerprint()
-    return f"{fp['device']} ({fp['device_name']})"

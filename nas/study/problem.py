@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from nas.study.results import EXTRA_COLUMNS, TRIAL_COLUMNS
+from nas.study.results import EXTRA_COLUMNS, TRIAL_COLUMNS, finished_row, frame
 
 
 class Problem(abc.ABC):
@@ -30,6 +30,20 @@ class Problem(abc.ABC):
     def __init__(self, settings):
         self.settings = settings
 
+    # -- identity ------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def config(self) -> dict[str, Any]:
+        """What defines the run (stored in config.json; ``options`` may change between reruns)."""
+
+    @classmethod
+    @abc.abstractmethod
+    def from_config(cls, config: dict[str, Any]) -> tuple[Problem, str, str, str | None]:
+        """The problem of a stored config, with its sampler, pruner and storage."""
+
+    def with_settings(self, settings) -> Problem:
+        """The same problem with other (resolved) settings."""
+        return type(self).from_config({**self.config(), "settings": settings.to_dict()})[0]
+
     # -- proposals -----------------------------------------------------------------------------------
     @abc.abstractmethod
     def propose(self, trial) -> dict[str, Any]:
@@ -42,8 +56,6 @@ class Problem(abc.ABC):
 
     def pending(self, rows: list[dict[str, Any]], n_trials: int) -> tuple[int, int]:
         """(finished, still to run) of the ``n_trials`` the run asks for."""
-        from nas.study.results import finished_row
-
         done = sum(1 for r in rows if finished_row(r))
         return done, n_trials - done
 
@@ -71,8 +83,6 @@ class Problem(abc.ABC):
 
     def table(self, rows: list[dict[str, Any]]) -> pd.DataFrame:
         """The results file's contents (default: one line per trial, by number)."""
-        from nas.study.results import frame
-
         return frame(rows, self.columns())
 
     @abc.abstractmethod
@@ -89,9 +99,13 @@ class Problem(abc.ABC):
     @abc.abstractmethod
     def summary(self, df: pd.DataFrame) -> str: ...
 
-    def finish(self, run_dir: Path, df: pd.DataFrame, echo) -> dict[str, Any]:
-        """Work after every trial finished; returns sections for ``fidelity.json``."""
+    def finish(self, run_dir: Path, df: pd.DataFrame, echo, evaluator) -> dict[str, Any]:
+        """Work after every trial finished (with the driver's evaluator); sections for ``fidelity.json``."""
         return {}
+
+    def closing_line(self, best: dict[str, Any], run_dir: Path) -> str:
+        """The last line of a run that found a best."""
+        return f"best architecture (reward {best['reward']:.4f}): {best['arch']}"
 
     def files(self) -> str:
         """The result files, for the closing line."""

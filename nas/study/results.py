@@ -38,7 +38,10 @@ TRIAL_COLUMNS = [
     "params",
     "macs",
     "num_classes",
+    "cost",
+    "cost_ms",
     "step_time_ms",
+    "latency_ms",
     "step_time_method",
     "S",
     "P",
@@ -47,25 +50,23 @@ TRIAL_COLUMNS = [
     "duration_s",
     "error",
 ]
-# What every trial row may carry besides: how S was obtained and what it stands for, the reference it
-# was normalised by, measurement provenance, the proxy, timing, and where the trial ran.
+# What every trial row may carry besides: how S was obtained and what it stands for (the run's target:
+# its identity, device and the reference's cost), the direct check of a predicted cost, where the
+# trial ran, the proxy and timing.
 EXTRA_COLUMNS = [
-    "measured_step_time_ms",
+    "measured_ms",
+    "fidelity_skipped",
     "step_iqr_ms",
     "step_image_size",
     "step_batch_size",
-    "target_image_size",
-    "target_batch_size",
+    "target_id",
     "target_device",
-    "reference_step_time_ms",
+    "reference_ms",
     "reference_params",
     "device",
     "device_name",
     "torch_version",
     "threads",
-    "dtype",
-    "memory_format",
-    "compiled",
     "proxy_arch",
     "proxy_params",
     "epochs",

@@ -13,7 +13,9 @@ from typing import Any
 import pandas as pd
 
 from nas.core.files import atomic_write_json
-from nas.errors import NasError, check_choice, check_int
+from nas.errors import check_int
+from nas.steptime.costs import get_cost
+from nas.steptime.methods import get_method
 from nas.study.problem import Problem
 from nas.study.results import (
     common_error,
@@ -24,11 +26,14 @@ from nas.study.results import (
     save_figure,
     state_counts,
 )
-from nas.study.storage import PRUNERS, SAMPLERS
+from nas.study.strategies import check_pair, default_pruner, get_pruner, get_sampler
+from nas.study.validation import validate_top
+from nas.trial.settings import TrialSettings
+from search_spaces import get_space
 
 STUDY_NAME = "nas-search"
-# Multi-objective (nsga2): accuracy up, step time down, parameters down.
-OBJECTIVES = (("accuracy", "maximize"), ("step_time_ms", "minimize"), ("params", "minimize"))
+# Multi-objective samplers: accuracy up, cost (step time or latency) down, parameters down.
+OBJECTIVES = (("accuracy", "maximize"), ("cost_ms", "minimize"), ("params", "minimize"))
 
 
 @dataclass(frozen=True)
@@ -37,7 +42,7 @@ class SearchOptions:
 
     n_trials: int = 20
     sampler: str = "tpe"
-    pruner: str = "median"
+    pruner: str | None = None  # None: the sampler's default (nas.study.strategies.default_pruner)
     storage: str | None = None
     study_name: str = STUDY_NAME
     out: str = "runs/search-trainaware"
@@ -49,17 +54,15 @@ class SearchOptions:
         check_int("--validate-top", self.validate_top, 0, 10_000)
         if self.validate_epochs is not None:
             check_int("--validate-epochs", self.validate_epochs, 1, 100_000)
-        check_choice("--sampler", self.sampler, SAMPLERS)
-        check_choice("--pruner", self.pruner, PRUNERS)
-        if self.sampler == "nsga2" and self.pruner != "none":
-            raise NasError(
-                f"pruner {self.pruner!r} cannot be used with the multi-objective nsga2 sampler "
-                "(Optuna prunes single-objective studies only); use --pruner none"
-            )
+        get_sampler(self.sampler)
+        if self.pruner is None:
+            object.__setattr__(self, "pruner", default_pruner(self.sampler))
+        get_pruner(self.pruner)
+        check_pair(self.sampler, self.pruner)
 
     @property
     def multi_objective(self) -> bool:
-        return self.sampler == "nsga2"
+        return get_sampler(self.sampler).multi_objective
 
 
 class SearchProblem(Problem):
@@ -67,8 +70,6 @@ class SearchProblem(Problem):
     results_file = "trials.csv"
 
     def __init__(self, settings, opts: SearchOptions):
-        from search_spaces import get_space
-
         super().__init__(settings)
         self.opts = opts
         self.study_name = opts.study_name
@@ -89,8 +90,6 @@ class SearchProblem(Problem):
 
     @classmethod
     def from_config(cls, config: dict[str, Any]):
-        from nas.trial.settings import TrialSettings
-
         opts = SearchOptions(
             sampler=config["sampler"],
             pruner=config["pruner"],
@@ -129,7 +128,7 @@ class SearchProblem(Problem):
             return None
         best = ok.loc[ok["reward"].astype(float).idxmax()]
         metrics = {k: _plain(best[k]) for k in best.index if k != "arch" and _plain(best[k]) is not None}
-        front = ok[pareto_mask(ok["accuracy"].astype(float), ok["step_time_ms"].astype(float))]
+        front = ok[pareto_mask(ok["accuracy"].astype(float), ok["cost_ms"].astype(float))]
         data = {
             "arch": best["arch"],
             "objective": "reward",
@@ -142,28 +141,23 @@ class SearchProblem(Problem):
         return {"arch": best["arch"], **metrics}
 
     def plot(self, run_dir: Path, df: pd.DataFrame, extra: dict[str, Any]):
-        """Accuracy against step time for every complete trial, colour = reward, front marked."""
+        """Accuracy against cost for every complete trial, colour = reward, front marked."""
         ok = complete(df)
         if not len(ok):
             return None
-        acc, st = ok["accuracy"].astype(float), ok["step_time_ms"].astype(float)
-        front = pareto_mask(acc, st)
+        acc, cost = ok["accuracy"].astype(float), ok["cost_ms"].astype(float)
         fig, ax = figure((7, 4.5))
-        sc = ax.scatter(st, acc, c=ok["reward"].astype(float), cmap="viridis", s=28, label="trials")
+        sc = ax.scatter(cost, acc, c=ok["reward"].astype(float), cmap="viridis", s=28, label="trials")
         fig.colorbar(sc, ax=ax, label="reward")
-        f = ok[front].sort_values("step_time_ms")
-        ax.plot(
-            f["step_time_ms"].astype(float), f["accuracy"].astype(float), "r-o", mfc="none", ms=10, label="Pareto front"
-        )
+        f = ok[pareto_mask(acc, cost)].sort_values("cost_ms")
+        ax.plot(f["cost_ms"].astype(float), f["accuracy"].astype(float), "r-o", mfc="none", ms=10, label="Pareto front")
         best = ok.loc[ok["reward"].astype(float).idxmax()]
-        ax.scatter(
-            [best["step_time_ms"]], [best["accuracy"]], marker="*", s=220, c="red", label="best reward", zorder=5
-        )
+        ax.scatter([best["cost_ms"]], [best["accuracy"]], marker="*", s=220, c="red", label="best reward", zorder=5)
         return save_figure(
             fig,
             ax,
             Path(run_dir) / "pareto.png",
-            xlabel=f"training step time (ms, {_step_label(extra)})",
+            xlabel=_cost_label(extra),
             ylabel="validation accuracy (proxy)",
             title=f"nas search: {extra.get('space', '')}",
         )
@@ -171,14 +165,12 @@ class SearchProblem(Problem):
     def summary(self, df: pd.DataFrame, top: int = 10) -> str:
         return summary_table(df, top)
 
-    def finish(self, run_dir: Path, df: pd.DataFrame, echo) -> dict[str, Any]:
+    def finish(self, run_dir: Path, df: pd.DataFrame, echo, evaluator) -> dict[str, Any]:
         """After every trial finished: the accuracy side of fidelity (``--validate-top``)."""
         if not self.opts.validate_top:
             return {}
-        from nas.study.validation import validate_top
-
         epochs = self.opts.validate_epochs or 4 * self.settings.proxy.epochs
-        data = validate_top(run_dir, df, self.settings, self.opts.validate_top, epochs, echo=echo)
+        data = validate_top(run_dir, df, evaluator, self.opts.validate_top, epochs, echo=echo)
         return {"accuracy": data} if data else {}
 
     def files(self) -> str:
@@ -191,11 +183,8 @@ def summary_table(df: pd.DataFrame, top: int = 10) -> str:
     if not len(ok):
         err = common_error(df)
         return head + (f"\nmost common error: {err}" if err else "")
-    cols = [
-        c
-        for c in ["number", "reward", "accuracy", "step_time_ms", "S", "P", "params", "macs", "duration_s"]
-        if c in ok.columns
-    ]
+    cost = next((c for c in ("step_time_ms", "latency_ms", "cost_ms") if c in ok and ok[c].notna().any()), "cost_ms")
+    cols = [c for c in ["number", "reward", "accuracy", cost, "S", "P", "params", "macs", "duration_s"] if c in ok]
     t = ok.sort_values("reward", ascending=False).head(top)[cols]
     n_classes = ok["num_classes"].dropna() if "num_classes" in ok else []
     note = f" (params and MACs at {int(n_classes.iloc[0])} classes)" if len(n_classes) else ""
@@ -204,7 +193,7 @@ def summary_table(df: pd.DataFrame, top: int = 10) -> str:
         {
             "reward": "{:.4f}",
             "accuracy": "{:.4f}",
-            "step_time_ms": "{:.2f}",
+            cost: "{:.2f}",
             "S": "{:.3f}",
             "P": "{:.3f}",
             "duration_s": "{:.1f}",
@@ -215,11 +204,14 @@ def summary_table(df: pd.DataFrame, top: int = 10) -> str:
     return f"{head}\ntop {len(t)} by reward{note}:\n{table}"
 
 
-def _step_label(extra: dict[str, Any]) -> str:
+def _cost_label(extra: dict[str, Any]) -> str:
     t = extra.get("target") or {}
-    if t.get("method") == "proxy":
-        return "proxy"
-    return f"full size, {t.get('image_size')} px, batch {t.get('batch_size')}"
+    if "method" not in t:
+        return "cost (ms)"
+    what = get_cost(t["cost"]).what
+    if not get_method(t["method"]).full_size:
+        return f"proxy {what} (ms)"
+    return f"{what} (ms, full size, {t.get('image_size')} px, batch {t.get('batch_size')}, {t.get('device')})"
 
 
 def _plain(v: Any) -> Any:

@@ -12,7 +12,9 @@ Spearman correlation between their proxy accuracy and the longer run's accuracy 
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -20,9 +22,14 @@ from typing import Any
 
 import pandas as pd
 
+from nas.core.agreement import agreement
+from nas.core.files import append_line, atomic_write_text
 from nas.errors import check_int
+from nas.study.results import read_rows
+from search_spaces import Architecture
 
 FILE = "validation.csv"
+COLUMNS = ["number", "epochs", "proxy_accuracy", "validated_accuracy"]
 
 
 def pick(df: pd.DataFrame, k: int, seed: int) -> list[int]:
@@ -33,20 +40,46 @@ def pick(df: pd.DataFrame, k: int, seed: int) -> list[int]:
     return top + sorted(random.Random(seed).sample(rest, min(k, len(rest))))
 
 
+def _longer(evaluator, epochs: int):
+    """An evaluator like ``evaluator`` whose proxy trains ``epochs`` epochs (same target and data)."""
+    settings = evaluator.settings
+    train = dataclasses.replace(settings.proxy.train, epochs=epochs)
+    longer = dataclasses.replace(settings, proxy=dataclasses.replace(settings.proxy, train=train))
+    return type(evaluator)(longer, target=evaluator.target, reference=evaluator.reference_arch, data=evaluator.data)
+
+
+def _retrain(path: Path, df: pd.DataFrame, todo: list[int], evaluator, epochs: int, done: dict) -> None:
+    """Retrain the trials ``todo``, each appended to ``validation.csv`` as it finishes."""
+    ev = _longer(evaluator, epochs)
+    by_number = df.set_index("number")
+    if not path.exists():
+        atomic_write_text(path, _csv_line(COLUMNS))
+    for n in todo:
+        m = ev.evaluate(Architecture.from_string(by_number.loc[n, "arch"]), seed=evaluator.settings.seed + n)
+        row = {
+            "number": n,
+            "epochs": epochs,
+            "proxy_accuracy": float(by_number.loc[n, "accuracy"]),
+            "validated_accuracy": float(m["accuracy"]),
+        }
+        append_line(path, _csv_line([row[c] for c in COLUMNS]))
+        done[(n, epochs)] = row
+
+
+def _csv_line(values: list[Any]) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow([repr(v) if isinstance(v, float) else v for v in values])
+    return buf.getvalue()
+
+
 def validate_top(
-    run_dir: Path, df: pd.DataFrame, settings, k: int, epochs: int, *, echo: Callable[[str], None] = print
+    run_dir: Path, df: pd.DataFrame, evaluator, k: int, epochs: int, *, echo: Callable[[str], None] = print
 ) -> dict[str, Any] | None:
     """Retrain the picked trials for ``epochs`` and return the accuracy-side fidelity (or None when
     fewer than three trials could be compared)."""
-    from nas.core.files import append_line, atomic_write_text
-    from nas.study.fidelity import fidelity
-    from nas.study.results import read_rows
-    from nas.trial.evaluator import Evaluator
-    from search_spaces import Architecture
-
     check_int("--validate-top", k, 1, 10_000)
     check_int("--validate-epochs", epochs, 1, 100_000)
-    numbers = pick(df, k, settings.seed)
+    numbers = pick(df, k, evaluator.settings.seed)
     path = Path(run_dir) / FILE
     done = {(int(r["number"]), int(r["epochs"])): r for r in read_rows(path)} if path.exists() else {}
     todo = [n for n in numbers if (n, epochs) not in done]
@@ -55,28 +88,10 @@ def validate_top(
             f"validating the proxy: retraining {len(todo)} of {len(numbers)} trials (top {k} by reward and {k} at "
             f"random) for {epochs} epochs ..."
         )
-        longer = dataclasses.replace(
-            settings,
-            proxy=dataclasses.replace(settings.proxy, train=dataclasses.replace(settings.proxy.train, epochs=epochs)),
-        )
-        ev = Evaluator(longer)
-        by_number = df.set_index("number")
-        if not path.exists():
-            atomic_write_text(path, "number,epochs,proxy_accuracy,validated_accuracy\n")
-        for n in todo:
-            arch = Architecture.from_string(by_number.loc[n, "arch"])
-            m = ev.evaluate(arch, seed=settings.seed + n)
-            row = {
-                "number": n,
-                "epochs": epochs,
-                "proxy_accuracy": float(by_number.loc[n, "accuracy"]),
-                "validated_accuracy": m["accuracy"],
-            }
-            append_line(path, f"{n},{epochs},{row['proxy_accuracy']!r},{row['validated_accuracy']!r}")
-            done[(n, epochs)] = row
+        _retrain(path, df, todo, evaluator, epochs, done)
     rows = [done[(n, epochs)] for n in numbers if (n, epochs) in done]
-    f = fidelity([r["proxy_accuracy"] for r in rows], [r["validated_accuracy"] for r in rows])
-    if f is None or f["kendall_tau"] is None:
+    f = agreement([r["proxy_accuracy"] for r in rows], [r["validated_accuracy"] for r in rows])
+    if f["kendall_tau"] is None:
         return None
     return {
         "n": f["n"],
@@ -84,7 +99,7 @@ def validate_top(
         "spearman": f["spearman"],
         "top": k,
         "epochs": epochs,
-        "proxy_epochs": settings.proxy.epochs,
+        "proxy_epochs": evaluator.settings.proxy.epochs,
         "trials": [r["number"] for r in rows],
     }
 

@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""The one objective every backend runs (in process, worker processes, Ray Tune, the compound-scaling
+grid): evaluate one proposal, feed the pruning hook the same signal, and turn any failure into a
+recorded reason. It returns an :class:`Outcome` instead of raising, so a backend only has to schedule."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from nas.core.device import Runtime
 from nas.trial.evaluator import Evaluator, TrialPruned
 from search_spaces import Architecture
 
@@ -27,9 +30,14 @@ def error_text(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}".splitlines()[0][:500]
 
 
-def place() -> dict[str, Any]:
-    """Where a trial runs: the host and process (a rerun closes trials whose process is gone)."""
-    return {"hostname": socket.gethostname(), "pid": os.getpid()}
+def place(device: str | None = None) -> dict[str, Any]:
+    """Where a trial runs: the host and process (a rerun closes trials whose process is gone) and,
+    given the trials' device setting, the device it trains on as this process sees it."""
+    out: dict[str, Any] = {"hostname": socket.gethostname(), "pid": os.getpid()}
+    if device is not None:
+        fp = Runtime.resolve(device).fingerprint()
+        out.update(device=fp["device"], device_name=fp["device_name"], threads=fp["threads"], torch_version=fp["torch"])
+    return out
 
 
 def run_objective(
@@ -48,7 +56,13 @@ def run_objective(
     """
     t_start = time.time()
     arch = Architecture.from_string(proposal["arch"])
-    base = {"number": number, **proposal.get("facts", {}), "arch": proposal["arch"], **place(), "t_start": t_start}
+    base = {
+        "number": number,
+        **proposal.get("facts", {}),
+        "arch": proposal["arch"],
+        **place(evaluator.settings.device),
+        "t_start": t_start,
+    }
     hook = None
     if report is not None:
 

@@ -1,4 +1,8 @@
-"""TODO docstring."""
+"""The settings that define a search, frozen, checked on construction and round-tripping through
+JSON, so the same settings travel to a worker process or a Ray node and are stored with a run:
+:class:`TrialSettings` (what is searched, on which data, scored how), :class:`ProxyConfig` (how a
+candidate is shrunk and trained briefly) and the step-time configuration it carries
+(:class:`nas.steptime.methods.StepTimeConfig`)."""
 
 from __future__ import annotations
 
@@ -6,9 +10,13 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from nas.core.device import check_device
+from nas.data import check_dataset_name
 from nas.errors import NasError, check_choice, check_int, check_positive
 from nas.steptime.methods import StepTimeConfig
 from nas.training.config import TrainConfig
+from nas.training.progressive import get_schedule
+from rewards import get_reward
 from search_spaces import Architecture, get_space, scale
 
 # The proxy's training recipe: AdamW at a fixed learning rate, no warm-up, BatchNorm re-estimated on 8
@@ -53,8 +61,6 @@ class ProxyConfig:
         return cls(width=width, depth=depth, train=cfg).with_progressive(progressive)
 
     def with_progressive(self, name: str) -> ProxyConfig:
-        from nas.training.progressive import get_schedule
-
         sched = get_schedule(name)
         if sched is not None:
             size = self.image_size
@@ -113,12 +119,11 @@ class TrialSettings:
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     step_time: StepTimeConfig = field(default_factory=StepTimeConfig)
     compile: str = "auto"  # torch.compile of the training steps trained and timed: auto, on, off (nas.training.step)
+    evaluator: str = "train"  # how a candidate is scored (nas.trial.evaluator.EVALUATORS; checked where it is made)
 
     def __post_init__(self) -> None:
-        from nas.core.device import check_device
-        from nas.data import check_dataset_name
-        from rewards import get_reward
-
+        if not isinstance(self.evaluator, str) or not self.evaluator:
+            raise NasError(f"--evaluator must name an evaluator, got {self.evaluator!r}")
         get_space(self.space)
         get_reward(self.reward, **self.reward_params)
         check_dataset_name(self.dataset)
@@ -141,10 +146,14 @@ class TrialSettings:
             "proxy": self.proxy.to_dict(),
             "step_time": self.step_time.to_dict(),
             "compile": self.compile,
+            "evaluator": self.evaluator,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrialSettings:
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise NasError(f"unknown trial setting(s) {', '.join(unknown)}")
         d = dict(d)
         d["proxy"] = ProxyConfig.from_dict(d["proxy"])
         d["step_time"] = StepTimeConfig.from_dict(d["step_time"])

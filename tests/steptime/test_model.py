@@ -7,7 +7,6 @@ piece): these tests check what is computed and stored, never how fast anything i
 from __future__ import annotations
 
 import json
-import math
 import threading
 
 import numpy as np
@@ -17,8 +16,9 @@ import torch
 from nas.cli import main
 from nas.core.device import Runtime
 from nas.errors import NasError
-from nas.steptime import StepTimeModel, Target, check, default_target, fidelity
+from nas.steptime import StepTimeModel, Target, check, default_target
 from nas.steptime import table as tables
+from nas.steptime.build import calibration_archs
 from nas.steptime.correction import correct, fit_correction
 from nas.steptime.cover import covering_architectures
 from nas.steptime.pieces import decompose, extract, piece_params
@@ -179,20 +179,23 @@ def test_a_correction_never_extrapolates_past_the_measured_ratios():
 
 def test_round_trip_and_no_rebuild(built):
     assert built.built and built.table.prefilled and built.table.complete
-    assert built.path.name.startswith("tiny-test-cpu-16px-b2-")
+    assert built.path.name.startswith("tiny-test-step-cpu-16px-b2-c10-")
     data = json.loads(built.path.read_text())
     assert data["format"] == tables.FORMAT
+    assert data["fingerprint"] == {**Runtime.resolve("cpu").fingerprint(), "clock": "wall"} == built.fingerprint
     assert (
-        data["fingerprint"]
+        data["setting"]
         == {
-            **Runtime.resolve("cpu").fingerprint(),
+            "space": "tiny-test",
+            "cost": "step",
             "image_size": 16,
             "batch_size": 2,
-            "space": "tiny-test",
-            "clock": "wall",
+            "num_classes": 10,
+            "compiled": False,
         }
-        == built.fingerprint
+        == built.setting
     )
+    assert all(p["passes"] == 2 for p in data["pieces"].values())
     assert len(data["pieces"]) == 9  # stem, 2 first-stage variants, 2 ops x (first, repeated), head, tail
     again = StepTimeModel.load_or_build(
         TinySpace(), Runtime.resolve("cpu"), TARGET, table_dir=built.path.parent, **FAST
@@ -206,25 +209,29 @@ def test_round_trip_and_no_rebuild(built):
 def test_another_setting_or_device_never_reuses_a_table(built):
     d = built.path.parent
     rt = Runtime.resolve("cpu")
-    for target in (Target(24, 2), Target(16, 4)):
+    for target in (Target(24, 2), Target(16, 4), Target(16, 2, "latency")):
         with pytest.raises(NasError, match="no step-time table"):
-            StepTimeModel.load(TinySpace(), rt, target, table_dir=d)
-        assert tables.table_path(d, tables.fingerprint(rt, target, "tiny-test")) != built.path
+            StepTimeModel.load(TinySpace(), rt, target, table_dir=d, num_classes=10)
+        assert tables.table_path(d, tables.fingerprint(rt), tables.setting("tiny-test", target, 10)) != built.path
+    # Another class count is another setting: its tail (classifier and loss) differs.
+    with pytest.raises(NasError, match="no step-time table"):
+        StepTimeModel.load(TinySpace(), rt, TARGET, table_dir=d, num_classes=1000)
     # Another device (here: another thread count, or contiguous memory) is another fingerprint.
     contiguous = Runtime.resolve("cpu", channels_last="off")
     with pytest.raises(NasError, match="no step-time table"):
-        StepTimeModel.load(TinySpace(), contiguous, TARGET, table_dir=d)
+        StepTimeModel.load(TinySpace(), contiguous, TARGET, table_dir=d, num_classes=10)
+    st = tables.setting("tiny-test", TARGET, 10)
     torch.set_num_threads(2)
     try:
-        fp2 = tables.fingerprint(rt, TARGET, "tiny-test")
+        fp2 = tables.fingerprint(rt)
     finally:
         torch.set_num_threads(1)
-    assert fp2["threads"] == 2 and tables.table_path(d, fp2) != built.path
+    assert fp2["threads"] == 2 and tables.table_path(d, fp2, st) != built.path
     # A table copied onto another fingerprint's name is refused, not used.
-    other = tables.table_path(d, tables.fingerprint(contiguous, TARGET, "tiny-test"))
+    other = tables.table_path(d, tables.fingerprint(contiguous), st)
     other.write_text(built.path.read_text())
-    with pytest.raises(NasError, match=r"made for another setting \(memory_format: 'channels_last' there"):
-        StepTimeModel.load(TinySpace(), contiguous, TARGET, table_dir=d)
+    with pytest.raises(NasError, match=r"made for another device or setting \(memory_format: 'channels_last' there"):
+        StepTimeModel.load(TinySpace(), contiguous, TARGET, table_dir=d, num_classes=10)
     other.unlink()
 
 
@@ -245,7 +252,7 @@ def test_another_setting_or_device_never_reuses_a_table(built):
     ],
 )
 def test_corrupt_table_is_one_clear_error_and_rebuilt_on_request(tmp_path, built, damage, message):
-    path = tables.table_path(tmp_path, built.fingerprint)
+    path = tables.table_path(tmp_path, built.fingerprint, built.setting)
     path.write_text(damage(built.path.read_text()))
     with pytest.raises(NasError, match=message) as e:
         _model(tmp_path)
@@ -297,24 +304,13 @@ def test_default_targets():
             default_target(Runtime.resolve("cpu"), None, **bad)
 
 
-def test_fidelity_figures():
-    f = fidelity([1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0, 4.0])
-    assert f == {"spearman": 1.0, "kendall_tau": 1.0, "mape": 0.0, "within_10pct": 1.0, "n": 4}
-    f = fidelity([1.05, 1.5, 2.0, 4.4], [1.0, 2.0, 2.5, 4.0])
-    assert f["spearman"] == 1.0 and f["n"] == 4
-    assert f["mape"] == pytest.approx((0.05 + 0.25 + 0.2 + 0.1) / 4)
-    assert f["within_10pct"] == 0.5  # 5% and 10% are within, 25% and 20% are not
-    assert fidelity([2.0, 1.0, 3.0], [1.0, 2.0, 3.0])["kendall_tau"] == pytest.approx(1 / 3)
-    assert math.isnan(fidelity([1.0], [1.0])["spearman"])
-    with pytest.raises(NasError):
-        fidelity([1.0, 2.0], [1.0])
-
-
 def test_check_times_fresh_candidates(built):
-    rep = check(built, 2, seed=5, min_run_time=0.01)
-    assert rep["n"] == 2 and len(rep["rows"]) == 2
+    rep = check(built, 3, seed=5, min_run_time=0.01, repeat=True)
+    assert rep["n"] == 3 and len(rep["rows"]) == 3 and rep["repeat"]["n"] == 3
+    seen = {a.to_string() for a in calibration_archs(built)}
     for r in rep["rows"]:
         assert r["predicted_ms"] == built.predict(Architecture.from_string(r["arch"])) and r["measured_ms"] > 0
+        assert r["measured_again_ms"] > 0 and (r["arch"] not in seen or len(seen) >= 8)  # the space has 8
 
 
 # -- the CLI ----------------------------------------------------------------------------------
@@ -438,7 +434,7 @@ def test_calibrate_cli_end_to_end(run_nas, tmp_path):
         "--space",
         "mnasnet",
         "--check",
-        "2",
+        "3",
         "--table-dir",
         tmp_path,
         "--num-classes",
@@ -448,7 +444,7 @@ def test_calibrate_cli_end_to_end(run_nas, tmp_path):
     rc, out, err = run_nas(*args, "--json")
     assert rc == 0, err
     first = json.loads(out)
-    assert first["built_now"] and first["n"] == 2
+    assert first["built_now"] and first["n"] == 3
     rc, out, err = run_nas(*args)
     assert rc == 0 and "reused" in out and "Spearman" in out, err
     path = first["table"]
@@ -469,6 +465,8 @@ def test_calibrate_cli_end_to_end(run_nas, tmp_path):
         "2",
         "--min-run-time",
         "0.01",
+        "--num-classes",
+        "10",
         "--table-dir",
         tmp_path,
         "--json",
