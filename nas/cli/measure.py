@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 
+from nas.core.memory import check_step_memory, out_of_memory_as_error
+
 AMP_MODES = ("auto", "on", "off")  # nas.core.device.SWITCHES; not imported here to keep `nas --help` fast
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")  # nas.steptime.measure.MEMORY_FORMATS
 _FORMAT_SWITCH = {"auto": "auto", "channels_last": "on", "contiguous": "off"}
@@ -78,21 +80,24 @@ def run(args) -> int:
     arch = resolve_arch(args.arch)
     if args.space is not None:
         get_space(args.space)
-    r = measure_step_time(
-        arch,
-        device=args.device,
-        batch_size=args.batch_size,
-        image_size=args.image_size,
-        num_classes=args.num_classes,
-        amp=args.amp,
-        memory_format=args.memory_format,
-        min_run_time=args.min_run_time,
-        compile=compile_step,
-        clock=args.clock,
-        progress=_progress_line,
-    )
-    out = {"arch": arch.to_string(), "params": count_params(arch, args.num_classes), **r.to_dict()}
     runtime = Runtime.resolve(args.device, args.amp, _FORMAT_SWITCH[args.memory_format])
+    # A step that cannot fit is refused in one line before any time is spent (nas.core.memory).
+    check_step_memory(arch, args.batch_size, args.image_size or arch.resolution, args.num_classes, runtime)
+    with out_of_memory_as_error("timing the training step"):
+        r = measure_step_time(
+            arch,
+            device=args.device,
+            batch_size=args.batch_size,
+            image_size=args.image_size,
+            num_classes=args.num_classes,
+            amp=args.amp,
+            memory_format=args.memory_format,
+            min_run_time=args.min_run_time,
+            compile=compile_step,
+            clock=args.clock,
+            progress=_progress_line,
+        )
+    out = {"arch": arch.to_string(), "params": count_params(arch, args.num_classes), **r.to_dict()}
     out.update(_prediction(arch, runtime, r.image_size, r.batch_size, args))
     if args.json:
         print(json.dumps(out, indent=2))
