@@ -81,7 +81,6 @@ def run(args) -> int:
     if args.space is not None:
         get_space(args.space)
     runtime = Runtime.resolve(args.device, args.amp, _FORMAT_SWITCH[args.memory_format])
-    # A step that cannot fit is refused in one line before any time is spent (nas.core.memory).
     check_step_memory(arch, args.batch_size, args.image_size or arch.resolution, args.num_classes, runtime)
     with out_of_memory_as_error("timing the training step"):
         r = measure_step_time(

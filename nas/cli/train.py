@@ -11,7 +11,8 @@ import dataclasses
 import functools
 
 from nas.study.rundir import RunDir
-from nas.training.run import SMALL_DEFAULT_MULT, TrainOptions, resolve
+from nas.training.options import SMALL_DEFAULT_MULT, TrainOptions
+from nas.training.run import resolve
 
 
 def add_parser(sub) -> None:

@@ -19,7 +19,8 @@ import nas.training.run as run_mod
 from nas.cli import main, make_parser
 from nas.core.memory import estimate_step_memory
 from nas.errors import NasError
-from nas.training.run import TrainOptions, resolve
+from nas.training.options import TrainOptions
+from nas.training.run import resolve
 from search_spaces import Architecture
 from tests.helpers import REPO, TINY_TRAIN, TRAIN_ARGS, Evil, error_line, nas_env
 
