@@ -5,7 +5,8 @@
 * ``TINY_TRAIN``: the training tests' network (16 px, under 4x digits' 8 px: a digits epoch in a
   second); ``TRAIN_ARGS``: ``nas train`` on it, 3 epochs of progressive learning at 8 -> 16 px.
 * :func:`error_line`: the one ``nas: error:`` line a refused command prints, checked.
-* :class:`Evil`: an object whose unpickling runs a command (a checkpoint must be refused unread).
+* :class:`Evil`: an object whose unpickling runs a command (a checkpoint must be refused unread);
+  ``NOT_CHECKPOINTS``: contents of a ``checkpoint.pt`` that is no PyTorch file at all.
 * ``TINY``: ``nas search`` / ``nas grid-scale`` flags for a real but tiny trial (fake data, 16 px,
   one epoch, proxy width and depth 0.1, the proxy's step timed: tests about the step-time model and
   the full-size step name ``--step-time table`` or ``measure`` with a tiny target themselves).
@@ -110,6 +111,15 @@ def error_line(rc: int, err: str, code: int = 2) -> str:
     lines = err.strip().splitlines()
     assert rc == code and len(lines) == 1 and lines[0].startswith("nas: error: "), (rc, err)
     return lines[0]
+
+
+# Text a pickle reader misreads as opcodes ("{" is EMPTY_DICT), plain text, nothing, a zip's header.
+NOT_CHECKPOINTS = {
+    "json": b'{"epoch": 3}\n',
+    "text": b"hello world\n",
+    "empty": b"",
+    "zip-header": b"PK\x03\x04 not really a zip",
+}
 
 
 class Evil:

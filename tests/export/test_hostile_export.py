@@ -14,7 +14,7 @@ import nas.export.formats as formats
 from nas.cli import main
 from nas.scaling.grid import base_slug
 from search_spaces import Architecture
-from tests.helpers import TINY_ARCH, error_line
+from tests.helpers import NOT_CHECKPOINTS, TINY_ARCH, error_line
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread (conftest.py)
 
@@ -84,11 +84,7 @@ def test_an_out_under_a_file_is_named_as_such(capsys, tmp_path, no_export_work):
     assert "is a file, not a directory" in line
 
 
-@pytest.mark.parametrize(
-    "content",
-    [b'{"epoch": 3}\n', b"hello world\n", b"", b"PK\x03\x04 not really a zip"],
-    ids=["json", "text", "empty", "zip-header"],
-)
+@pytest.mark.parametrize("content", NOT_CHECKPOINTS.values(), ids=NOT_CHECKPOINTS.keys())
 def test_a_file_that_is_not_a_checkpoint_says_so(capsys, tmp_path, content):
     (tmp_path / "checkpoint.pt").write_bytes(content)
     for spec in (tmp_path / "checkpoint.pt", tmp_path):  # the file, or the run directory holding it

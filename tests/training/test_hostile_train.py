@@ -10,7 +10,7 @@ import torch
 import nas.core.memory as memory
 from nas.cli import main
 from nas.training.step import TrainStep
-from tests.helpers import TRAIN_ARGS, Evil, error_line
+from tests.helpers import NOT_CHECKPOINTS, TRAIN_ARGS, Evil, error_line
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread (conftest.py)
 
@@ -23,11 +23,7 @@ def train(capsys, out, *args, code: int) -> str:
     return error_line(rc, capsys.readouterr().err, code)
 
 
-@pytest.mark.parametrize(
-    "content",
-    [b'{"epoch": 3}\n', b"hello world\n", b"", b"PK\x03\x04 not really a zip"],
-    ids=["json", "text", "empty", "zip-header"],
-)
+@pytest.mark.parametrize("content", NOT_CHECKPOINTS.values(), ids=NOT_CHECKPOINTS.keys())
 def test_a_checkpoint_that_is_no_pytorch_file_says_so(capsys, tmp_path, content):
     (tmp_path / "checkpoint.pt").write_bytes(content)
     line = train(capsys, tmp_path, code=2)
