@@ -110,7 +110,6 @@ def test_export_command_as_a_user_runs_it(run_nas, tmp_path):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """A nas train run directory with an EMA checkpoint (one epoch on 256 digits)."""
-    torch.set_num_threads(1)
     run = tmp_path_factory.mktemp("train")
     d = load_dataset("digits")
     small = Splits(
