@@ -2,6 +2,11 @@
 
 * ``REPO``, :func:`run_nas`: the CLI as a user runs it, in a fresh interpreter.
 * ``TINY_ARCH``: a network small enough to build, time and train in milliseconds.
+* ``TINY_TRAIN``: the training tests' network (16 px, under 4x digits' 8 px: a digits epoch in a
+  second); ``TRAIN_ARGS``: ``nas train`` on it, 3 epochs of progressive learning at 8 -> 16 px.
+* :func:`error_line`: the one ``nas: error:`` line a refused command prints, checked.
+* :class:`Evil`: an object whose unpickling runs a command (a checkpoint must be refused unread);
+  ``NOT_CHECKPOINTS``: contents of a ``checkpoint.pt`` that is no PyTorch file at all.
 * ``TINY``: ``nas search`` / ``nas grid-scale`` flags for a real but tiny trial (fake data, 16 px,
   one epoch, proxy width and depth 0.1, the proxy's step timed: tests about the step-time model and
   the full-size step name ``--step-time table`` or ``measure`` with a tiny target themselves).
@@ -24,6 +29,34 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 TINY_ARCH = "stem8,r1_k3_s1_e1_i8_o8_se0.25,r2_k3_s2_e4_i8_o16_c1,head32,res32"
+
+
+# res16, drop0.2 (the default): the training tests' figures (sizes, dropout) are this network's.
+TINY_TRAIN = "stem8,r1_k3_s2_e1_i8_o8_c1,r1_k3_s2_e4_i8_o16,head32,res16"
+
+TRAIN_ARGS = [
+    "train",
+    TINY_TRAIN,
+    "--dataset",
+    "digits",
+    "--epochs",
+    "3",
+    "--width-mult",
+    "1",
+    "--depth-mult",
+    "1",
+    "--progressive",
+    "s",
+    "--stages",
+    "3",
+    "--image-size-start",
+    "8",
+    "--image-size-end",
+    "16",
+    "--batch-size",
+    "128",
+    "--no-progress",
+]
 
 
 TINY = [
@@ -70,6 +103,33 @@ def run_nas(
         timeout=timeout,
     )
     return p.returncode, p.stdout, p.stderr
+
+
+def error_line(rc: int, err: str, code: int = 2) -> str:
+    """The single ``nas: error: ...`` line of a refused command (exit ``code``: 2 bad input, 1 a
+    failed run), after checking there is nothing else on stderr (no traceback, no warning)."""
+    lines = err.strip().splitlines()
+    assert rc == code and len(lines) == 1 and lines[0].startswith("nas: error: "), (rc, err)
+    return lines[0]
+
+
+# Text a pickle reader misreads as opcodes ("{" is EMPTY_DICT), plain text, nothing, a zip's header.
+NOT_CHECKPOINTS = {
+    "json": b'{"epoch": 3}\n',
+    "text": b"hello world\n",
+    "empty": b"",
+    "zip-header": b"PK\x03\x04 not really a zip",
+}
+
+
+class Evil:
+    """Unpickling this runs ``touch MARKER``: what reading a checkpoint with weights_only must refuse."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
 
 
 def write_plugin(directory: Path, name: str, source: str) -> Path:

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import json
 
+from nas.errors import check_choice, check_int
+from nas.export.formats import FORMATS, SUFFIX, check, export, resolve_out
+from nas.export.source import calibrate_random, load_source
+from nas.scaling.grid import base_slug
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -30,28 +35,12 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from pathlib import Path
-
-    from nas.errors import NasError, check_choice, check_int
-    from nas.export.formats import FORMATS, SUFFIX, check, export
-    from nas.export.source import calibrate_random, load_source
-    from nas.scaling.grid import base_slug
-
     fmt = check_choice("--format", args.format, FORMATS)
     if args.image_size is not None:
         check_int("--image-size", args.image_size, 8, 2048)
     src = load_source(args.spec, args.num_classes)
     size = args.image_size or src.arch.resolution
-    name = f"{base_slug(args.spec, src.arch)}{SUFFIX[fmt]}"
-    out = Path(args.out or name)
-    out = out / name if out.is_dir() else out
-    if not out.parent.is_dir():
-        raise NasError(f"--out {str(out)!r}: directory {str(out.parent)!r} does not exist")
-    if Path(args.spec).exists() and out.resolve() in (
-        Path(args.spec).resolve(),
-        Path(args.spec).resolve() / "checkpoint.pt",
-    ):
-        raise NasError(f"--out {str(out)!r} is the file being exported; choose another name")
+    out = resolve_out(args.out, f"{base_slug(args.spec, src.arch)}{SUFFIX[fmt]}", args.spec)
     if src.random:
         calibrate_random(src.model, size)
     export(src.model, out, fmt, size)

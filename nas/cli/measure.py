@@ -14,6 +14,7 @@ import sys
 import torch
 
 from nas.core.device import SWITCHES, Runtime
+from nas.core.memory import check_step_memory, out_of_memory_as_error
 from nas.core.resolve import resolve_arch
 from nas.errors import check_choice, check_int
 from nas.steptime import StepTimeModel, Target
@@ -86,22 +87,25 @@ def run(args) -> int:
         get_space(args.space)
     cost = "latency" if args.latency else "step"
     batch = args.batch_size if args.batch_size is not None else (1 if args.latency else 32)
-    r = measure_step_time(
-        arch,
-        device=args.device,
-        batch_size=batch,
-        image_size=args.image_size,
-        num_classes=args.num_classes,
-        amp=args.amp,
-        memory_format=args.memory_format,
-        cost=cost,
-        min_run_time=args.min_run_time,
-        compile=compile_step,
-        clock=args.clock,
-        progress=_progress_line,
-    )
-    out = {"arch": arch.to_string(), "params": count_params(arch, args.num_classes), **r.to_dict()}
     runtime = Runtime.resolve(args.device, args.amp, FORMAT_SWITCH[args.memory_format])
+    if not args.latency:  # inference holds no activations for a backward pass: far less than a training step
+        check_step_memory(arch, batch, args.image_size or arch.resolution, args.num_classes, runtime)
+    with out_of_memory_as_error("timing the training step" if not args.latency else "timing the forward pass"):
+        r = measure_step_time(
+            arch,
+            device=args.device,
+            batch_size=batch,
+            image_size=args.image_size,
+            num_classes=args.num_classes,
+            amp=args.amp,
+            memory_format=args.memory_format,
+            cost=cost,
+            min_run_time=args.min_run_time,
+            compile=compile_step,
+            clock=args.clock,
+            progress=_progress_line,
+        )
+    out = {"arch": arch.to_string(), "params": count_params(arch, args.num_classes), **r.to_dict()}
     out.update(_prediction(arch, runtime, Target(r.image_size, r.batch_size, cost), args))
     if args.json:
         print(json.dumps(out, indent=2))

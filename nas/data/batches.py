@@ -25,6 +25,7 @@ from collections.abc import Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision.transforms import v2
 
 from nas.data.augment import check_randaugment, make_randaugment, normalise, resize
 from nas.data.sets import TensorImages
@@ -132,8 +133,6 @@ class _FolderItems(Dataset):
         return len(self.data)
 
     def __getitem__(self, key: tuple[int, int]):
-        from torchvision.transforms import v2
-
         i, size = key
         img, label = self.data[i]
         img = v2.functional.center_crop(v2.functional.resize(img, size, antialias=True), [size, size])

@@ -32,7 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch.utils.data import Dataset, Subset
+from torchvision import datasets
+from torchvision.transforms import v2
 
 from nas.data.augment import resize
 from nas.errors import NasError
@@ -168,7 +171,7 @@ def _split_tensors(
 
 
 def _digits(seed: int, val_fraction: float) -> Splits:
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # heavy (scikit-learn takes over a second): digits only
 
     d = load_digits()
     grey = torch.as_tensor(d.images, dtype=torch.float32)  # [1797, 8, 8], values 0..16
@@ -196,8 +199,6 @@ def _fake(seed: int, val_fraction: float, n: int = 640, size: int = 32, classes:
 
 
 def _cifar(name: str, root: Path, seed: int, val_fraction: float, download: bool) -> Splits:
-    from torchvision import datasets
-
     cls, archive, folder, classes = {
         "cifar10": (datasets.CIFAR10, "cifar-10-python.tar.gz", "cifar-10-batches-py", 10),
         "cifar100": (datasets.CIFAR100, "cifar-100-python.tar.gz", "cifar-100-python", 100),
@@ -218,15 +219,11 @@ def _cifar(name: str, root: Path, seed: int, val_fraction: float, download: bool
 
 
 def _imagefolder(path: str, seed: int, val_fraction: float) -> Splits:
-    from torchvision import datasets
-
     if not path:
         raise NasError("imagefolder needs a path: imagefolder:PATH")
     root = Path(os.path.expanduser(path))
     if not root.is_dir():
         raise NasError(f"imagefolder path {str(root)!r} is not a directory")
-    from torchvision.transforms import v2
-
     to_tensor = v2.PILToTensor()  # ImageFolder's loader already converts to RGB
 
     def folder(p: Path) -> datasets.ImageFolder:
@@ -276,8 +273,6 @@ def probe(splits: Splits) -> Splits:
     if not paths:
         return splits
     step = max(1, len(paths) // 2000) if len(paths) > PROBE_ALL_UP_TO else 1
-    from PIL import Image
-
     bad = []
     for path in paths[::step]:
         try:

@@ -1,15 +1,24 @@
-"""TODO docstring."""
+"""What ``nas export`` exports: a trained network (a ``nas train`` checkpoint, its EMA weights when the
+run kept them) or an architecture with seeded random weights whose BatchNorm statistics are
+estimated on random images first (see :mod:`nas.export.formats`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
+from nas.core.resolve import recorded_num_classes, resolve_arch
 from nas.errors import NasError, check_int
+from nas.training.checkpoint import load_checkpoint
+from nas.training.evaluation import recalibrate_bn
+from search_spaces import Architecture, build
+
+# A checkpoint nas export cannot read is named with this advice (nas train's would suggest --out,
+# which here names the file being written).
+ADVICE = "nas export reads the checkpoint.pt a nas train run writes, or an architecture"
 
 
 @dataclass
@@ -17,7 +26,7 @@ class Source:
     """A network to export and where it came from."""
 
     model: nn.Module
-    arch: Any
+    arch: Architecture
     num_classes: int
     weights: str  # "random (seed 0)" or the checkpoint it was read from
     random: bool = False
@@ -35,14 +44,11 @@ def _checkpoint_path(spec: str) -> Path | None:
 def load_source(spec: str, num_classes: int | None = None, seed: int = 0) -> Source:
     """The network ``spec`` names: trained weights from a checkpoint (or a ``nas train`` run
     directory), else the architecture with random weights (seeded)."""
-    from nas.training.checkpoint import load_checkpoint
-    from search_spaces import Architecture, build
-
     if num_classes is not None:
         check_int("--num-classes", num_classes, 1, 1_000_000)
     ckpt_path = _checkpoint_path(spec)
     if ckpt_path is not None:
-        ckpt = load_checkpoint(ckpt_path)
+        ckpt = load_checkpoint(ckpt_path, advice=ADVICE)
         if not isinstance(ckpt.get("arch"), dict):
             raise NasError(f"checkpoint {str(ckpt_path)!r} records no architecture")
         arch = Architecture.from_dict(ckpt["arch"])
@@ -62,8 +68,6 @@ def load_source(spec: str, num_classes: int | None = None, seed: int = 0) -> Sou
             ) from None
         which = "EMA weights" if state is not ckpt["model"] else "weights"
         return Source(model.eval(), arch, recorded, f"{which} of {ckpt_path} (epoch {ckpt['epoch']})")
-    from nas.core.resolve import recorded_num_classes, resolve_arch
-
     arch = resolve_arch(spec)
     n = num_classes or recorded_num_classes(spec)[0] or 1000
     torch.manual_seed(seed)
@@ -73,9 +77,7 @@ def load_source(spec: str, num_classes: int | None = None, seed: int = 0) -> Sou
 
 
 def calibrate_random(model: nn.Module, image_size: int, batches: int = 2, batch_size: int = 8, seed: int = 0) -> None:
-    """Estimate BatchNorm statistics on random normal images (see the module docstring)."""
-    from nas.training.evaluation import recalibrate_bn
-
+    """Estimate BatchNorm statistics on random normal images (see :mod:`nas.export.formats`)."""
     g = torch.Generator().manual_seed(seed)
     images = [(torch.randn(batch_size, 3, image_size, image_size, generator=g), None) for _ in range(batches)]
     with torch.no_grad():

@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""What defines a training run (:class:`TrainConfig`, validated on creation, round-tripped through
+JSON in every checkpoint), what :func:`nas.training.loop.fit` returns (:class:`TrainResult`), and the
+error of a run whose loss became NaN or infinite (:class:`TrainingDiverged`)."""
 
 from __future__ import annotations
 

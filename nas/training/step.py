@@ -50,7 +50,7 @@ def resolve_compile(mode: str, runtime: Runtime, steps_per_size: int) -> bool:
     if mode == "off":
         return False
     if runtime.device.type == "cuda":
-        from torch.utils._triton import has_triton
+        from torch.utils._triton import has_triton  # private, and pulls in torch's compiler stack: CUDA only
 
         if not has_triton():
             if mode == "on":
@@ -105,7 +105,7 @@ class TrainStep:
         self.compiled = compile
         self._forward_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = self._eager_forward_loss
         if compile:
-            import torch._inductor.config as inductor_config
+            import torch._inductor.config as inductor_config  # heavy: only when a step is compiled
 
             # Inductor imports cpp_extension, which warns on a machine without a CUDA runtime although
             # nothing of it is used; that line would bury the ones a user should read (as in nas.steptime.measure).

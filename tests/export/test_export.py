@@ -18,10 +18,10 @@ from nas.export.source import calibrate_random, load_source
 from nas.training.config import TrainConfig
 from nas.training.loop import fit
 from search_spaces import Architecture, build
+from tests.helpers import TINY_ARCH
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread (conftest.py)
 
-TINY = "stem8,r1_k3_s2_e1_i8_o8_c1,r1_k3_s2_e4_i8_o16_se0.25,head32,res32"
 # TF "same" padding (computed per call), ReLU6, a nominal input width, BatchNorm eps 1e-5.
 TF_STYLE = "stem16,r1_k3_s2_e4_i8_o16_c1_noskip,r2_k5_s2_e6_i16_o24,head64,res48,act_relu6,bneps1e-05,pad_same"
 
@@ -39,7 +39,7 @@ def model_for(text: str, seed: int = 0, num_classes: int = 10) -> torch.nn.Modul
     return m.eval()
 
 
-@pytest.mark.parametrize("text", [TINY, TF_STYLE])
+@pytest.mark.parametrize("text", [TINY_ARCH, TF_STYLE])
 def test_onnx_file_gives_pytorchs_outputs_at_any_batch(tmp_path, text):
     ort = pytest.importorskip("onnxruntime")
     model = model_for(text)
@@ -58,7 +58,7 @@ def test_onnx_file_gives_pytorchs_outputs_at_any_batch(tmp_path, text):
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
-@pytest.mark.parametrize("text", [TINY, TF_STYLE])
+@pytest.mark.parametrize("text", [TINY_ARCH, TF_STYLE])
 def test_torchscript_file_gives_pytorchs_outputs_at_any_batch(tmp_path, text):
     model = model_for(text)
     path = export(model, tmp_path / "m.pt", "torchscript", 32)
@@ -70,7 +70,7 @@ def test_torchscript_file_gives_pytorchs_outputs_at_any_batch(tmp_path, text):
 
 
 def test_without_onnxruntime_the_file_is_validated_not_run(tmp_path, monkeypatch):
-    model = model_for(TINY)
+    model = model_for(TINY_ARCH)
     path = export(model, tmp_path / "m.onnx", "onnx", 32)
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now raises ImportError
     result = check(path, "onnx", model, 32)
@@ -80,23 +80,23 @@ def test_without_onnxruntime_the_file_is_validated_not_run(tmp_path, monkeypatch
 def test_without_onnx_the_onnx_format_is_refused(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx", None)
     with pytest.raises(NasError, match="needs the onnx package"):
-        export(model_for(TINY), tmp_path / "m.onnx", "onnx", 32)
+        export(model_for(TINY_ARCH), tmp_path / "m.onnx", "onnx", 32)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_export_command_text_and_json(capsys, tmp_path):
-    rc, out, err = cli(capsys, "export", TINY, "--out", tmp_path / "tiny.onnx", "--num-classes", "7")
+    rc, out, err = cli(capsys, "export", TINY_ARCH, "--out", tmp_path / "tiny.onnx", "--num-classes", "7")
     assert rc == 0 and err == "", err
     assert "at 7 classes" in out and "input [batch, 3, 32, 32] with any batch size" in out
     assert "largest difference from PyTorch" in out and "onnxruntime" in out
     rc, out, err = cli(
-        capsys, "export", TINY, "--format", "torchscript", "--out", tmp_path, "--image-size", "40", "--json"
+        capsys, "export", TINY_ARCH, "--format", "torchscript", "--out", tmp_path, "--image-size", "40", "--json"
     )
     assert rc == 0, err
     info = json.loads(out, parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}"))
     assert Path(info["file"]) == tmp_path / (Path(info["file"]).name) and info["file"].endswith(".torchscript.pt")
     assert info["image_size"] == 40 and info["num_classes"] == 1000 and info["max_abs_diff"] <= 1e-6
-    assert info["params"] == sum(p.numel() for p in build(Architecture.from_string(TINY), 1000).parameters())
+    assert info["params"] == sum(p.numel() for p in build(Architecture.from_string(TINY_ARCH), 1000).parameters())
     assert info["weights"].startswith("random")
 
 
@@ -110,7 +110,6 @@ def test_export_command_as_a_user_runs_it(run_nas, tmp_path):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """A nas train run directory with an EMA checkpoint (one epoch on 256 digits)."""
-    torch.set_num_threads(1)
     run = tmp_path_factory.mktemp("train")
     d = load_dataset("digits")
     small = Splits(
@@ -121,7 +120,7 @@ def trained(tmp_path_factory) -> Path:
         8,
     )
     torch.manual_seed(0)
-    model = build(Architecture.from_string(TINY), 10)
+    model = build(Architecture.from_string(TINY_ARCH), 10)
     fit(
         model,
         small,
@@ -157,7 +156,7 @@ def test_bad_input_is_one_line_and_writes_nothing(capsys, tmp_path, args, words)
     rc, out, err = cli(
         capsys,
         "export",
-        TINY,
+        TINY_ARCH,
         *[a.replace("{tmp}", str(tmp_path)) for a in args],
         *([] if "--out" in args else ["--out", tmp_path / "m.onnx"]),
     )

@@ -9,17 +9,15 @@ import torch
 
 import nas.training.step as step_mod
 from nas.core.device import Runtime
-from nas.data import Splits, TensorImages, load_dataset
 from nas.errors import NasError
 from nas.steptime.measure import measure_step_time
 from nas.training.config import TrainConfig
 from nas.training.loop import fit
 from nas.training.step import AUTO_COMPILE_MIN_STEPS, TrainStep, resolve_compile
 from search_spaces import Architecture, build
+from tests.helpers import TINY_TRAIN
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread (conftest.py)
-
-TINY = "stem8,r1_k3_s2_e1_i8_o8_c1,r1_k3_s2_e4_i8_o16,head32,res16"
 CPU = Runtime.resolve("cpu")
 CUDA = Runtime(torch.device("cuda"), torch.bfloat16, True)  # built, never run: CI has no GPU
 
@@ -55,27 +53,19 @@ def test_bad_compile_values(bad):
 
 
 def test_train_step_takes_a_resolved_switch():
-    model = build(Architecture.from_string(TINY), 10)
+    model = build(Architecture.from_string(TINY_TRAIN), 10)
     with pytest.raises(NasError, match="resolve 'auto'"):
         TrainStep(model, torch.optim.SGD(model.parameters(), lr=0.1), CPU, compile="auto")
     assert TrainStep(model, torch.optim.SGD(model.parameters(), lr=0.1), CPU).compiled is False
 
 
 @pytest.mark.slow  # compiles a network: 20-40 s on 2 busy CPU cores without Inductor's cache
-def test_compiled_training_gives_the_eager_result_and_measure_times_it():
-    d = load_dataset("digits")
-    small = Splits(
-        "digits-small",
-        TensorImages(d.train.images[:256], d.train.labels[:256]),
-        TensorImages(d.val.images[:128], d.val.labels[:128]),
-        10,
-        8,
-    )
+def test_compiled_training_gives_the_eager_result_and_measure_times_it(small):
     c = TrainConfig(epochs=2, batch_size=32, device="cpu", image_size=12, mixup=0.2, compile="off")
 
     def run(cfg):
         torch.manual_seed(0)
-        return fit(build(Architecture.from_string(TINY), 10), small, cfg, progress=False)
+        return fit(build(Architecture.from_string(TINY_TRAIN), 10), small, cfg, progress=False)
 
     eager, compiled = run(c), run(dataclasses.replace(c, compile="on"))
     assert compiled.compiled and not eager.compiled
@@ -83,26 +73,12 @@ def test_compiled_training_gives_the_eager_result_and_measure_times_it():
     for a, b in zip(eager.history, compiled.history):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
         assert abs(b["val_accuracy"] - a["val_accuracy"]) <= 2 / 128
-    t = measure_step_time(
-        Architecture.from_string(TINY),
-        device="cpu",
-        batch_size=32,
-        image_size=12,
-        num_classes=10,
-        warmup=1,
-        min_run_time=0.05,
-        compile=True,
-    )
+
+    def timed(compile: bool):
+        arch = Architecture.from_string(TINY_TRAIN)
+        setting = dict(device="cpu", batch_size=32, image_size=12, num_classes=10, warmup=1, min_run_time=0.05)
+        return measure_step_time(arch, **setting, compile=compile)
+
+    t = timed(compile=True)
     assert t.compiled and t.compile_s is not None and t.compile_s >= 0 and t.step_time_ms > 0
-    assert (
-        measure_step_time(
-            Architecture.from_string(TINY),
-            device="cpu",
-            batch_size=32,
-            image_size=12,
-            num_classes=10,
-            warmup=1,
-            min_run_time=0.05,
-        ).compile_s
-        is None
-    )
+    assert timed(compile=False).compile_s is None
