@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from nas.backends import get_backend
@@ -34,7 +35,7 @@ from nas.study.rundir import RunDir
 from nas.study.storage import check_storage_url
 from nas.trial.evaluator import get_evaluator
 from nas.trial.target import prepare as prepare_target
-from nas.trial.target import resolve
+from nas.trial.target import check_classes, resolve
 
 
 @dataclasses.dataclass
@@ -54,8 +55,25 @@ def prepare(job: Job) -> Prepared:
     check_storage_url(job.storage)
     kind = get_evaluator(job.settings.evaluator)
     if kind.needs_target:
-        job.problem = job.problem.with_settings(resolve(job.settings, backend.target_device()))
-    return Prepared(backend, kind, kind.load_data(job.settings))
+        settings = resolve(job.settings, backend.target_device(), space_matters=job.problem.space_matters)
+        job.problem = job.problem.with_settings(settings)
+    data = kind.load_data(job.settings)
+    if kind.needs_target:
+        check_classes(job.settings, data.num_classes)
+        if job.settings.step_time.target is not None and not job.restart:
+            _check_same_table(job.settings.step_time.target, PreparedTarget.load(Path(job.out)))
+    return Prepared(backend, kind, data)
+
+
+def _config(job: Job, backend) -> dict[str, Any]:
+    """What defines the run (config.json). A target table counts by its identity, not its path: the
+    same table moved elsewhere is the same run, another table at the same path is not."""
+    config = {**job.problem.config(), "backend": backend.family, **backend.config()}
+    path = job.settings.step_time.target
+    if path is not None:
+        config["settings"]["step_time"]["target"] = None
+        config["target"] = StepTimeModel.from_file(path).identity
+    return config
 
 
 def _target(job: Job, prep: Prepared, rundir: RunDir) -> PreparedTarget | None:
@@ -63,10 +81,7 @@ def _target(job: Job, prep: Prepared, rundir: RunDir) -> PreparedTarget | None:
     if not prep.evaluator_kind.needs_target:
         return None
     target = PreparedTarget.load(rundir.path)
-    wanted = job.settings.step_time.target
     if target is not None:
-        if wanted is not None and target.table is not None:
-            _check_same_table(wanted, target)
         return target
 
     def build(device: str):
@@ -83,9 +98,10 @@ def _target(job: Job, prep: Prepared, rundir: RunDir) -> PreparedTarget | None:
     return prep.backend.prepare_target(build).save(rundir.path)
 
 
-def _check_same_table(path: str, target: PreparedTarget) -> None:
+def _check_same_table(path: str, target: PreparedTarget | None) -> None:
+    """A resume names the table its run was prepared with (or ``--restart`` starts over)."""
     given = StepTimeModel.from_file(path).identity
-    if given != target.identity:
+    if target is not None and given != target.identity:
         raise NasError(
             f"this run was prepared with step-time table {target.identity} ({target.source}) and --target "
             f"{path!r} is table {given}; pass the same table, or --restart to start over with this one"
@@ -135,7 +151,7 @@ def run(job: Job) -> dict[str, Any] | None:
     prep = prepare(job)
     problem = job.problem
     rundir = RunDir(job.out, what=f"nas {problem.kind} run")
-    config = {**problem.config(), "backend": prep.backend.family, **prep.backend.config()}
+    config = _config(job, prep.backend)
     with handle_interrupts(), rundir.own(config, restart=job.restart):
         target = _target(job, prep, rundir)
         evaluator = prep.evaluator_kind(job.settings, target=target, reference=problem.reference_arch(), data=prep.data)

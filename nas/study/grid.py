@@ -88,6 +88,7 @@ class GridProblem(Problem):
     unit = "candidates"
     # The candidates are fixed and enqueued: nothing to sample, and every one is trained to the end.
     sampler, pruner = "random", "none"
+    space_matters = False  # the candidates are the base scaled, whatever space a target table was built on
 
     def __init__(self, settings, base: Architecture, opts: GridOptions):
         super().__init__(settings)

@@ -26,6 +26,7 @@ class Problem(abc.ABC):
     directions: tuple[str, ...] = ("maximize",)
     incremental: bool = True  # results can be appended line by line (else rewritten whole)
     unit: str = "trials"
+    space_matters = True  # a target table must be of the settings' space (not for a grid of one scaled base)
 
     def __init__(self, settings):
         self.settings = settings

@@ -31,11 +31,11 @@ from search_spaces import Architecture, count_params, get_space
 PROXY_STEPS_PER_EPOCH = 20  # how many steps an epoch of the proxy is taken to train, for compile=auto
 
 
-def _table_file_setting(path: str, settings: TrialSettings, cost: str) -> Target:
+def _table_file_setting(path: str, settings: TrialSettings, cost: str, space_matters: bool) -> Target:
     """The setting of a ``--target`` table, refused when it does not fit the search."""
     model = StepTimeModel.from_file(path)
     st = model.setting
-    here = {"space": settings.space, "cost": cost}
+    here = {"space": settings.space, "cost": cost} if space_matters else {"cost": cost}
     for key, want in here.items():
         if st[key] != want:
             raise NasError(
@@ -51,15 +51,17 @@ def _table_file_setting(path: str, settings: TrialSettings, cost: str) -> Target
     return Target(st["image_size"], st["batch_size"], cost)
 
 
-def resolve(settings: TrialSettings, device: str | None = None) -> TrialSettings:
+def resolve(settings: TrialSettings, device: str | None = None, *, space_matters: bool = True) -> TrialSettings:
     """``settings`` with the cost and the target setting made concrete (see the module docstring);
-    ``device`` is where the target is when no table file names one (default: the trials' device)."""
+    ``device`` is where the target is when no table file names one (default: the trials' device).
+    ``space_matters``: a target table must be of the settings' space (not for ``nas grid-scale``,
+    whose candidates are one base scaled, whatever space the table was calibrated on)."""
     cfg = settings.step_time
     cost = cfg.cost or reward_class(settings.reward).default_cost
     if not cfg.method_kind.full_size:
         return dataclasses.replace(settings, step_time=dataclasses.replace(cfg, cost=cost))
     if cfg.target is not None:
-        t = _table_file_setting(cfg.target, settings, cost)
+        t = _table_file_setting(cfg.target, settings, cost, space_matters)
     else:
         t = default_target(
             Runtime.resolve(device or settings.device),
@@ -74,7 +76,12 @@ def resolve(settings: TrialSettings, device: str | None = None) -> TrialSettings
     )
 
 
-def _check_classes(model: StepTimeModel, num_classes: int, path: str) -> None:
+def check_classes(settings: TrialSettings, num_classes: int) -> None:
+    """A ``--target`` table stands for the search's class count (its classifier is a piece)."""
+    path = settings.step_time.target
+    if path is None or not settings.step_time.method_kind.predicted:
+        return
+    model = StepTimeModel.from_file(path)
     if model.num_classes != num_classes:
         raise NasError(
             f"--target {path!r} is for {model.num_classes} classes and this search's data has "
@@ -87,7 +94,7 @@ def _table_target(settings, num_classes, reference, device, progress, log) -> Pr
     target = Target(cfg.target_image_size, cfg.target_batch_size, cfg.cost)
     if cfg.target is not None:
         model, source = StepTimeModel.from_file(cfg.target), f"table {cfg.target}"
-        _check_classes(model, num_classes, cfg.target)
+        check_classes(settings, num_classes)
     else:
         model = StepTimeModel.load_or_build(
             settings.space,

@@ -243,8 +243,8 @@ def test_killed_driver_is_restored_and_keeps_finished_trials(cluster, tmp_path):
         3,
         "--plugin",
         "nas_standin",
-        "--scheduler",
-        "asha",
+        "--pruner",
+        "hyperband",
         "--max-concurrent",
         2,
         "--out",
@@ -299,15 +299,13 @@ def test_bad_resources_are_one_line_errors(tmp_path, capsys):
     assert RayOptions(gpus_per_trial=0.25).resources == {"cpu": 1.0, "gpu": 0.25}  # four trials per GPU
     with pytest.raises(NasError, match="positive number"):
         RayOptions(cpus_per_trial=0)
-    with pytest.raises(NasError, match="unknown scheduler"):
-        RayOptions(scheduler="pbt")
     assert main(["search", "--backend", "ray", "--gpus-per-trial", "2.5", "--out", str(tmp_path / "r"), *TINY]) == 2
     assert capsys.readouterr().err.splitlines() == [
         "nas: error: --gpus-per-trial must be a fraction of one GPU (e.g. 0.25: four trials per GPU) or a whole "
         "number of GPUs, got 2.5"
     ]
-    assert main(["search", "--scheduler", "asha", "--out", str(tmp_path / "r"), *TINY]) == 2
-    assert "are for --backend ray" in capsys.readouterr().err
+    assert main(["search", "--max-concurrent", "2", "--out", str(tmp_path / "r"), *TINY]) == 2
+    assert "--max-concurrent is for --backend ray, not embedded" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 
 

@@ -210,4 +210,4 @@ def test_worker_refuses_what_it_cannot_join(tmp_path, capsys):
     assert main(["worker", str(ray_run)]) == 2
     assert "holds a 'ray' backend run" in capsys.readouterr().err
     assert main(["search", "--backend", "ray", "--workers", "2", "--out", str(tmp_path / "r"), *TINY]) == 2
-    assert "--workers and --trials-per-device are for the embedded backend" in capsys.readouterr().err
+    assert "--workers is for --backend embedded, not ray" in capsys.readouterr().err

@@ -75,7 +75,7 @@ def test_trainaware_custom_exponents(w, v, metrics, expected):
 )
 def test_mnasnet_reward_around_the_target(constraint, lat, expected):
     r = get_reward("mnasnet", target_ms=100.0, constraint=constraint)
-    assert r({"accuracy": 0.75, "step_time_ms": lat}) == pytest.approx(expected, rel=1e-6)
+    assert r({"accuracy": 0.75, "cost_ms": lat}) == pytest.approx(expected, rel=1e-6)
 
 
 def test_mnasnet_constants():
@@ -96,8 +96,8 @@ def test_mnasnet_without_target_uses_normalised_step_time():
 
 def test_mnasnet_custom_alpha_beta():
     r = get_reward("mnasnet", target_ms=100.0, alpha=-0.1, beta=-0.5)
-    assert r({"accuracy": 0.75, "step_time_ms": 400.0}) == pytest.approx(0.375, rel=1e-12)  # 0.75 * 4**-0.5
-    assert r({"accuracy": 0.75, "step_time_ms": 25.0}) == pytest.approx(0.8615238, rel=1e-6)  # 0.75 * 2**0.2
+    assert r({"accuracy": 0.75, "cost_ms": 400.0}) == pytest.approx(0.375, rel=1e-12)  # 0.75 * 4**-0.5
+    assert r({"accuracy": 0.75, "cost_ms": 25.0}) == pytest.approx(0.8615238, rel=1e-6)  # 0.75 * 2**0.2
     assert r.config() == {"name": "mnasnet", "target_ms": 100.0, "constraint": "soft", "alpha": -0.1, "beta": -0.5}
 
 
@@ -123,7 +123,7 @@ def test_bad_reward_settings(name, params, names):
         get_reward(name, **params)
 
 
-GOOD = {"accuracy": 0.8, "S": 1.2, "P": 0.9, "step_time_ms": 120.0, "params": 5e6}
+GOOD = {"accuracy": 0.8, "S": 1.2, "P": 0.9, "cost_ms": 120.0, "params": 5e6}
 
 
 @pytest.mark.parametrize("name,params", [("trainaware", {}), ("mnasnet", {}), ("mnasnet", {"target_ms": 100.0})])
@@ -138,8 +138,8 @@ GOOD = {"accuracy": 0.8, "S": 1.2, "P": 0.9, "step_time_ms": 120.0, "params": 5e
         ("P", 0.0),
         ("P", math.nan),
         ("accuracy", math.nan),
-        ("step_time_ms", 0.0),
-        ("step_time_ms", -3.0),
+        ("cost_ms", 0.0),
+        ("cost_ms", -3.0),
         ("S", "fast"),
         ("accuracy", "high"),
         ("P", None),
@@ -158,7 +158,7 @@ def test_bad_metrics(name, params, key, value):
         pytest.fail("the good metrics were refused")
     used = {
         "trainaware": {"accuracy", "S", "P"},
-        "mnasnet": {"accuracy", "step_time_ms"} if params else {"accuracy", "S"},
+        "mnasnet": {"accuracy", "cost_ms"} if params else {"accuracy", "S"},
     }[name]
     if key not in used:
         assert r(metrics) == r(GOOD)  # a metric the reward does not read cannot make it fail

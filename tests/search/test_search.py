@@ -328,12 +328,11 @@ def test_failing_trials_are_recorded_with_their_reason_and_the_search_goes_on(tm
 
 def test_when_every_trial_fails_the_reason_is_said_and_no_best_is_claimed(tmp_path, capsys, monkeypatch, standin):
     from nas.cli import main
-    from nas.trial.evaluator import Evaluator
 
     def broken(self, arch, **kw):
         raise RuntimeError("CUDA error: device-side assert")
 
-    monkeypatch.setattr(Evaluator, "evaluate", broken)
+    monkeypatch.setattr(standin.StandinEvaluator, "evaluate", broken)
     assert main(["search", "--trials", "3", "--out", str(tmp_path / "run"), *TINY]) == 1
     out = capsys.readouterr().out
     assert "most common error: RuntimeError: CUDA error: device-side assert (3 of 3 trials)" in out
@@ -476,16 +475,15 @@ def test_validate_top_retrains_the_top_and_random_trials_and_reports_the_rank_co
     tmp_path, capsys, monkeypatch, standin
 ):
     from nas.cli import main
-    from nas.trial.evaluator import Evaluator
 
     calls = []
-    inner = Evaluator.evaluate
+    inner = standin.StandinEvaluator.evaluate
 
     def evaluate(self, arch, **kw):
         calls.append(self.settings.proxy.epochs)
         return inner(self, arch, **kw)
 
-    monkeypatch.setattr(Evaluator, "evaluate", evaluate)
+    monkeypatch.setattr(standin.StandinEvaluator, "evaluate", evaluate)
     out = tmp_path / "run"
     args = [
         "search",

@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 
 from nas.scaling.grid import BASE, GridSpec, enumerate_candidates, scale_candidate, select_spread
-from nas.trial.evaluator import Evaluator
 from search_spaces import Architecture
 from tests.helpers import TINY
 
@@ -30,7 +29,8 @@ class _Calls(list):
 def calls(standin, monkeypatch):
     """Every evaluated architecture, in order; ``calls.fail`` holds architectures that raise."""
     seen = _Calls()
-    inner = Evaluator.evaluate
+    cls = standin.StandinEvaluator
+    inner = cls.evaluate
 
     def evaluate(self, arch, **kw):
         seen.append(arch.to_string())
@@ -38,7 +38,7 @@ def calls(standin, monkeypatch):
             raise RuntimeError("boom")
         return inner(self, arch, **kw)
 
-    monkeypatch.setattr(Evaluator, "evaluate", evaluate)
+    monkeypatch.setattr(cls, "evaluate", evaluate)
     return seen
 
 

@@ -9,9 +9,10 @@ import pytest
 
 from nas.errors import NasError
 from nas.steptime.methods import StepTimeConfig
-from nas.trial.evaluator import Evaluator, TrialFailed
+from nas.trial.evaluator import TrialFailed, get_evaluator
 from nas.trial.objective import run_objective
 from nas.trial.settings import ProxyConfig, TrialSettings
+from nas.trial.target import prepare, resolve
 from search_spaces import Architecture
 from tests.helpers import TINY_ARCH
 
@@ -67,10 +68,18 @@ def test_bad_step_time_settings_name_the_flag(kwargs, word):
         StepTimeConfig(**kwargs)
 
 
-def test_step_time_target_defaults_by_device():
-    st = StepTimeConfig(method="table").resolved("cpu", "trainaware")
-    assert (st.target_image_size, st.target_batch_size) == (64, 16)
-    assert StepTimeConfig(method="table", target_image_size=96).resolved("cpu", "trainaware").target_image_size == 96
+def test_step_time_target_defaults_by_device_and_the_cost_by_reward():
+    st = resolve(TrialSettings(step_time=StepTimeConfig(method="table")), "cpu").step_time
+    assert (st.cost, st.target_image_size, st.target_batch_size) == ("step", 64, 16)
+    one = TrialSettings(step_time=StepTimeConfig(method="table", target_image_size=96))
+    assert resolve(one, "cpu").step_time.target_image_size == 96
+    # MnasNet's reward is about latency: one image at the space's resolution (MnasNet section 3).
+    st = resolve(TrialSettings(space="mnasnet", reward="mnasnet"), "cpu").step_time
+    assert (st.cost, st.target_image_size, st.target_batch_size) == ("latency", 224, 1)
+    st = resolve(
+        TrialSettings(space="mnasnet", reward="mnasnet", step_time=StepTimeConfig(cost="step")), "cpu"
+    ).step_time
+    assert (st.cost, st.target_image_size, st.target_batch_size) == ("step", 64, 16)
 
 
 @pytest.fixture
@@ -81,7 +90,7 @@ def search_problem():
 
 
 def test_objective_completes_with_where_and_when(search_problem, standin):
-    ev = Evaluator(search_problem.settings)
+    ev = get_evaluator("train")(search_problem.settings)
     out = run_objective(search_problem, ev, {"arch": TINY_ARCH}, 4)
     row = out.row
     assert out.state == row["state"] == "COMPLETE" and out.error is None and row["error"] is None
@@ -96,7 +105,7 @@ def test_objective_completes_with_where_and_when(search_problem, standin):
 
 
 def test_pruning_hook_sees_the_reward_so_far_and_a_pruned_row_keeps_what_was_measured(search_problem, standin):
-    ev = Evaluator(search_problem.settings)
+    ev = get_evaluator("train")(search_problem.settings)
     seen = []
 
     def report(epoch, value):
@@ -112,8 +121,8 @@ def test_pruning_hook_sees_the_reward_so_far_and_a_pruned_row_keeps_what_was_mea
     assert seen[-1][1] == pytest.approx(row["accuracy"] * row["S"] ** -0.07 * row["P"] ** -0.05)
 
 
-def test_a_failure_is_a_recorded_reason_not_an_exception(search_problem, monkeypatch):
-    ev = Evaluator(search_problem.settings)
+def test_a_failure_is_a_recorded_reason_not_an_exception(search_problem, monkeypatch, standin):
+    ev = get_evaluator("train")(search_problem.settings)
 
     def boom(*a, **k):
         raise TrialFailed("out of memory: CUDA")
@@ -125,8 +134,8 @@ def test_a_failure_is_a_recorded_reason_not_an_exception(search_problem, monkeyp
     assert run_objective(search_problem, ev, {"arch": TINY_ARCH}, 3).error.startswith("ZeroDivisionError")
 
 
-def test_seed_is_the_problems_and_the_proposal_image_scale_reaches_the_evaluation(search_problem, monkeypatch):
-    ev = Evaluator(search_problem.settings)
+def test_seed_is_the_problems_and_the_proposal_image_scale_reaches_the_evaluation(search_problem, monkeypatch, standin):
+    ev = get_evaluator("train")(search_problem.settings)
     calls = []
     monkeypatch.setattr(ev, "evaluate", lambda arch, **k: calls.append(k) or {"reward": 1.0})
     run_objective(search_problem, ev, {"arch": TINY_ARCH, "image_scale": 1.5, "facts": {"candidate": "x"}}, 9)
@@ -140,9 +149,12 @@ def test_real_evaluation_of_a_tiny_candidate():
         proxy=ProxyConfig.of(width=1.0, depth=1.0, image_size=16, epochs=1, batch_size=32),
         step_time=StepTimeConfig(method="measure", target_image_size=16, target_batch_size=4, min_run_time=0.05),
     )
-    ev = Evaluator(s, reference=Architecture.from_string(TINY_ARCH).replace(stem=16))
+    s = resolve(s, "cpu")
+    ref = Architecture.from_string(TINY_ARCH).replace(stem=16)
+    target = prepare(s, num_classes=10, reference=ref, device="cpu")
+    ev = get_evaluator("train")(s, target=target, reference=ref)
     m = ev.evaluate(Architecture.from_string(TINY_ARCH), seed=0)
     assert m["step_time_method"] == "measure" and m["step_image_size"] == 16 and m["step_batch_size"] == 4
-    assert m["S"] == pytest.approx(m["step_time_ms"] / ev.reference()["step_time_ms"])
+    assert m["S"] == pytest.approx(m["step_time_ms"] / target.reference_ms) and m["cost_ms"] == m["step_time_ms"]
     assert 0 <= m["accuracy"] <= 1 and math.isfinite(m["reward"])
-    assert m["target_image_size"] == 16 and m["target_device"] == "cpu"
+    assert m["target_id"] == target.identity and m["target_device"].startswith("cpu (")
