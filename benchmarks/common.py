@@ -44,4 +44,6 @@ def resolved_settings(settings: TrialSettings) -> TrialSettings:
 
 def samples(n: int, what: str = "samples") -> str:
     """`` (n samples)`` when a figure stands on fewer than :data:`FEW_SAMPLES`, else nothing."""
-    return f" ({n} {what})" if n < FEW_SAMPLES else ""
+    if n >= FEW_SAMPLES:
+        return ""
+    return f" ({n} {what[:-1] if n == 1 and what.endswith('s') else what})"
