@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from nas.trial.settings import TrialSettings
+if TYPE_CHECKING:  # nothing here imports torch: bench_compile.py sets Inductor's variables first
+    from nas.trial.settings import TrialSettings
 
 FEW_SAMPLES = 10  # a figure from fewer samples says how many
 
