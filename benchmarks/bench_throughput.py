@@ -81,6 +81,7 @@ TINY = dict(
     search_width_mult=0.1,
     search_depth_mult=0.1,
     search_image_size=16,
+    search_batch_size=32,
     search_epochs=1,
     measure_time=0.05,
 )
@@ -198,10 +199,17 @@ def _train_round(args, r: int, tmp: Path) -> dict:
     return row
 
 
-def train_part(args) -> dict:
-    """``nas train`` images/s against the bare step's, alternating rounds."""
+def train_part(args, keep_going: Callable[[float], bool] | None = None) -> dict:
+    """``nas train`` images/s against the bare step's, alternating rounds; after the first,
+    another only while ``keep_going(seconds a round took)`` (a caller's time budget)."""
+    rounds: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
-        rounds = [_train_round(args, r, Path(tmp)) for r in range(args.rounds)]
+        t0 = time.perf_counter()
+        for r in range(args.rounds):
+            if rounds and keep_going is not None and not keep_going((time.perf_counter() - t0) / len(rounds)):
+                print(f"stopped after {len(rounds)} of {args.rounds} rounds: the time budget ends", flush=True)
+                break
+            rounds.append(_train_round(args, r, Path(tmp)))
     df = pd.DataFrame(rounds)
     runtime = Runtime.resolve(args.device)
     print(
@@ -290,6 +298,7 @@ def search_flags(args) -> list[str]:
         *("--trials", str(args.search_trials), "--dataset", args.dataset, "--device", args.device),
         *("--width-mult", str(args.search_width_mult), "--depth-mult", str(args.search_depth_mult)),
         *("--image-size", str(args.search_image_size), "--epochs", str(args.search_epochs)),
+        *("--batch-size", str(args.search_batch_size)),
         *("--step-time", args.step_time, "--measure-time", str(args.measure_time), "--pruner", "none"),
     ]
     return flags + (["--trials-per-device", str(args.trials_per_device)] if args.trials_per_device else [])
@@ -326,7 +335,7 @@ def search_part(args) -> dict:
 PARTS: dict[str, Callable[[argparse.Namespace], dict]] = {"train": train_part, "search": search_part}
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--part", choices=[*PARTS, "all"], default="all")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
@@ -347,12 +356,17 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--search-width-mult", type=float, default=0.25)
     g.add_argument("--search-depth-mult", type=float, default=0.25)
     g.add_argument("--search-image-size", type=int, default=32)
+    g.add_argument("--search-batch-size", type=int, default=64)
     g.add_argument("--search-epochs", type=int, default=4)
     g.add_argument("--step-time", default="proxy", help="nas search --step-time (default proxy)")
     g.add_argument("--measure-time", type=float, default=0.4, help="nas search --measure-time (default 0.4)")
-    g.add_argument("--trials-per-device", type=int, default=None, help="nas search --trials-per-device")
+    g.add_argument("--trials-per-device", default=None, help="nas search --trials-per-device")
     p.add_argument("--json", metavar="FILE", help="also write the results to FILE")
-    args = parse_with_tiny(p, TINY, argv)
+    return parse_with_tiny(p, TINY, argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     results = [PARTS[name](args) for name in (PARTS if args.part == "all" else [args.part])]
