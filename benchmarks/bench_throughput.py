@@ -278,6 +278,9 @@ def search_cli(
             log, stopped = proc.communicate(timeout=timeout)[0], False
         except subprocess.TimeoutExpired:
             log, stopped = _stop(proc), True
+        except BaseException:  # Ctrl-C or a timeout of our own: its own process group would run on
+            _stop(proc)
+            raise
     wall = time.perf_counter() - t0
     if proc.returncode != 0 and not stopped:
         raise SystemExit(f"nas search failed (exit {proc.returncode}): {' '.join(cmd)}\n{log[-3000:]}")

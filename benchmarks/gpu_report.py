@@ -49,7 +49,7 @@ from nas.core.device import Runtime, device_name
 
 HERE = Path(__file__).resolve().parent
 PARTS = ("step", "table", "train", "search")
-WEIGHTS = {"step": 0.36, "table": 0.32, "train": 0.12, "search": 0.20}  # shares of the budget
+WEIGHTS = {"step": 0.26, "table": 0.34, "train": 0.10, "search": 0.30}  # shares of the budget
 # The CPU path: tiny step settings, a tiny space's table, a tiny nas train and 1-2 trials per device.
 TINY = dict(budget=600.0, candidates=4, search_trials=2, trials_per_device="1,2", threads=1)
 
@@ -78,7 +78,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="B0 only, compiled ours and torchvision only, 2 values")
     p.add_argument("--variants", default=None, help="eager,compiled (default: both on CUDA, eager on a CPU)")
     p.add_argument("--candidates", type=int, default=12, help="unseen candidates the table is checked on")
-    p.add_argument("--search-trials", type=int, default=8, help="trials per search, at least 2 per worker")
+    p.add_argument("--search-trials", type=int, default=4, help="trials per search, at least 2 per worker")
     p.add_argument("--search-epochs", type=int, default=2, help="proxy epochs per trial (default 2)")
     p.add_argument("--trials-per-device", default="1,2,4,8", help="the values compared (default 1,2,4,8)")
     p.add_argument("--threads", type=int, default=None, help="torch threads on a CPU")
