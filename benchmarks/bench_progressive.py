@@ -76,6 +76,31 @@ def run_one(kind: str, arch, splits, args, seed: int) -> dict:
     }
 
 
+def summarise(runs: list[dict], kinds: list[str], seeds: int) -> None:
+    """Means over seeds per kind, and progressive against each fixed-size baseline of the same run."""
+
+    def mean(kind: str, key: str) -> float:
+        return statistics.fmean(r[key] for r in runs if r["kind"] == kind)
+
+    def spread(kind: str, key: str) -> float:
+        vals = [r[key] for r in runs if r["kind"] == kind]
+        return statistics.stdev(vals) if len(vals) > 1 else 0.0
+
+    print(f"\n{'run':<12} {'wall s':>8} {'cpu s':>8} {'ms/step':>8} {'val acc %':>12}")
+    for kind in kinds:
+        print(
+            f"{kind:<12} {mean(kind, 'wall_s'):8.1f} {mean(kind, 'cpu_s'):8.1f} {mean(kind, 'step_ms'):8.1f} "
+            f"{100 * mean(kind, 'val_accuracy'):7.1f} ±{100 * spread(kind, 'val_accuracy'):3.1f}"
+        )
+    for base in ("fixed+reg", "fixed"):
+        print(
+            f"progressive / {base:<9}: wall {mean('progressive', 'wall_s') / mean(base, 'wall_s'):.2f}x, "
+            f"cpu {mean('progressive', 'cpu_s') / mean(base, 'cpu_s'):.2f}x, accuracy "
+            f"{100 * (mean('progressive', 'val_accuracy') - mean(base, 'val_accuracy')):+.1f} points"
+            + samples(seeds, "seeds")
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--arch", default="efficientnetv2-s")
@@ -115,26 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
 
-    def mean(kind: str, key: str) -> float:
-        return statistics.fmean(r[key] for r in runs if r["kind"] == kind)
-
-    def spread(kind: str, key: str) -> float:
-        vals = [r[key] for r in runs if r["kind"] == kind]
-        return statistics.stdev(vals) if len(vals) > 1 else 0.0
-
-    print(f"\n{'run':<12} {'wall s':>8} {'cpu s':>8} {'ms/step':>8} {'val acc %':>12}")
-    for kind in kinds:
-        print(
-            f"{kind:<12} {mean(kind, 'wall_s'):8.1f} {mean(kind, 'cpu_s'):8.1f} {mean(kind, 'step_ms'):8.1f} "
-            f"{100 * mean(kind, 'val_accuracy'):7.1f} ±{100 * spread(kind, 'val_accuracy'):3.1f}"
-        )
-    for base in ("fixed+reg", "fixed"):
-        print(
-            f"progressive / {base:<9}: wall {mean('progressive', 'wall_s') / mean(base, 'wall_s'):.2f}x, "
-            f"cpu {mean('progressive', 'cpu_s') / mean(base, 'cpu_s'):.2f}x, accuracy "
-            f"{100 * (mean('progressive', 'val_accuracy') - mean(base, 'val_accuracy')):+.1f} points"
-            + samples(args.seeds, "seeds")
-        )
+    summarise(runs, kinds, args.seeds)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "runs": runs}, f, indent=2)

@@ -167,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n== {part} (budget {allowance:.0f} s) ==", flush=True)
         started = time.monotonic()
         result = report_parts.PARTS[part](args, runtime, time.monotonic() + allowance)
+        report_parts.release()
         result["wall_s"] = time.monotonic() - started
         report["parts"][part] = result
         report["wall_s"] = time.monotonic() - t0

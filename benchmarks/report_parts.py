@@ -93,9 +93,11 @@ def _plan(args, cuda: bool) -> list[tuple[str, str, str]]:
     ]
 
 
-def _release() -> None:
+def release(compiled: bool = False) -> None:
+    """Give back what the last network held (between configurations and parts)."""
+    if compiled:
+        torch._dynamo.reset()  # compiled graphs hold their networks and workspaces; the next recompiles
     gc.collect()
-    torch._dynamo.reset()  # compiled graphs hold their networks and workspaces
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
@@ -114,8 +116,9 @@ def step_part(args, runtime: Runtime, deadline: float) -> dict:
     cuda = runtime.device.type == "cuda"
     rows, notes, flops, took = [], [], {}, {}
     for variant, name, impl in _plan(args, cuda):
-        seen = [s for (v, n), s in took.items() if v == variant]
-        need = 1.5 * took.get((variant, name), 2 * max(seen, default=0)) if seen else 0.0
+        # What this one will take: as this network's last (with a margin), twice the slowest other.
+        seen = [s for (v, _), s in took.items() if v == variant]
+        need = 1.2 * took[variant, name] if (variant, name) in took else 2 * max(seen, default=0.0)
         need = max(need, FIRST_COMPILE_S if variant == "compiled" and cuda and not seen else 0.0)
         if time.monotonic() + need > deadline:
             notes.append(f"{impl} {name} {variant}: not run, the part's budget ends (would take ~{need:.0f} s)")
@@ -127,7 +130,7 @@ def step_part(args, runtime: Runtime, deadline: float) -> dict:
         print(
             f"{impl:>11} {name} {variant}: {r['ms']:.2f} ms ({r['steps']} steps), first step {r['first_step_s']:.1f} s"
         )
-        _release()
+        release(variant == "compiled")
     if not cuda and "compiled" not in (args.variants or ""):
         notes.append("compiled: not run on a CPU (Inductor's compile takes minutes there; --variants eager,compiled)")
     df = _step_table(rows)
