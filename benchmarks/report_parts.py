@@ -111,6 +111,10 @@ def _step_table(rows: list[dict]) -> pd.DataFrame:
     return df
 
 
+def _ratio(x: float) -> str:
+    return "n/a (baseline not run)" if np.isnan(x) else f"{x:.3f}"
+
+
 def step_part(args, runtime: Runtime, deadline: float) -> dict:
     """Bare training step of ours, torchvision's and timm's B0 and V2-S, eager and compiled."""
     cuda = runtime.device.type == "cuda"
@@ -142,7 +146,7 @@ def step_part(args, runtime: Runtime, deadline: float) -> dict:
             "figure": f"{r.model} {r.impl} {r.variant} step, {r.px} px batch {r.batch}",
             "value": f"{r.ms:.2f} ms ({r.steps} steps), {r.images_per_s:,.0f} img/s, {r.tflops:.3g} TFLOP/s",
             "baseline": f"torchvision {r.variant}" + ("" if r.variant == "eager" else "; eager"),
-            "ratio": f"{r.vs_torchvision:.3f}" + ("" if r.variant == "eager" else f"; {r.vs_eager:.3f}"),
+            "ratio": _ratio(r.vs_torchvision) + ("" if r.variant == "eager" else f"; {_ratio(r.vs_eager)}"),
         }
         for r in df.itertuples()
     ]
