@@ -20,7 +20,14 @@ same everywhere. Reported per configuration:
   is the number of trials that can run at once.
 
 Usage: ``python benchmarks/bench_backends.py [--trials 6] [--epochs 1] [--configs embedded,ray-x1,...]``. Timings
-on a shared machine are noisy; compare within one run.
+on a shared machine are noisy; compare within one run. ``--tiny``: 2 trials of embedded and
+workers-2 (no Ray). ``--address HOST:PORT`` runs the Ray configurations on that cluster instead of
+a private local Ray each.
+
+S comes from the proxy's own step (``--step-time proxy``) by default: with ``table``, the first
+configuration to run would build this machine's step-time table (minutes on a CPU) and the others
+reuse it, which says nothing about the backends. ``--step-time table`` is for a machine whose table
+is built already (``nas calibrate``).
 
 ``--storage-stress N`` measures the storage layer alone instead: N processes each ask/tell K
 trivial trials (``--stress-trials K``) with the user attributes a worker writes, against the
@@ -40,6 +47,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from common import parse_with_tiny, samples
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
@@ -66,8 +74,10 @@ CONFIGS = {
 }
 
 
-def run_one(name: str, trials: int, root: Path, epochs: int, image_size: int) -> dict:
+def run_one(name: str, trials: int, root: Path, args: argparse.Namespace) -> dict:
     extra, slots = CONFIGS[name]
+    if args.address and name.startswith("ray"):
+        extra = [*extra, "--address", args.address]
     out = root / name
     env = {
         **os.environ,
@@ -85,9 +95,11 @@ def run_one(name: str, trials: int, root: Path, epochs: int, image_size: int) ->
         "--out",
         str(out),
         "--epochs",
-        str(epochs),
+        str(args.epochs),
         "--image-size",
-        str(image_size),
+        str(args.image_size),
+        "--step-time",
+        args.step_time,
         *TINY,
         *extra,
     ]
@@ -185,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, from {', '.join(CONFIGS)}")
     ap.add_argument("--epochs", type=int, default=1, help="proxy epochs: longer trials amortise the overhead")
     ap.add_argument("--image-size", type=int, default=16)
+    ap.add_argument("--step-time", default="proxy", help="nas search --step-time (default proxy: see above)")
+    ap.add_argument("--address", default=None, help="Ray configurations: this cluster (default: a private local Ray)")
     ap.add_argument(
         "--storage-stress",
         type=int,
@@ -193,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         help="instead: N processes hammering one study (SQLite vs JournalStorage)",
     )
     ap.add_argument("--stress-trials", type=int, default=50, metavar="K", help="trials per stress process")
-    args = ap.parse_args(argv)
+    args = parse_with_tiny(ap, dict(trials=2, configs="embedded,workers-2"), argv)
     if args.storage_stress is not None:
         if args.storage_stress < 1 or args.stress_trials < 1:
             ap.error("--storage-stress and --stress-trials must be positive")
@@ -207,11 +221,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="nas-bench-backends-") as tmp:
         for n in names:
             print(f"running {n} ...", file=sys.stderr, flush=True)
-            rows.append(run_one(n, args.trials, Path(tmp), args.epochs, args.image_size))
+            rows.append(run_one(n, args.trials, Path(tmp), args))
     table = pd.DataFrame(rows).set_index("config")
     print(
         f"{args.trials} trials each, fake data, proxy {args.image_size} px, width/depth 0.1, {args.epochs} epoch(s), "
-        f"OMP_NUM_THREADS=1, {os.cpu_count()} CPUs"
+        f"OMP_NUM_THREADS=1, {os.cpu_count()} CPUs, step time {args.step_time}{samples(args.trials, 'trials')}"
     )
     print(table.to_string(float_format=lambda v: f"{v:.2f}"))
     if "embedded" in table.index:

@@ -16,6 +16,7 @@ is a first run's on a fresh machine; without it a repeated run reuses compiled k
     python benchmarks/bench_compile.py --threads 1                    # digits-sized B0 x 0.25, CPU
     python benchmarks/bench_compile.py --device cuda --width-mult 1 --depth-mult 1 --batch-size 256 \\
         --image-size 224 --cold
+    python benchmarks/bench_compile.py --tiny     # B0 x 0.1 at 16 px, eager and compiled, one round
 """
 
 from __future__ import annotations
@@ -24,6 +25,12 @@ import argparse
 import os
 import statistics
 import time
+
+from common import parse_with_tiny
+
+TINY = dict(
+    width_mult=0.1, depth_mult=0.1, batch_size=8, image_size=16, rounds=1, min_run_time=0.05, variants="eager,compiled"
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -40,7 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--variants", default="eager,compiled,compiled+opt")
     p.add_argument("--cold", action="store_true", help="no Inductor caches: a first compilation's time")
     p.add_argument("--threads", type=int, default=None)
-    return p.parse_args(argv)
+    return parse_with_tiny(p, {**TINY, "threads": 1}, argv)
 
 
 def main(argv=None) -> int:
@@ -91,10 +98,17 @@ def main(argv=None) -> int:
     print(
         f"device {runtime.device} ({device_name(runtime.device)}), torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, {runtime.dtype_name}, "
-        f"{'channels_last' if runtime.channels_last else 'contiguous'}, caches {'off' if args.cold else 'on'}"
+        f"{'channels_last' if runtime.channels_last else 'contiguous'}, caches {'off' if args.cold else 'on'}, "
+        f"median of {args.rounds} round(s)"
     )
+    print_speedups(times, first)
+    return 0
+
+
+def print_speedups(times: dict[str, list[float]], first: dict[str, float]) -> None:
+    """Each variant's median step, first step, and speed-up against eager measured in the same run."""
     eager = statistics.median(times["eager"]) if "eager" in times else None
-    for name in steps:
+    for name in times:
         med = statistics.median(times[name])
         extra = first[name] - med / 1e3
         line = f"{name:>13}: {med:8.2f} ms/step, first step {first[name]:7.2f} s"
@@ -107,7 +121,6 @@ def main(argv=None) -> int:
                 else ", never pays for itself"
             )
         print(line)
-    return 0
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ side, with the ratios progressive / fixed. Runs of different kinds are interleav
 a change in machine load hits all of them alike. Example::
 
     python benchmarks/bench_progressive.py --epochs 10 --seeds 2 --threads 1
+    python benchmarks/bench_progressive.py --tiny   # seconds: V2-S x 0.1, 16 px, 2 epochs in 2 stages
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import sys
 import time
 
 import torch
+from common import parse_with_tiny, samples
 
 from nas.core.resolve import resolve_arch
 from nas.data import load_dataset, make_loader
@@ -32,6 +34,8 @@ from nas.training.evaluation import evaluate
 from nas.training.loop import fit
 from nas.training.progressive import get_schedule
 from search_spaces import build, scale
+
+TINY = dict(width_mult=0.1, depth_mult=0.1, size=16, epochs=2, stages=2, seeds=1, threads=1)
 
 
 def run_one(kind: str, arch, splits, args, seed: int) -> dict:
@@ -72,6 +76,31 @@ def run_one(kind: str, arch, splits, args, seed: int) -> dict:
     }
 
 
+def summarise(runs: list[dict], kinds: list[str], seeds: int) -> None:
+    """Means over seeds per kind, and progressive against each fixed-size baseline of the same run."""
+
+    def mean(kind: str, key: str) -> float:
+        return statistics.fmean(r[key] for r in runs if r["kind"] == kind)
+
+    def spread(kind: str, key: str) -> float:
+        vals = [r[key] for r in runs if r["kind"] == kind]
+        return statistics.stdev(vals) if len(vals) > 1 else 0.0
+
+    print(f"\n{'run':<12} {'wall s':>8} {'cpu s':>8} {'ms/step':>8} {'val acc %':>12}")
+    for kind in kinds:
+        print(
+            f"{kind:<12} {mean(kind, 'wall_s'):8.1f} {mean(kind, 'cpu_s'):8.1f} {mean(kind, 'step_ms'):8.1f} "
+            f"{100 * mean(kind, 'val_accuracy'):7.1f} ±{100 * spread(kind, 'val_accuracy'):3.1f}"
+        )
+    for base in ("fixed+reg", "fixed"):
+        print(
+            f"progressive / {base:<9}: wall {mean('progressive', 'wall_s') / mean(base, 'wall_s'):.2f}x, "
+            f"cpu {mean('progressive', 'cpu_s') / mean(base, 'cpu_s'):.2f}x, accuracy "
+            f"{100 * (mean('progressive', 'val_accuracy') - mean(base, 'val_accuracy')):+.1f} points"
+            + samples(seeds, "seeds")
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--arch", default="efficientnetv2-s")
@@ -86,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--optimizer", default="rmsprop")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--json", default=None, help="also write the raw results here")
-    args = p.parse_args(argv)
+    args = parse_with_tiny(p, TINY, argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -111,25 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
 
-    def mean(kind: str, key: str) -> float:
-        return statistics.fmean(r[key] for r in runs if r["kind"] == kind)
-
-    def spread(kind: str, key: str) -> float:
-        vals = [r[key] for r in runs if r["kind"] == kind]
-        return statistics.stdev(vals) if len(vals) > 1 else 0.0
-
-    print(f"\n{'run':<12} {'wall s':>8} {'cpu s':>8} {'ms/step':>8} {'val acc %':>12}")
-    for kind in kinds:
-        print(
-            f"{kind:<12} {mean(kind, 'wall_s'):8.1f} {mean(kind, 'cpu_s'):8.1f} {mean(kind, 'step_ms'):8.1f} "
-            f"{100 * mean(kind, 'val_accuracy'):7.1f} ±{100 * spread(kind, 'val_accuracy'):3.1f}"
-        )
-    for base in ("fixed+reg", "fixed"):
-        print(
-            f"progressive / {base:<9}: wall {mean('progressive', 'wall_s') / mean(base, 'wall_s'):.2f}x, "
-            f"cpu {mean('progressive', 'cpu_s') / mean(base, 'cpu_s'):.2f}x, accuracy "
-            f"{100 * (mean('progressive', 'val_accuracy') - mean(base, 'val_accuracy')):+.1f} points"
-        )
+    summarise(runs, kinds, args.seeds)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "runs": runs}, f, indent=2)

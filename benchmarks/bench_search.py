@@ -11,6 +11,7 @@
 
     python benchmarks/bench_search.py --trials 8                # both parts
     python benchmarks/bench_search.py --part samplers --budget 10 --seeds 30
+    python benchmarks/bench_search.py --tiny     # seconds: fake data, a tiny proxy, 6 architectures
 """
 
 from __future__ import annotations
@@ -25,18 +26,44 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pandas as pd
+from common import parse_with_tiny, resolved_settings, samples
 
 from nas.search.api import search
+from nas.steptime.methods import StepTimeConfig
 from nas.study.space import SearchOptions
 from nas.trial.evaluator import Evaluator
 from nas.trial.settings import ProxyConfig, TrialSettings
 from search_spaces import Stage, get_space
 
 CACHE = Path(__file__).resolve().parent / ".cache"
+# A proxy of seconds (fake data, width and depth 0.1, 16 px, the proxy's own step timed) and a
+# sub-space of 6 architectures: the same two measurements, small.
+TINY = dict(
+    trials=2,
+    budget=6,
+    seeds=10,
+    decisions=2,
+    dataset="fake",
+    epochs=1,
+    width_mult=0.1,
+    depth_mult=0.1,
+    image_size=16,
+    batch_size=32,
+    step_time="proxy",
+    measure_time=0.05,
+)
 
 
-def overhead(n_trials: int, dataset: str, epochs: int) -> None:
-    settings = TrialSettings(dataset=dataset, proxy=ProxyConfig.of(epochs=epochs))
+def trial_settings(a: argparse.Namespace) -> TrialSettings:
+    proxy = ProxyConfig.of(
+        width=a.width_mult, depth=a.depth_mult, image_size=a.image_size, epochs=a.epochs, batch_size=a.batch_size
+    )
+    step = StepTimeConfig(method=a.step_time, min_run_time=a.measure_time)
+    return resolved_settings(TrialSettings(dataset=a.dataset, proxy=proxy, step_time=step))
+
+
+def overhead(n_trials: int, settings: TrialSettings) -> None:
+    dataset, epochs = settings.dataset, settings.proxy.epochs
     with tempfile.TemporaryDirectory() as d:
         opts = SearchOptions(n_trials=n_trials, out=d, pruner="none")
         t0 = time.perf_counter()
@@ -60,6 +87,7 @@ def overhead(n_trials: int, dataset: str, epochs: int) -> None:
     )
     print(
         f"framework overhead share {(wall - work) / wall:.1%} of wall time; per trial {(wall - work) / len(ok):.2f} s"
+        + samples(len(ok), "trials")
     )
 
 
@@ -77,19 +105,21 @@ def sub_arch(choice: dict) -> object:
     stages = list(ref.stages)
     for i in (2, 3):
         s = stages[i - 1]
-        op = choice[f"s{i}_op"]
-        stages[i - 1] = Stage(
-            op, s.kernel, s.stride, choice[f"s{i}_expansion"], s.out, s.repeats, 0.25 if op == "mbconv" else 0.0
-        )
+        op = choice.get(f"s{i}_op", s.block)
+        expansion = choice.get(f"s{i}_expansion", s.expansion)
+        stages[i - 1] = Stage(op, s.kernel, s.stride, expansion, s.out, s.repeats, 0.25 if op == "mbconv" else 0.0)
     return ref.replace(stages=tuple(stages))
 
 
-def build_table(dataset: str, epochs: int) -> dict[str, float]:
-    CACHE.mkdir(exist_ok=True)
-    path = CACHE / f"table-{dataset}-e{epochs}.json"
+def build_table(settings: TrialSettings, sub: list, cache: Path) -> dict[str, float]:
+    """Every architecture of the sub-space evaluated once for real, cached per setting."""
+    cache.mkdir(parents=True, exist_ok=True)
+    p = settings.proxy
+    name = f"{settings.dataset}-e{p.epochs}-w{p.width:g}-d{p.depth:g}-{p.image_size}px-{settings.step_time.method}"
+    path = cache / f"table-{name}-{len(sub)}.json"
     table = json.loads(path.read_text()) if path.exists() else {}
-    ev = Evaluator(TrialSettings(dataset=dataset, proxy=ProxyConfig.of(epochs=epochs)))
-    keys = [dict(zip([n for n, _ in SUB], vals)) for vals in product(*[o for _, o in SUB])]
+    ev = Evaluator(settings)
+    keys = [dict(zip([n for n, _ in sub], vals)) for vals in product(*[o for _, o in sub])]
     todo = [k for k in keys if json.dumps(k, sort_keys=True) not in table]
     if todo:
         print(f"filling the cache: {len(todo)} of {len(keys)} architectures to evaluate for real ...")
@@ -99,15 +129,16 @@ def build_table(dataset: str, epochs: int) -> dict[str, float]:
     return table
 
 
-def samplers(budget: int, seeds: int, dataset: str, epochs: int) -> None:
-    table = build_table(dataset, epochs)
+def samplers(budget: int, seeds: int, settings: TrialSettings, sub: list, cache: Path) -> None:
+    dataset, epochs = settings.dataset, settings.proxy.epochs
+    table = build_table(settings, sub, cache)
     optimum = max(table.values())
     optuna.logging.set_verbosity(optuna.logging.ERROR)
 
     def run(sampler) -> list[float]:
         study = optuna.create_study(direction="maximize", sampler=sampler)
         study.optimize(
-            lambda t: table[json.dumps({n: t.suggest_categorical(n, o) for n, o in SUB}, sort_keys=True)],
+            lambda t: table[json.dumps({n: t.suggest_categorical(n, o) for n, o in sub}, sort_keys=True)],
             n_trials=budget,
         )
         return list(np.maximum.accumulate([t.value for t in study.trials]))
@@ -141,19 +172,29 @@ def samplers(budget: int, seeds: int, dataset: str, epochs: int) -> None:
     )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--part", choices=["all", "overhead", "samplers"], default="all")
     ap.add_argument("--trials", type=int, default=8)
     ap.add_argument("--budget", type=int, default=10)
     ap.add_argument("--seeds", type=int, default=30)
-    ap.add_argument("--dataset", default="digits")
-    ap.add_argument("--epochs", type=int, default=2)
-    a = ap.parse_args()
+    ap.add_argument("--decisions", type=int, default=len(SUB), help=f"of the sub-space's {len(SUB)} (default all)")
+    ap.add_argument("--cache-dir", type=Path, default=CACHE, help="where the cached objective lives")
+    g = ap.add_argument_group("the trial (nas search's flags of the same names)")
+    g.add_argument("--dataset", default="digits")
+    g.add_argument("--epochs", type=int, default=2)
+    g.add_argument("--width-mult", type=float, default=0.25)
+    g.add_argument("--depth-mult", type=float, default=0.25)
+    g.add_argument("--image-size", type=int, default=32)
+    g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument("--step-time", default="table", help="table (default), measure or proxy")
+    g.add_argument("--measure-time", type=float, default=0.4)
+    a = parse_with_tiny(ap, TINY, argv)
+    settings = trial_settings(a)
     if a.part in ("all", "overhead"):
-        overhead(a.trials, a.dataset, a.epochs)
+        overhead(a.trials, settings)
     if a.part in ("all", "samplers"):
-        samplers(a.budget, a.seeds, a.dataset, a.epochs)
+        samplers(a.budget, a.seeds, settings, SUB[: a.decisions], a.cache_dir)
 
 
 if __name__ == "__main__":

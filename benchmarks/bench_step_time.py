@@ -7,6 +7,7 @@ order reversed every other round) so that a slow patch of a shared machine hits 
 ratio is taken within each round and its median reported.
 
     python benchmarks/bench_step_time.py --batch-size 8 --image-size 128 --rounds 6
+    python benchmarks/bench_step_time.py --tiny          # seconds on a CPU: batch 2, 16 px, 2 rounds
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import sys
 import pandas as pd
 import torch
 import torchvision
+from common import parse_with_tiny, samples
 
 from nas.core.device import Runtime, device_name
 from nas.errors import NasError
@@ -30,6 +32,9 @@ MODELS = {
     "ours": lambda: build(preset("efficientnet-b0")),
     "torchvision": lambda: torchvision.models.efficientnet_b0(),  # no weights: nothing is downloaded
 }
+# Both networks stay full size (torchvision's cannot shrink); the step gets small. At 16 px the last
+# feature map is 1x1, so batch 2 is the least BatchNorm can train on.
+TINY = dict(batch_size=2, image_size=16, rounds=2, min_run_time=0.05, warmup=1, threads=1)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--amp", choices=("auto", "on", "off"), default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--json", metavar="FILE", help="also write every round's time to FILE")
-    args = p.parse_args(argv)
+    args = parse_with_tiny(p, TINY, argv)
     for name in ("batch_size", "image_size", "rounds", "warmup"):
         if getattr(args, name) < (0 if name == "warmup" else 1):
             p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
@@ -126,6 +131,7 @@ def report(result: dict) -> str:
                 "IQR": q[2] - q[0],
                 "min": min(paired),
                 "max": max(paired),
+                "rounds": len(paired),
             }
         )
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -138,12 +144,14 @@ def report(result: dict) -> str:
             "IQR": float("nan"),
             "min": float("nan"),
             "max": float("nan"),
+            "rounds": min(len(t) for t in times.values()),
         }
     )
     head = (
         f"EfficientNet-B0 training step: batch {result['batch_size']}, {result['image_size']} px, {result['dtype']}, "
         f"{result['device']} ({result['device_name']}), {result['threads']} threads, torch {result['torch']}, "
         f"torchvision {result['torchvision']}, {result['rounds']} interleaved rounds of {result['min_run_time']} s"
+        + samples(result["rounds"], "rounds: the IQR is rough")
     )
     fmt = {"median ms": "{:.1f}".format, "IQR ms": "{:.1f}".format, "min ms": "{:.1f}".format}
     return "\n\n".join(

@@ -1,0 +1,180 @@
+"""Every benchmark script runs end to end at a tiny size and prints the figures it promises.
+
+Each script runs as a user runs it: ``python benchmarks/X.py --tiny ...`` in a fresh interpreter from
+the repository root. The tests read the figures from its output and check that they are there and
+finite (positive where they cannot be otherwise). Nothing here checks a speed: the figures are noise
+at this size; what is checked is that the scripts still run against today's library.
+
+``bench_step_fidelity.py`` is another engineer's and is not run here. Slow ones are marked and say why.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.backends.test_ray import cluster  # noqa: F401  (the suite's private Ray: 127.0.0.1, stopped by pid)
+from tests.helpers import REPO, nas_env
+
+BENCHMARKS = REPO / "benchmarks"
+NOT_HERE = {"bench_step_fidelity.py"}  # another engineer's
+NUMBER = r"(-?[\d,]*\.?\d+(?:e[-+]?\d+)?)"
+TESTED: set[str] = set()
+
+
+def covers(script: str):
+    """Marks a test as the one that runs ``script`` (see :func:`test_every_script_is_run_by_a_test`)."""
+    TESTED.add(script)
+    return lambda fn: fn
+
+
+def run(script: str, *args: str, env: dict | None = None, timeout: float = 600) -> str:
+    p = subprocess.run(
+        [sys.executable, f"benchmarks/{script}", "--tiny", *args],
+        cwd=REPO,
+        env=env or nas_env(OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert p.returncode == 0, f"{script} exited {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    return p.stdout
+
+
+def figures(pattern: str, text: str, count: int | None = None) -> list[tuple[float, ...]]:
+    """Every match of ``pattern`` (NUMBER groups) in ``text``, as floats; at least one, or ``count``."""
+    matches = [m if isinstance(m, tuple) else (m,) for m in re.findall(pattern, text, flags=re.M)]
+    found = [tuple(float(g.replace(",", "")) for g in m) for m in matches]
+    assert found and (count is None or len(found) == count), f"{pattern!r}: {len(found)} matches in\n{text[-3000:]}"
+    return found
+
+
+def finite(values, *, positive: bool = True) -> None:
+    flat = [v for row in values for v in (row if isinstance(row, tuple) else (row,))]
+    bad = [v for v in flat if not math.isfinite(v) or (positive and v <= 0)]
+    assert not bad, f"not {'positive and ' * positive}finite: {bad} in {values}"
+
+
+def test_every_script_is_run_by_a_test():
+    scripts = {p.name for p in BENCHMARKS.glob("*.py") if p.name.startswith(("bench_", "gpu_"))} - NOT_HERE
+    assert scripts == TESTED, f"scripts without a test here: {sorted(scripts - TESTED)}"
+
+
+@covers("bench_step_time.py")
+def test_step_time_prints_both_models_in_both_formats_and_their_ratios():
+    out = run("bench_step_time.py", "--device", "cpu")
+    finite(figures(rf"^\s*(?:ours|torchvision)\s+(?:contiguous|channels_last)\s+{NUMBER}", out, count=4))
+    finite(figures(rf"^\s*(?:contiguous|channels_last)\s+{NUMBER}\s+{NUMBER}", out, count=2))
+    assert "(2 rounds: the IQR is rough)" in out
+
+
+@covers("bench_grid.py")
+def test_grid_prints_the_grid_and_the_driver_cost_against_its_rerun():
+    out = run("bench_grid.py")
+    finite(figures(rf"^0\.05\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}", out, count=1)[0][:2])
+    ((n, first, per),) = figures(rf"driver: {NUMBER} candidates .* in {NUMBER} s \({NUMBER} s per candidate", out)
+    finite([(n, first, per)])
+    finite(figures(rf"beyond that baseline: {NUMBER} s \(3 candidates\)", out), positive=False)
+
+
+@pytest.mark.slow  # a real search and 6 real evaluations: ~45 s on 2 cores, mostly the trials' step timings
+@covers("bench_search.py")
+def test_search_prints_the_overhead_and_tpe_against_random(tmp_path):
+    out = run("bench_search.py", "--cache-dir", str(tmp_path))
+    finite(figures(rf"framework overhead share {NUMBER}% of wall time; per trial {NUMBER} s \(2 trials\)", out))
+    rows = figures(rf"^\s*(?:random|tpe)\s+\d+\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}%", out, count=4)
+    finite([r[:1] for r in rows])
+    finite([r[1:] for r in rows], positive=False)  # regret and share found: zero when the optimum is found
+    assert re.search(rf"regret ratio tpe/random at budget 6: {NUMBER}|random search found the optimum", out)
+
+
+@covers("bench_throughput.py")
+def test_throughput_prints_train_against_the_bare_step_and_the_search_figures():
+    out = run("bench_throughput.py", "--device", "cpu")
+    finite(figures(rf"nas train {NUMBER} img/s steady \(first epoch {NUMBER}\), bare step {NUMBER} img/s", out))
+    finite(figures(rf"median ratio nas train / bare step: {NUMBER}% steady .*, {NUMBER}% in the first epoch", out))
+    finite(figures(rf"{NUMBER} trials/h, mean trial {NUMBER} s \(2 trials\)", out))
+    finite(figures(rf"driver overhead {NUMBER}%", out), positive=False)
+    assert "SM utilisation: unavailable (not on CUDA)" in out  # not faked off CUDA
+
+
+@covers("bench_progressive.py")
+def test_progressive_prints_each_schedule_and_its_ratios():
+    out = run("bench_progressive.py")
+    finite(figures(rf"^(?:progressive|fixed\+reg|fixed)\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}", out, count=3))
+    ratios = figures(rf"progressive / \S+\s*: wall {NUMBER}x, cpu {NUMBER}x, accuracy {NUMBER} points \(1 seed\)", out)
+    finite([r[:2] for r in ratios])
+    finite([r[2:] for r in ratios], positive=False)
+
+
+@pytest.mark.slow  # starts 3 interpreters (embedded, 2 workers), each with its reference: ~30 s on 2 cores
+@covers("bench_backends.py")
+def test_backends_prints_workers_against_embedded():
+    out = run("bench_backends.py")
+    finite(figures(rf"^(?:embedded|workers-2)\s+\d\s+2\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}", out, count=2))
+    finite(figures(rf"workers-2 / embedded: trials/h x{NUMBER}, overhead per trial x{NUMBER}", out))
+
+
+@pytest.mark.slow  # needs a Ray cluster (the suite's own, on 127.0.0.1, stopped by process id)
+def test_backends_prints_ray_against_embedded(cluster):  # noqa: F811
+    env = {**nas_env(OMP_NUM_THREADS="1"), **{k: v for k, v in cluster.env.items() if k.startswith("RAY_")}}
+    out = run("bench_backends.py", "--configs", "embedded,ray-x1", "--address", cluster.address, env=env)
+    finite(figures(rf"ray-x1 / embedded: trials/h x{NUMBER}, overhead per trial x{NUMBER}", out))
+
+
+@pytest.mark.slow  # Inductor's first compile of a training step takes 1-3 minutes on 2 cores (cold cache)
+@covers("bench_compile.py")
+def test_compile_prints_eager_against_compiled():
+    out = run("bench_compile.py", "--device", "cpu")
+    finite(figures(rf"^\s+eager:\s+{NUMBER} ms/step, first step\s+{NUMBER} s", out, count=1))
+    finite(figures(rf"compiled:\s+{NUMBER} ms/step, first step\s+{NUMBER} s, speed-up {NUMBER}x", out, count=1))
+
+
+def _report(tmp_path: Path, *parts: str) -> tuple[str, dict, str]:
+    out = run("gpu_report.py", "--device", "cpu", "--parts", ",".join(parts), "--out-dir", str(tmp_path))
+    (json_path,) = tmp_path.glob("*-tiny.json")
+    md = json_path.with_suffix(".md").read_text()
+    return out, json.loads(json_path.read_text()), md
+
+
+@covers("gpu_report.py")
+def test_gpu_report_cpu_path_step_table_and_train(tmp_path):
+    out, report, md = _report(tmp_path, "step", "table", "train")
+    assert list(report["parts"]) == ["step", "table", "train"]
+    rows = report["parts"]["step"]["rows"]
+    assert {(r["model"], r["impl"]) for r in rows} >= {
+        (m, i) for m in ("efficientnet-b0", "efficientnetv2-s") for i in ("nas", "torchvision")
+    }
+    finite([(r["ms"], r["images_per_s"], r["tflops"], r["vs_torchvision"], r["steps"]) for r in rows])
+    assert "compiled: not run on a CPU" in out
+    table = report["parts"]["table"]
+    assert table["build"]["complete"], table["notes"]
+    for name in ("table_vs_measured", "repeat_vs_repeat"):
+        f = table[name]
+        assert f["n"] == 4 and math.isfinite(f["mape"]) and 0 <= f["within_10pct"] <= 1
+    finite(
+        figures(rf"table vs measured\s+Spearman {NUMBER}\s+Kendall tau {NUMBER}\s+MAPE {NUMBER}%", out), positive=False
+    )
+    train = report["parts"]["train"]["rounds"][0]
+    finite(
+        [(train["train_images_per_s"], train["first_epoch_images_per_s"], train["step_images_per_s"], train["ratio"])]
+    )
+    assert train["sm_util_pct"] is None and "SM utilisation: unavailable" in out
+    assert md.count("| step | efficientnet") == len(rows) and "| table |" in md and "| train |" in md
+
+
+@pytest.mark.slow  # two real searches in fresh interpreters (1 and 2 workers): ~40-90 s on 2 cores
+def test_gpu_report_cpu_path_search(tmp_path):
+    out, report, md = _report(tmp_path, "search")
+    search = report["parts"]["search"]
+    assert [r["trials_per_device"] for r in search["rows"]][:2] == ["1", "2"]
+    finite([(r["trials"], r["trials_per_hour"], r["wall_s"]) for r in search["rows"]])
+    assert all(r["sm_util_pct"] is None for r in search["rows"])  # no NVML off CUDA: unavailable, not faked
+    assert search["best"] in {"1", "2"} and "trials per device that serves best" in md
+    assert "SM utilisation n/a" in out
