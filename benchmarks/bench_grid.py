@@ -14,17 +14,18 @@ from __future__ import annotations
 import argparse
 import platform
 import tempfile
+import types
 import time
 from pathlib import Path
 
 import torch
-from common import parse_with_tiny, resolved_settings, samples
+from common import parse_with_tiny, samples
 
 from nas.scaling.grid import GridOptions, GridSpec, enumerate_candidates, select_spread
 from nas.search.driver import run
 from nas.study.grid import GridProblem
 from nas.study.job import Job
-from nas.trial.evaluator import Evaluator
+from nas.trial.evaluator import Evaluator, register_evaluator
 from nas.trial.settings import ProxyConfig, TrialSettings
 from search_spaces import Architecture
 
@@ -32,41 +33,23 @@ TINY_ARGS = dict(steps=[0.05], candidates=2)
 TINY = Architecture.from_string("stem8,r1_k3_s2_e1_i8_o8_c1,r1_k3_s2_e4_i8_o16,head32,res32")
 
 
+@register_evaluator("instant")
 class InstantEvaluator(Evaluator):
     """Returns at once: what is left of a grid run is the driver's own cost."""
 
-    num_classes = 10
+    help = "no training, no timing (the grid benchmark's baseline)"
+    needs_target = False
+    needs_data = False
 
-    def check_data(self):
-        pass
+    @classmethod
+    def load_data(cls, settings):
+        return types.SimpleNamespace(num_classes=10)
 
-    def reference(self):
-        return {
-            "device": "cpu",
-            "device_name": platform.machine(),
-            "step_time_ms": 1.0,
-            "params": 1,
-            "method": "instant",
-            "image_size": 16,
-            "batch_size": 1,
-            "key": "instant",
-        }
-
-    def reference_key(self):
-        return "instant"
+    def known(self, arch, *, image_scale=1.0, fidelity=False):
+        return {**self.size(arch), "cost": "step", "cost_ms": 1.0, "step_time_ms": 1.0, "S": 1.0}
 
     def evaluate(self, arch, **kw):
-        return {
-            "arch": arch.to_string(),
-            "params": 1,
-            "num_classes": 10,
-            "macs": 1,
-            "step_time_ms": 1.0,
-            "S": 1.0,
-            "P": 1.0,
-            "accuracy": kw.get("image_scale", 1.0) / 2,
-            "reward": 0.5,
-        }
+        return self.score({**self.known(arch), "accuracy": kw.get("image_scale", 1.0) / 2})
 
 
 def grid_run(settings, opts: GridOptions) -> None:
@@ -80,7 +63,6 @@ def grid_run(settings, opts: GridOptions) -> None:
             pruner="none",
             progress=False,
             echo=lambda s: None,
-            evaluator=InstantEvaluator(settings, reference=TINY),
         )
     )
 
@@ -101,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         t2 = time.perf_counter()
         print(f"{step:<7g} {spec.grid_points:>11,} {len(cands):>9,} {t1 - t0:>12.3f} {t2 - t1:>9.3f}")
     with tempfile.TemporaryDirectory() as d:
-        settings = resolved_settings(TrialSettings(dataset="fake", proxy=ProxyConfig.of(image_size=16)))
+        settings = TrialSettings(dataset="fake", proxy=ProxyConfig.of(image_size=16), evaluator="instant")
         # A throwaway run first, so that importing SQLAlchemy, Optuna and matplotlib is not counted.
         grid_run(settings, GridOptions(max_candidates=1, out=str(Path(d) / "warm")))
         opts = GridOptions(max_candidates=a.candidates, out=str(Path(d) / "run"))

@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pandas as pd
-from common import parse_with_tiny, resolved_settings, samples
+from common import parse_with_tiny, samples
 
 from nas.search.api import search
 from nas.steptime.methods import StepTimeConfig
 from nas.study.space import SearchOptions
-from nas.trial.evaluator import Evaluator
+from nas.trial.factory import evaluator_for
 from nas.trial.settings import ProxyConfig, TrialSettings
 from search_spaces import Stage, get_space
 
@@ -59,7 +59,7 @@ def trial_settings(a: argparse.Namespace) -> TrialSettings:
         width=a.width_mult, depth=a.depth_mult, image_size=a.image_size, epochs=a.epochs, batch_size=a.batch_size
     )
     step = StepTimeConfig(method=a.step_time, min_run_time=a.measure_time)
-    return resolved_settings(TrialSettings(dataset=a.dataset, proxy=proxy, step_time=step))
+    return TrialSettings(dataset=a.dataset, proxy=proxy, step_time=step)
 
 
 def overhead(n_trials: int, settings: TrialSettings) -> None:
@@ -118,7 +118,7 @@ def build_table(settings: TrialSettings, sub: list, cache: Path) -> dict[str, fl
     name = f"{settings.dataset}-e{p.epochs}-w{p.width:g}-d{p.depth:g}-{p.image_size}px-{settings.step_time.method}"
     path = cache / f"table-{name}-{len(sub)}.json"
     table = json.loads(path.read_text()) if path.exists() else {}
-    ev = Evaluator(settings)
+    ev = evaluator_for(settings)
     keys = [dict(zip([n for n, _ in sub], vals)) for vals in product(*[o for _, o in sub])]
     todo = [k for k in keys if json.dumps(k, sort_keys=True) not in table]
     if todo:

@@ -1,18 +1,13 @@
 """Helpers the benchmark scripts share (imported by name: a script's own folder is on ``sys.path``).
 
 * :func:`parse_with_tiny`: a ``--tiny`` flag that swaps in small defaults, flags given still winning;
-* :func:`resolved_settings`: the step-time target resolved as ``nas search`` does;
 * :func:`samples`: how many samples a figure stands on, said when it is fewer than ten.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:  # nothing here imports torch: bench_compile.py sets Inductor's variables first
-    from nas.trial.settings import TrialSettings
+from typing import Any
 
 FEW_SAMPLES = 10  # a figure from fewer samples says how many
 
@@ -30,17 +25,6 @@ def parse_with_tiny(p: argparse.ArgumentParser, tiny: dict[str, Any], argv: list
         p.set_defaults(**tiny)
         args = p.parse_args(argv)
     return args
-
-
-def resolved_settings(settings: TrialSettings) -> TrialSettings:
-    """``settings`` with the step-time target resolved for its device, as ``nas search`` does
-    (``nas.cli.search.trial_settings``). Workaround: the Python API (``nas.search.api.search``,
-    ``Evaluator``) does not resolve it yet and refuses unresolved settings; remove this once the
-    library resolves the target itself."""
-    if settings.step_time.method == "proxy":
-        return settings
-    step = settings.step_time.resolved(settings.device, settings.space)
-    return dataclasses.replace(settings, step_time=step)
 
 
 def samples(n: int, what: str = "samples") -> str:
