@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 import platform
 import tempfile
-import types
 import time
+import types
 from pathlib import Path
 
 import torch

@@ -17,10 +17,17 @@ CONSTRAINTS = {"soft": (-0.07, -0.07), "hard": (0.0, -1.0)}
 
 @dataclass(frozen=True)
 class MnasNetParams:
-    target_ms: float | None = field(default=None, metadata={
-        "flag": "--target-ms", "help": "mnasnet: latency target T in ms (MnasNet: 75 on a Pixel 1; default: the "
-        "reference's own cost on the target, so LAT/T == S)"})
-    constraint: str = field(default="soft", metadata={"flag": "--constraint", "help": "mnasnet: soft (default) or hard"})
+    target_ms: float | None = field(
+        default=None,
+        metadata={
+            "flag": "--target-ms",
+            "help": "mnasnet: latency target T in ms (MnasNet: 75 on a Pixel 1; default: the "
+            "reference's own cost on the target, so LAT/T == S)",
+        },
+    )
+    constraint: str = field(
+        default="soft", metadata={"flag": "--constraint", "help": "mnasnet: soft (default) or hard"}
+    )
     alpha: float | None = None  # None: the constraint's value
     beta: float | None = None
 

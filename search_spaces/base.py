@@ -7,6 +7,7 @@ Optuna trial (:class:`OptunaChooser`) or from a seeded NumPy generator (:class:`
 from __future__ import annotations
 
 import abc
+import importlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -92,7 +93,6 @@ _BUILTIN = ("search_spaces.trainaware", "search_spaces.mnasnet")
 
 
 def _load_builtin() -> None:
-    import importlib
 
     for mod in _BUILTIN:
         importlib.import_module(mod)

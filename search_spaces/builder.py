@@ -7,6 +7,7 @@ from functools import partial
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from nas.errors import NasError
 from search_spaces.arch import Architecture
@@ -108,7 +109,6 @@ def count_macs(arch: Architecture, resolution: int | None = None, num_classes: i
     Counted by ``torch.utils.flop_counter`` on the meta device (which counts 2 FLOPs per MAC for
     convolutions and matmuls), so even EfficientNet-B7 at 600 px costs no compute.
     """
-    from torch.utils.flop_counter import FlopCounterMode
 
     res = resolution or arch.resolution
     with torch.device("meta"):

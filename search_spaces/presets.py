@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 from nas.errors import NasError
 from search_spaces.arch import Architecture
+from search_spaces.reference import counterpart
 from search_spaces.scaling import scale, scale_v2
 
 
@@ -361,6 +362,5 @@ def preset(name: str, source: str | None = None) -> Architecture:
     arch = _preset(key)
     if source is None:
         return arch
-    from search_spaces.reference import counterpart
 
     return arch.replace(**counterpart(key, source).conventions)

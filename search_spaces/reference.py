@@ -46,11 +46,11 @@ class Counterpart:
         """The public model with random weights: ``pretrained=False`` / ``weights=None``, never a download.
         timm is an optional dependency (the ``test`` extra)."""
         if self.source == "torchvision":
-            import torchvision
+            import torchvision  # torchvision's models module takes a second to import: only this needs it
 
             return getattr(torchvision.models, self.model)(weights=None, num_classes=num_classes)
         try:
-            import timm
+            import timm  # optional (the test extra)
         except ImportError:
             raise NasError(f"building timm's {self.model} needs timm (pip install timm)") from None
         return timm.create_model(self.model, pretrained=False, num_classes=num_classes)

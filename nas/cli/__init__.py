@@ -22,6 +22,7 @@ from nas.cli import (
     train,
     worker,
 )
+from nas.core import interrupt
 from nas.errors import NasError, NasRuntimeError
 
 # One module per command, each with ``add_parser(subparsers)`` (which sets ``func``) and ``run(args) -> int``:
@@ -47,7 +48,6 @@ def main(argv: list[str] | None = None) -> int:
     # Ctrl-C is only recorded from here on and acted on at a safe point (nas.core.interrupt): Python's own
     # handler would raise KeyboardInterrupt anywhere, also inside code torch runs for Python during an
     # import, after which the interpreter ends by SIGINT (exit -2) even though the exception is caught.
-    from nas.core import interrupt
 
     with interrupt.handle_interrupts():
         try:

@@ -17,16 +17,80 @@ import sys
 import torch
 from tqdm import tqdm
 
-from nas.cli.measure import AMP_MODES
+from nas.cli.measure import AMP_MODES, add_timing_arguments
 from nas.core.device import Runtime
 from nas.core.resolve import resolve_arch
 from nas.errors import check_int, check_positive
-from nas.scaling.grid import BASE, GridSpec, scale_candidate, select_spread, enumerate_candidates
+from nas.scaling.grid import BASE, GridSpec, enumerate_candidates, scale_candidate, select_spread
 from nas.steptime import StepTimeModel, check, default_target
 from nas.steptime.build import PIECE_RUN_TIME, check_fields
 from nas.steptime.costs import COSTS
 from nas.study.strategies import help_text
 from search_spaces import get_space, space_names
+
+
+def _setting_arguments(p) -> None:
+    g = p.add_argument_group("what the table stands for")
+    g.add_argument("--space", default="trainaware", help=f"{', '.join(space_names())} (default trainaware)")
+    g.add_argument("--cost", default="step", help=help_text(COSTS, "step"))
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    g.add_argument("--amp", choices=AMP_MODES, default="auto", help="mixed precision (default: on for CUDA)")
+    g.add_argument(
+        "--target-image-size",
+        type=int,
+        default=None,
+        help="image size (default: 64 on CPU for the training step; the space's resolution on CUDA and for latency)",
+    )
+    g.add_argument(
+        "--target-batch-size",
+        type=int,
+        default=None,
+        help="batch (default: 16 on CPU; on CUDA 128 at 224 px, same pixels per batch; 1 for latency)",
+    )
+    g.add_argument(
+        "--latency-batch-size",
+        type=int,
+        default=None,
+        help="with --cost latency: the same as --target-batch-size (default 1)",
+    )
+    g.add_argument(
+        "--num-classes",
+        type=int,
+        default=1000,
+        help="classifier outputs (default 1000; a search uses its data's: 10 for digits)",
+    )
+
+
+def _build_arguments(p) -> None:
+    g = p.add_argument_group("building and checking")
+    g.add_argument(
+        "--check",
+        type=int,
+        default=8,
+        metavar="K",
+        help="random full-size candidates to time directly against the predictions (default 8; 0: none)",
+    )
+    g.add_argument("--seed", type=int, default=0, help="seed of the check's candidates (default 0)")
+    g.add_argument(
+        "--out",
+        default=None,
+        metavar="FILE",
+        help="write the table to FILE (a target for nas search --target FILE); default: this machine's table directory",
+    )
+    g.add_argument("--rebuild", action="store_true", help="build the table again, replacing the stored one")
+    g.add_argument(
+        "--piece-time",
+        type=float,
+        default=None,
+        help=f"seconds of repeated timing per piece, at least (default {PIECE_RUN_TIME:g})",
+    )
+    g.add_argument(
+        "--min-run-time",
+        type=float,
+        default=0.5,
+        help="seconds of repeated timing per full-size step and repeat (default 0.5; 2 repeats, fastest kept)",
+    )
+    add_timing_arguments(g)
 
 
 def add_parser(sub) -> None:
@@ -35,79 +99,8 @@ def add_parser(sub) -> None:
         help="build this device's step-time table for a space and check its predictions",
         description=__doc__.splitlines()[0],
     )
-    p.add_argument("--space", default="trainaware", help=f"{', '.join(space_names())} (default trainaware)")
-    p.add_argument("--cost", default="step", help=help_text(COSTS, "step"))
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--amp", choices=AMP_MODES, default="auto", help="mixed precision (default: on for CUDA)")
-    p.add_argument(
-        "--target-image-size",
-        type=int,
-        default=None,
-        help="image size (default: 64 on CPU for the training step; the space's resolution on CUDA and for latency)",
-    )
-    p.add_argument(
-        "--target-batch-size",
-        type=int,
-        default=None,
-        help="batch (default: 16 on CPU; on CUDA 128 at 224 px, same pixels per batch; 1 for latency)",
-    )
-    p.add_argument(
-        "--latency-batch-size",
-        type=int,
-        default=None,
-        help="with --cost latency: the same as --target-batch-size (default 1)",
-    )
-    p.add_argument(
-        "--num-classes",
-        type=int,
-        default=1000,
-        help="classifier outputs (default 1000; a search uses its data's: 10 for digits)",
-    )
-    p.add_argument(
-        "--check",
-        type=int,
-        default=8,
-        metavar="K",
-        help="random full-size candidates to time directly against the predictions (default 8; 0: none)",
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed of the check's candidates (default 0)")
-    p.add_argument(
-        "--out",
-        default=None,
-        metavar="FILE",
-        help="write the table to FILE (a target for nas search --target FILE); default: this machine's table directory",
-    )
-    p.add_argument(
-        "--table-dir",
-        default=None,
-        help="where this machine's tables live (default $NAS_CACHE_DIR/steptime or ~/.cache/nas/steptime)",
-    )
-    p.add_argument("--rebuild", action="store_true", help="build the table again, replacing the stored one")
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="CPU threads for torch (default: torch's choice); part of the table's fingerprint",
-    )
-    p.add_argument(
-        "--clock",
-        choices=("wall", "cpu"),
-        default="wall",
-        help="wall (default): elapsed time; cpu: process CPU time, steadier on a CPU shared with other "
-        "jobs (needs --device cpu --threads 1)",
-    )
-    p.add_argument(
-        "--piece-time",
-        type=float,
-        default=None,
-        help=f"seconds of repeated timing per piece, at least (default {PIECE_RUN_TIME:g})",
-    )
-    p.add_argument(
-        "--min-run-time",
-        type=float,
-        default=0.5,
-        help="seconds of repeated timing per full-size step and repeat (default 0.5; 2 repeats, fastest kept)",
-    )
+    _setting_arguments(p)
+    _build_arguments(p)
     g = p.add_argument_group("what nas grid-scale will need")
     g.add_argument(
         "--grid-base",
@@ -176,7 +169,8 @@ def _describe(model: StepTimeModel, args) -> None:
     c = t.correction
     say(f"table: {t.path} (identity {t.identity})")
     say(
-        f"       {len(t.pieces)} pieces ({'every piece of the space pre-filled' if t.prefilled else 'timed on first use'}), "
+        f"       {len(t.pieces)} pieces "
+        f"({'every piece of the space pre-filled' if t.prefilled else 'timed on first use'}), "
         f"{'built now' if model.built else 'reused: built'} in {t.build_s:.1f} s on {t.created}"
     )
     loo = f"leave-one-out MAPE {c['loo_mape']:.1%} on {len(c['points'])} calibration networks"
@@ -209,8 +203,8 @@ def _check(model: StepTimeModel, args) -> dict:
         say(f"  {r['predicted_ms']:12.1f} {r['measured_ms']:12.1f} {r['predicted_ms'] / r['measured_ms'] - 1:+7.1%}")
     rank = "" if rep["spearman"] is None else f"Spearman {rep['spearman']:.3f}  Kendall tau {rep['kendall_tau']:.3f}  "
     say(
-        f"{rank}MAPE {rep['mape']:.1%}  median error {rep['median_ape']:.1%}  within +-10% {rep['within_10pct']:.0%} of "
-        f"{rep['n']}"
+        f"{rank}MAPE {rep['mape']:.1%}  median error {rep['median_ape']:.1%}  "
+        f"within +-10% {rep['within_10pct']:.0%} of {rep['n']}"
     )
     model.table.check = {
         k: rep[k] for k in ("n", "spearman", "kendall_tau", "mape", "median_ape", "within_10pct", "rows")

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import pandas as pd
+
+from search_spaces import count_macs, count_params, counterparts, get_space, preset, preset_names, space_names
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("spaces", help="list the search spaces")
@@ -11,7 +15,6 @@ def add_parser(sub) -> None:
 
 
 def run_spaces(args) -> int:
-    from search_spaces import get_space, space_names
 
     for name in space_names():
         space = get_space(name)
@@ -20,15 +23,6 @@ def run_spaces(args) -> int:
 
 
 def run_presets(args) -> int:
-    import pandas as pd
-
-    from search_spaces import (
-        count_macs,
-        count_params,
-        counterparts,
-        preset,
-        preset_names,
-    )
 
     rows = []
     for name in preset_names():

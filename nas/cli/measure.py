@@ -24,6 +24,28 @@ from search_spaces import count_params, get_space
 AMP_MODES = SWITCHES
 
 
+def add_timing_arguments(p) -> None:
+    """How a timing runs on this machine, and where its tables live (nas measure, nas calibrate)."""
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default: torch's choice); part of a table's fingerprint",
+    )
+    p.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall (default): elapsed time; cpu: process CPU time, steadier on a CPU shared with other "
+        "jobs (needs --device cpu --threads 1)",
+    )
+    p.add_argument(
+        "--table-dir",
+        default=None,
+        help="where this machine's step-time tables live (default $NAS_CACHE_DIR/steptime or ~/.cache/nas/steptime)",
+    )
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "measure",
@@ -51,24 +73,7 @@ def add_parser(sub) -> None:
         metavar="on|off",
         help="time the torch.compile'd step (--compile alone: on); the compilation is reported apart",
     )
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="CPU threads for torch (default: torch's choice); 1 gives steadier figures on a busy CPU",
-    )
-    p.add_argument(
-        "--clock",
-        choices=("wall", "cpu"),
-        default="wall",
-        help="wall (default): elapsed time; cpu: process CPU time, steadier on a CPU shared with other "
-        "jobs (needs --device cpu --threads 1)",
-    )
-    p.add_argument(
-        "--table-dir",
-        default=None,
-        help="where step-time tables live (default $NAS_CACHE_DIR/steptime or ~/.cache/nas/steptime)",
-    )
+    add_timing_arguments(p)
     p.add_argument(
         "--space",
         default=None,

@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from nas.core.files import read_json
+from nas.core.files import read_json as _r
+from nas.errors import NasError, check_int
+from nas.study.fidelity import fidelity_lines
+from nas.study.problems import problem_from_config
+from nas.study.results import read_rows
+from nas.study.rundir import CONFIG
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("report", help="summarise a run directory (trials.csv or grid.csv, best.json)")
@@ -12,13 +22,6 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from pathlib import Path
-
-    from nas.core.files import read_json
-    from nas.errors import NasError, check_int
-    from nas.study.problems import problem_from_config
-    from nas.study.results import read_rows
-    from nas.study.rundir import CONFIG
 
     check_int("--top", args.top, 1, 100_000)
     run_dir = Path(args.run_dir)
@@ -43,14 +46,10 @@ def run(args) -> int:
         print(best["arch"])
     fid = run_dir / "fidelity.json"
     if fid.exists():
-        from nas.study.fidelity import fidelity_lines
-
         data = read_json(fid, "fidelity file")
         for line in fidelity_lines(data if isinstance(data, dict) else {}):
             print(line)
     if args.plot:
-        from nas.core.files import read_json as _r
-
         path = problem.plot(
             run_dir,
             df,

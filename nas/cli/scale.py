@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from nas.cli.search import backend_options, trial_settings
+from nas.cli.search import run_options, trial_settings
 from nas.core.plugins import import_plugins
 from nas.core.resolve import resolve_arch
 from nas.scaling.grid import STUDY_NAME, GridOptions, GridSpec, default_out
@@ -121,7 +121,7 @@ def add_parser(sub) -> None:
 
 def run_grid_scale(args) -> int:
     import_plugins(args.plugin)
-    backend, options = backend_options(args)
+    how = run_options(args)
     spec = GridSpec(phi=args.phi, step=args.step, lo=args.grid_min, hi=args.grid_max, tolerance=args.tolerance)
     base = resolve_arch(args.base)
     # The space only names the settings' default reference; grid-scale normalises by the base.
@@ -134,16 +134,7 @@ def run_grid_scale(args) -> int:
         study_name=args.study_name or STUDY_NAME,
         out=args.out or default_out(args.base, base, spec.phi),
     )
-    best = grid_scale(
-        settings,
-        base,
-        opts,
-        backend=backend,
-        options=options,
-        plugins=tuple(args.plugin),
-        restart=args.restart,
-        progress=not args.no_progress,
-    )
+    best = grid_scale(settings, base, opts, **how)
     return 0 if best else 1
 
 

@@ -208,6 +208,18 @@ def backend_options(args) -> tuple[str, dict]:
     return backend_from_flags(args.backend, vars(args))
 
 
+def run_options(args) -> dict:
+    """How a run is scheduled and shown, from the flags :func:`add_run_arguments` adds."""
+    backend, options = backend_options(args)
+    return {
+        "backend": backend,
+        "options": options,
+        "plugins": tuple(args.plugin),
+        "restart": args.restart,
+        "progress": not args.no_progress,
+    }
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "search",
@@ -245,7 +257,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     import_plugins(args.plugin)  # before the settings are checked: a plugin may define --space / --reward
-    backend, options = backend_options(args)
+    how = run_options(args)
     settings = trial_settings(args, args.space)
     opts = SearchOptions(
         n_trials=args.trials,
@@ -257,13 +269,5 @@ def run(args) -> int:
         validate_top=args.validate_top,
         validate_epochs=args.validate_epochs,
     )
-    best = search(
-        settings,
-        opts,
-        backend=backend,
-        options=options,
-        plugins=tuple(args.plugin),
-        restart=args.restart,
-        progress=not args.no_progress,
-    )
+    best = search(settings, opts, **how)
     return 0 if best else 1  # 1: every trial failed or was pruned

@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from nas.core.resolve import recorded_num_classes
+import pandas as pd
+
+from nas.core.resolve import recorded_num_classes, resolve_arch
+from nas.errors import NasError
+from search_spaces import count_macs, count_params
 
 if TYPE_CHECKING:
     from search_spaces import Architecture
@@ -32,7 +36,6 @@ def add_parser(sub) -> None:
 
 
 def summary(arch: Architecture, num_classes: int = 1000, resolution: int | None = None) -> dict:
-    from search_spaces import count_macs, count_params
 
     res = resolution or arch.resolution
     return {
@@ -46,7 +49,6 @@ def summary(arch: Architecture, num_classes: int = 1000, resolution: int | None 
 
 
 def stage_table(arch: Architecture) -> str:
-    import pandas as pd
 
     rows = [
         {
@@ -99,8 +101,6 @@ def stage_table(arch: Architecture) -> str:
 
 
 def run(args) -> int:
-    from nas.core.resolve import resolve_arch
-    from nas.errors import NasError
 
     if args.num_classes is not None and args.num_classes < 1:
         raise NasError(f"--num-classes must be positive, got {args.num_classes}")

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from nas.backends.workers import run_worker
+from nas.core.interrupt import handle_interrupts
+from nas.core.plugins import import_plugins
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -26,9 +30,6 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from nas.backends.workers import run_worker
-    from nas.core.interrupt import handle_interrupts
-    from nas.core.plugins import import_plugins
 
     import_plugins(args.plugin)
     with handle_interrupts():

@@ -56,7 +56,6 @@ def recorded_num_classes(spec: str) -> tuple[int | None, str | None]:
     """The class count a run directory (its best.json or final.json) or a result JSON file records,
     and the file it was read from; (None, None) when it records none (a preset, a string, a bare
     architecture, a run written before num_classes was recorded)."""
-    from pathlib import Path
 
     path = Path(spec.strip()) if isinstance(spec, str) else None
     if path is None:

@@ -37,21 +37,20 @@ def search(
 ) -> dict[str, Any] | None:
     """Run (or resume) a search; returns the best row (or None when no trial completed). ``backend``
     and ``options`` as :func:`nas.backends.backend_from_flags` gives them (``"embedded"``, ``{}``)."""
-    job = Job(
-        problem=SearchProblem(settings, opts),
-        n_trials=opts.n_trials,
-        out=opts.out,
-        backend=backend,
-        sampler=opts.sampler,
-        pruner=opts.pruner,
-        storage=opts.storage,
-        options=options or {},
-        plugins=plugins,
-        restart=restart,
-        progress=progress,
-        echo=echo,
+    problem = SearchProblem(settings, opts)
+    how = {"backend": backend, "options": options or {}, "plugins": plugins, "restart": restart, "progress": progress}
+    return run(
+        Job(
+            problem,
+            opts.n_trials,
+            opts.out,
+            sampler=opts.sampler,
+            pruner=opts.pruner,
+            storage=opts.storage,
+            echo=echo,
+            **how,
+        )
     )
-    return run(job)
 
 
 def describe_plan(problem: GridProblem) -> list[str]:
@@ -89,18 +88,16 @@ def grid_scale(
     problem = GridProblem(settings, base, opts)
     for line in describe_plan(problem):
         echo(line)
-    job = Job(
-        problem=problem,
-        n_trials=len(problem.plan.candidates),
-        out=opts.out,
-        backend=backend,
-        sampler=problem.sampler,
-        pruner=problem.pruner,
-        storage=opts.storage,
-        options=options or {},
-        plugins=plugins,
-        restart=restart,
-        progress=progress,
-        echo=echo,
+    how = {"backend": backend, "options": options or {}, "plugins": plugins, "restart": restart, "progress": progress}
+    return run(
+        Job(
+            problem,
+            len(problem.plan.candidates),
+            opts.out,
+            sampler=problem.sampler,
+            pruner=problem.pruner,
+            storage=opts.storage,
+            echo=echo,
+            **how,
+        )
     )
-    return run(job)

@@ -34,8 +34,8 @@ from nas.study.results import common_error, finished_row
 from nas.study.rundir import RunDir
 from nas.study.storage import check_storage_url
 from nas.trial.evaluator import get_evaluator
-from nas.trial.target import prepare as prepare_target
 from nas.trial.target import check_classes, resolve
+from nas.trial.target import prepare as prepare_target
 
 
 @dataclasses.dataclass

@@ -36,8 +36,8 @@ from search_spaces import build as build_network
 
 CALIBRATION_SAMPLES = 5
 CALIBRATION_SEED = 1_000_003  # the sample stream of the calibration networks (a check draws from its own)
-PIECE_RUN_TIME = 0.05  # seconds of timed repetitions per piece and pass, at least
-PIECE_RUNS = 4  # ... and at least this many runs (Cost.time_piece)
+PIECE_RUN_TIME = 0.02  # seconds of timed samples per piece and pass, at least
+PIECE_RUNS = 5  # ... and at least this many samples (Cost.time_piece: the fastest is kept)
 PIECE_PASSES = 2  # passes over all pieces; each piece's fastest is kept
 MEASURE_RUN_TIME = 0.5  # seconds of timed full steps per network and repeat (at least 3 steps)
 MEASURE_WARMUP = 2  # untimed steps first (the first allocates; kernels are warm from the pieces)
@@ -100,7 +100,7 @@ def _plan(model, archs: list[Architecture], image_size: int) -> list[tuple[Archi
 def _time_pass(model, runtime, short: Architecture, refs: list[PieceRef], image_size: int, bar, passes: int) -> None:
     """One pass over ``refs`` of one network: each piece timed, kept if fastest, saved at once."""
     torch.manual_seed(0)
-    net = runtime.prepare(build_network(short, model.num_classes)).train()
+    net = runtime.prepare(build_network(short, model.num_classes)).train(model.cost.training)
     images = runtime.images(torch.randn(model.target.batch_size, 3, image_size, image_size))
     found = extract(net, refs, images, runtime)
     for r in refs:

@@ -28,14 +28,13 @@ block down.
 from __future__ import annotations
 
 import abc
-import time
 
 import torch
 from torch import nn
 
 from nas.core.device import Runtime
 from nas.errors import NasError
-from nas.steptime.measure import measure_step_time, time_step
+from nas.steptime.measure import fastest_of, measure_step_time
 from nas.training.config import TrainConfig
 from nas.training.step import make_optimizer
 from search_spaces import Architecture
@@ -49,17 +48,7 @@ class Cost(abc.ABC):
     what: str = ""  # how a sentence names it
     help: str = ""
 
-    def _timed(self, step, runtime: Runtime, *, min_run_time: float, runs: int, warmup: int, clock: str):
-        once = 0.0
-        for _ in range(max(warmup, 1)):
-            start = time.perf_counter()
-            step()
-            runtime.synchronize()
-            once = time.perf_counter() - start
-        fastest, iqr, _, _ = time_step(
-            step, runtime, warmup=0, min_run_time=max(min_run_time, runs * once), clock=clock, statistic="min"
-        )
-        return fastest, iqr
+    training = True  # networks run in training mode (else evaluation mode) for this cost
 
     @abc.abstractmethod
     def piece_step(self, module: nn.Module, x: torch.Tensor, runtime: Runtime, *, kind: str, num_classes: int):
@@ -78,12 +67,12 @@ class Cost(abc.ABC):
         warmup: int = 1,
         clock: str = "wall",
     ) -> tuple[float, float]:
-        """Fastest block and IQR (ms) of the piece's share of the cost, timed for ``min_run_time``
-        seconds or ``runs`` steps, whichever is longer: a piece that takes 100 ms gets as many chances
-        to run undisturbed as one that takes 1 ms (a heavy piece counts many times over in a
+        """Fastest sample and IQR (ms) of the piece's share of the cost, timed for ``min_run_time``
+        seconds or ``runs`` samples, whichever is longer: a piece that takes 100 ms gets as many
+        chances to run undisturbed as one that takes 1 ms (a heavy piece counts many times over in a
         network, so its error does too)."""
         step = self.piece_step(module, x, runtime, kind=kind, num_classes=num_classes)
-        return self._timed(step, runtime, min_run_time=min_run_time, runs=runs, warmup=warmup, clock=clock)
+        return fastest_of(step, runtime, runs=runs, min_run_time=min_run_time, warmup=warmup, clock=clock)
 
     def measure(
         self,
@@ -160,6 +149,7 @@ class StepCost(Cost):
 
 class LatencyCost(Cost):
     name = "latency"
+    training = False
     column = "latency_ms"
     what = "inference latency"
     help = "the forward pass in evaluation mode at the latency batch (1): MnasNet's latency"

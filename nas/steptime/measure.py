@@ -15,10 +15,12 @@ CPU device and one thread: with more, idle threads spinning at barriers count as
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -169,6 +171,33 @@ def time_step(
     return value * 1e3, m.iqr * 1e3, len(m.times), m.number_per_run
 
 
+MIN_SAMPLE_S = 0.001  # a sample of a fast step repeats it to last this long (timer resolution, launch noise)
+
+
+def fastest_of(
+    step, runtime: Runtime, *, runs: int, min_run_time: float, warmup: int = 1, clock: str = "wall"
+) -> tuple[float, float]:
+    """Fastest sample and IQR (ms) of a step, timed ``runs`` times at least and for ``min_run_time``
+    seconds at least, after ``warmup`` untimed steps: what a step-time table needs from each piece,
+    with none of :func:`time_step`'s calibration of block sizes (a table times hundreds of pieces).
+    A sample of a step faster than :data:`MIN_SAMPLE_S` repeats it until it lasts that long."""
+    check_clock(clock, runtime)
+    for _ in range(max(warmup, 1)):
+        step()
+    runtime.synchronize()
+    clock_kw = {"timer": time.process_time} if clock == "cpu" else {}
+    timer = benchmark.Timer(stmt="step()", globals={"step": step}, num_threads=torch.get_num_threads(), **clock_kw)
+    once = timer.timeit(1).times[0]
+    number = max(1, math.ceil(MIN_SAMPLE_S / max(once, 1e-9)))
+    samples = [once] if number == 1 else []
+    t0 = time.perf_counter()
+    while len(samples) < runs or time.perf_counter() - t0 < min_run_time:
+        check_interrupt()  # Ctrl-C stops here, between samples (nas.core.interrupt)
+        samples.append(timer.timeit(number).times[0])
+    q1, q3 = np.percentile(samples, [25, 75])
+    return min(samples) * 1e3, float(q3 - q1) * 1e3
+
+
 def _model_and_size(arch_or_model, image_size: int | None, num_classes: int, seed: int) -> tuple[nn.Module, int]:
     if isinstance(arch_or_model, Architecture):
         torch.manual_seed(seed)
@@ -200,19 +229,43 @@ def measure_step_time(
     statistic: str = "median",
     progress=None,
 ) -> StepTime:
-    """Time the real training step (``cost="step"``) or inference step (``cost="latency"``) of an
-    architecture (or an already built model).
+    """Time the training step (``cost="step"``) or inference step (``cost="latency"``) of an architecture
+    or a built model (trained in place: pass a fresh one). ``compile``: the compiled step, the
+    compilation reported apart (``compile_s``); ``repeats``: the fastest of that many timings;
+    ``statistic="min"``: the fastest block, not the median (:func:`time_step`); ``runtime``: used as
+    resolved (``device``, ``amp``, ``memory_format`` ignored), as the step-time model times steps."""
+    _check(batch_size, repeats, memory_format, cost, min_run_time, compile)
+    model, image_size = _model_and_size(arch_or_model, image_size, num_classes, seed)
+    runtime = runtime or Runtime.resolve(device, amp, FORMAT_SWITCH[memory_format])
+    check_clock(clock, runtime)
+    shape = {"runtime": runtime, "batch_size": batch_size, "image_size": image_size, "compile": compile}
+    if cost == "latency":
+        step, settings = make_forward_step(model, **shape)
+    else:
+        step, settings = make_train_step(model, num_classes=num_classes, optimizer=optimizer, **shape)
+    first_s = _first_step_s(step, runtime) if compile else None
+    kw = {"min_run_time": min_run_time, "clock": clock, "statistic": statistic, "progress": progress}
+    timings = [time_step(step, runtime, warmup=warmup if i == 0 else 0, **kw) for i in range(repeats)]
+    value, iqr, _, per_run = min(timings)
+    if first_s is not None:
+        settings["compile_s"] = max(0.0, first_s - value / 1e3)
+    sizes = {"batch_size": batch_size, "image_size": image_size, "num_classes": num_classes, "clock": clock}
+    runs = {"runs": sum(t[2] for t in timings), "steps_per_run": per_run}
+    return StepTime(step_time_ms=value, iqr_ms=iqr, cost=cost, **runs, **sizes, **_where(runtime), **settings)
 
-    With ``compile`` the step timed is the compiled one; the compilation (the first step) is timed
-    on its own and reported as ``compile_s``, beyond a compiled step's time. ``repeats`` > 1 times
-    the step that many times (``min_run_time`` each, warm-up once) and reports the fastest: on a
-    shared machine other jobs only ever slow a timing down. ``statistic="min"`` reports the fastest
-    block instead of the median (:func:`time_step`, which also takes ``progress``).
 
-    ``runtime``, when given, is used as resolved (``device``, ``amp`` and ``memory_format`` are then
-    ignored): the step-time model (:mod:`nas.steptime`) times candidates on the runtime its table
-    was made for. A model passed in is trained in place by the timed steps (weights, BatchNorm
-    statistics and memory format change): pass a fresh or a copied one."""
+def _where(runtime: Runtime) -> dict[str, Any]:
+    fp = runtime.fingerprint()
+    return {
+        "device": fp["device"],
+        "device_name": fp["device_name"],
+        "torch_version": fp["torch"],
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _check(batch_size: int, repeats: int, memory_format: str, cost: str, min_run_time: float, compile) -> None:
+    """The arguments a timing refuses, as one NasError line naming the value."""
     check_int("batch size", batch_size, 1, 1 << 16)
     check_int("repeats", repeats, 1, 1000)
     check_choice("memory format", memory_format, MEMORY_FORMATS)
@@ -220,62 +273,11 @@ def measure_step_time(
     check_positive("min_run_time", min_run_time)
     if not isinstance(compile, bool):
         raise NasError(f"compile must be true or false, got {compile!r}")
-    model, image_size = _model_and_size(arch_or_model, image_size, num_classes, seed)
-    runtime = runtime or Runtime.resolve(device, amp, FORMAT_SWITCH[memory_format])
-    check_clock(clock, runtime)
-    if compile:
-        resolve_compile("on", runtime, 0)  # refuses a compile this machine cannot run, in one line
-    if cost == "latency":
-        step, settings = make_forward_step(
-            model, runtime=runtime, batch_size=batch_size, image_size=image_size, compile=compile
-        )
-    else:
-        step, settings = make_train_step(
-            model,
-            runtime=runtime,
-            batch_size=batch_size,
-            image_size=image_size,
-            num_classes=num_classes,
-            optimizer=optimizer,
-            compile=compile,
-        )
-    first_s = _first_step_s(step, runtime) if compile else None
-    timings = [
-        time_step(
-            step,
-            runtime,
-            warmup=warmup if i == 0 else 0,
-            min_run_time=min_run_time,
-            clock=clock,
-            statistic=statistic,
-            progress=progress,
-        )
-        for i in range(repeats)
-    ]
-    value, iqr, _, per_run = min(timings)
-    if first_s is not None:
-        settings["compile_s"] = max(0.0, first_s - value / 1e3)
-    fp = runtime.fingerprint()
-    return StepTime(
-        step_time_ms=value,
-        iqr_ms=iqr,
-        runs=sum(t[2] for t in timings),
-        steps_per_run=per_run,
-        device=fp["device"],
-        device_name=fp["device_name"],
-        torch_version=fp["torch"],
-        threads=torch.get_num_threads(),
-        batch_size=batch_size,
-        image_size=image_size,
-        num_classes=num_classes,
-        clock=clock,
-        cost=cost,
-        **settings,
-    )
 
 
 def _first_step_s(step, runtime: Runtime) -> float:
-    """The first (compiling) step's time."""
+    """The first (compiling) step's time; refuses a compile this machine cannot run, in one line."""
+    resolve_compile("on", runtime, 0)
     t0 = time.perf_counter()
     step()
     runtime.synchronize()

@@ -150,7 +150,7 @@ class Method(abc.ABC):
     full_size: bool = True  # times the candidate as sampled (else its shrunk proxy)
     predicted: bool = False  # a prediction, checked every fidelity_every-th trial
 
-    def check_config(self, cfg: StepTimeConfig) -> None:
+    def check_config(self, cfg: StepTimeConfig) -> None:  # noqa: B027 (an optional hook: table takes every setting)
         """Refuse settings that do not apply to this method."""
 
     @abc.abstractmethod

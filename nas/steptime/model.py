@@ -39,7 +39,7 @@ from nas.steptime.measure import check_clock
 from nas.steptime.ontarget import on_target
 from nas.steptime.pieces import PieceRef, decompose
 from nas.steptime.target import Target, default_target
-from search_spaces import Architecture, get_space
+from search_spaces import Architecture, get_space, space_names
 
 PIECE_RUN_TIME = builder.PIECE_RUN_TIME
 MEASURE_RUN_TIME = builder.MEASURE_RUN_TIME
@@ -162,7 +162,6 @@ class StepTimeModel:
     ) -> StepTimeModel | None:
         """The model of the first complete table on this machine for ``runtime`` and ``target`` among
         ``spaces`` (default: every registered space), or None. A corrupt or foreign file still raises."""
-        from search_spaces import space_names
 
         for name in spaces or space_names():
             space, fp, st = cls._local(name, runtime, target, num_classes, clock)

@@ -28,7 +28,7 @@ from typing import Any
 
 import pandas as pd
 
-from nas.core.files import append_line, atomic_write_text, file_lock
+from nas.core.files import append_line, atomic_write, atomic_write_text, file_lock
 from nas.errors import NasError
 
 TRIAL_COLUMNS = [
@@ -240,19 +240,17 @@ def format_table(t: pd.DataFrame, formats: dict[str, str]) -> str:
 
 def figure(size: tuple[float, float]):
     """A matplotlib figure and axes on the file-only Agg backend (imported here, on first plot only)."""
-    import matplotlib
+    import matplotlib  # a second to import: only a run that plots pays for it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after choosing the file-only backend
 
     return plt.subplots(figsize=size, dpi=110)
 
 
 def save_figure(fig, ax, path: Path, *, xlabel: str, ylabel: str, title: str) -> Path:
     """Label, lay out and write a figure as PNG through the one atomic write path, then free it."""
-    import matplotlib.pyplot as plt
-
-    from nas.core.files import atomic_write
+    import matplotlib.pyplot as plt  # a second to import: only a run that plots pays for it
 
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)

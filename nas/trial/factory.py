@@ -10,8 +10,14 @@ from nas.trial.target import check_classes, prepare, resolve
 from search_spaces import Architecture
 
 
-def evaluator_for(settings: TrialSettings, *, reference: Architecture | None = None, device: str | None = None,
-                  progress=False, log=None) -> Evaluator:
+def evaluator_for(
+    settings: TrialSettings,
+    *,
+    reference: Architecture | None = None,
+    device: str | None = None,
+    progress=False,
+    log=None,
+) -> Evaluator:
     """The evaluator ``settings.evaluator`` names, ready to score candidates in this process."""
     kind = get_evaluator(settings.evaluator)
     if not kind.needs_target:
@@ -19,6 +25,7 @@ def evaluator_for(settings: TrialSettings, *, reference: Architecture | None = N
     settings = resolve(settings, device)
     data = kind.load_data(settings)
     check_classes(settings, data.num_classes)
-    target = prepare(settings, num_classes=data.num_classes, reference=reference, device=device, progress=progress,
-                     log=log)
+    target = prepare(
+        settings, num_classes=data.num_classes, reference=reference, device=device, progress=progress, log=log
+    )
     return kind(settings, target=target, reference=reference, data=data)

@@ -19,8 +19,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from nas.core.plugins import import_plugins
 from nas.core.device import Runtime
+from nas.core.plugins import import_plugins
 from nas.steptime import StepTimeModel, Target
 from search_spaces import Architecture, get_space
 from tests.helpers import REPO, nas_env, run_nas, write_plugin
@@ -46,9 +46,33 @@ class TargetSpace(SearchSpace):
         return self.make({"kernel": 3, "layers": 1})
 """
 FAST = {"piece_run_time": 0.002, "measure_run_time": 0.01, "calibration_samples": 3}
-TRIAL = ["--plugin", "nas_target_space", "--space", "test-target", "--dataset", "fake", "--epochs", "1",
-         "--image-size", "16", "--width-mult", "1", "--depth-mult", "1", "--batch-size", "32", "--pruner", "none",
-         "--sampler", "random", "--seed", "3", "--measure-time", "0.02", "--no-progress"]
+TRIAL = [
+    "--plugin",
+    "nas_target_space",
+    "--space",
+    "test-target",
+    "--dataset",
+    "fake",
+    "--epochs",
+    "1",
+    "--image-size",
+    "16",
+    "--width-mult",
+    "1",
+    "--depth-mult",
+    "1",
+    "--batch-size",
+    "32",
+    "--pruner",
+    "none",
+    "--sampler",
+    "random",
+    "--seed",
+    "3",
+    "--measure-time",
+    "0.02",
+    "--no-progress",
+]
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +88,7 @@ def plugins(tmp_path_factory):
 def table(tmp_path_factory, plugins, one_thread) -> Path:
     """The target: this process's CPU on one thread, 16 px, batch 2, ten classes (the fake data's)."""
     path = tmp_path_factory.mktemp("target") / "target.json"
-    StepTimeModel.load_or_build("test-target", Runtime.resolve("cpu"), Target(16, 2), path=path, num_classes=10,
-                                **FAST)
+    StepTimeModel.load_or_build("test-target", Runtime.resolve("cpu"), Target(16, 2), path=path, num_classes=10, **FAST)
     return path
 
 
@@ -77,8 +100,10 @@ def _expected_s(table: Path) -> dict[str, float]:
     model = StepTimeModel.from_file(table)
     ref = model.predict(get_space("test-target").reference())
     space = get_space("test-target")
-    return {a.to_string(): model.predict(a) / ref for a in (space.make({"kernel": k, "layers": n})
-                                                            for k in (3, 5, 7) for n in (1, 2))}
+    return {
+        a.to_string(): model.predict(a) / ref
+        for a in (space.make({"kernel": k, "layers": n}) for k in (3, 5, 7) for n in (1, 2))
+    }
 
 
 def test_every_process_scores_against_the_one_target(tmp_path, plugins, table):
@@ -86,17 +111,45 @@ def test_every_process_scores_against_the_one_target(tmp_path, plugins, table):
     against one target file: every row's S is the table's, as in a single-process run."""
     expected = _expected_s(table)
     single = tmp_path / "single"
-    rc, out, err = run_nas("search", *TRIAL, "--trials", "3", "--target", table, "--fidelity-every", "1", "--out",
-                           single, env=_env(plugins, 2), cwd=tmp_path)
+    rc, out, err = run_nas(
+        "search",
+        *TRIAL,
+        "--trials",
+        "3",
+        "--target",
+        table,
+        "--fidelity-every",
+        "1",
+        "--out",
+        single,
+        env=_env(plugins, 2),
+        cwd=tmp_path,
+    )
     assert rc == 0, out + err
     assert f"[target {StepTimeModel.from_file(table).identity}]" in out
     run = tmp_path / "workers"
-    rc, out, err = run_nas("search", *TRIAL, "--trials", "1", "--target", table, "--fidelity-every", "1", "--out", run,
-                           env=_env(plugins, 1), cwd=tmp_path)
+    rc, out, err = run_nas(
+        "search",
+        *TRIAL,
+        "--trials",
+        "1",
+        "--target",
+        table,
+        "--fidelity-every",
+        "1",
+        "--out",
+        run,
+        env=_env(plugins, 1),
+        cwd=tmp_path,
+    )
     assert rc == 0, out + err
     cmd = [sys.executable, "-m", "nas.cli", "worker", str(run), "--trials", "2", "--plugin", "nas_target_space"]
-    procs = [subprocess.Popen(cmd, env=_env(plugins, n), cwd=tmp_path, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for n in (1, 2)]
+    procs = [
+        subprocess.Popen(
+            cmd, env=_env(plugins, n), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for n in (1, 2)
+    ]
     for p in procs:
         assert p.wait(timeout=300) == 0, p.stdout.read()
         p.stdout.close()
@@ -125,8 +178,20 @@ def _foreign(table: Path, tmp_path: Path) -> Path:
 def test_a_foreign_target_predicts_everywhere_and_says_no_direct_check_was_possible(tmp_path, plugins, table):
     foreign = _foreign(table, tmp_path)
     out = tmp_path / "run"
-    rc, stdout, err = run_nas("search", *TRIAL, "--trials", "2", "--target", foreign, "--fidelity-every", "1", "--out",
-                              out, env=_env(plugins, 1), cwd=tmp_path)
+    rc, stdout, err = run_nas(
+        "search",
+        *TRIAL,
+        "--trials",
+        "2",
+        "--target",
+        foreign,
+        "--fidelity-every",
+        "1",
+        "--out",
+        out,
+        env=_env(plugins, 1),
+        cwd=tmp_path,
+    )
     assert rc == 0, stdout + err
     expected = _expected_s(table)
     df = pd.read_csv(out / "trials.csv")
@@ -142,15 +207,33 @@ def test_a_piece_the_target_lacks_is_timed_only_on_the_target(tmp_path, plugins,
     """nas grid-scale needs the base scaled at other resolutions: on the target's own device those
     pieces are timed and added to the run's copy; with a foreign target, one line naming nas calibrate."""
     base = "stem8,r1_k3_s2_e4_i8_o16,head32,res32"
-    grid = ["grid-scale", "--base", base, "--max-candidates", "1", "--dataset", "fake", "--epochs", "1",
-            "--image-size", "16", "--width-mult", "1", "--depth-mult", "1", "--no-progress", "--plugin",
-            "nas_target_space"]
+    grid = [
+        "grid-scale",
+        "--base",
+        base,
+        "--max-candidates",
+        "1",
+        "--dataset",
+        "fake",
+        "--epochs",
+        "1",
+        "--image-size",
+        "16",
+        "--width-mult",
+        "1",
+        "--depth-mult",
+        "1",
+        "--no-progress",
+        "--plugin",
+        "nas_target_space",
+    ]
     rc, out, err = run_nas(*grid, "--target", table, "--out", tmp_path / "here", env=_env(plugins, 2))
     assert rc in (0, 1) and "Traceback" not in err, out + err  # the tiny base may fail to train: that is allowed
     copy = json.loads((tmp_path / "here" / "steptime.json").read_text())
     assert len(copy["pieces"]) > len(json.loads(table.read_text())["pieces"])
-    rc, out, err = run_nas(*grid, "--target", _foreign(table, tmp_path), "--out", tmp_path / "there",
-                           env=_env(plugins, 1))
+    rc, out, err = run_nas(
+        *grid, "--target", _foreign(table, tmp_path), "--out", tmp_path / "there", env=_env(plugins, 1)
+    )
     assert rc == 1 and "no trial completed" in out, out + err
     df = pd.read_csv(tmp_path / "there" / "grid.csv")
     scaled = df[df["candidate"] != "base"]
@@ -165,11 +248,17 @@ def _bad_files(table: Path, tmp_path: Path) -> list[tuple[Path, str]]:
     for name, text, word in [
         ("truncated.json", table.read_text()[:100], "corrupt or truncated"),
         ("other-format.json", json.dumps({"format": "nas.run/1"}), "not a step-time table"),
-        ("other-space.json", json.dumps({**data, "setting": {**data["setting"], "space": "trainaware"}}),
-         "trainaware step table"),
+        (
+            "other-space.json",
+            json.dumps({**data, "setting": {**data["setting"], "space": "trainaware"}}),
+            "trainaware step table",
+        ),
         ("other-cost.json", json.dumps({**data, "setting": {**data["setting"], "cost": "latency"}}), "latency table"),
-        ("other-classes.json", json.dumps({**data, "setting": {**data["setting"], "num_classes": 1000}}),
-         "1000 classes"),
+        (
+            "other-classes.json",
+            json.dumps({**data, "setting": {**data["setting"], "num_classes": 1000}}),
+            "1000 classes",
+        ),
         ("unfinished.json", json.dumps({**data, "correction": None}), "unfinished"),
     ]:
         (tmp_path / name).write_text(text)
@@ -183,9 +272,11 @@ def _bad_files(table: Path, tmp_path: Path) -> list[tuple[Path, str]]:
 def test_a_target_that_does_not_fit_is_one_line_and_nothing_is_written(tmp_path, plugins, table):
     for path, word in _bad_files(table, tmp_path):
         out = tmp_path / f"run-{path.stem}"
-        rc, stdout, err = run_nas("search", *TRIAL, "--trials", "1", "--target", path, "--out", out,
-                                  env=_env(plugins, 1))
+        rc, stdout, err = run_nas(
+            "search", *TRIAL, "--trials", "1", "--target", path, "--out", out, env=_env(plugins, 1)
+        )
         assert rc == 2 and err.startswith("nas: error:") and err.count("\n") == 1 and word in err, (path, err)
+        assert stdout == "", stdout
         assert not out.exists(), path
 
 
@@ -199,16 +290,16 @@ def test_a_resume_with_another_table_is_refused_naming_both(tmp_path, plugins, t
     ident = StepTimeModel.from_file(table).identity
     assert rc == 2 and ident in err and StepTimeModel.from_file(other).identity in err and "--restart" in err, err
     assert len(pd.read_csv(out / "trials.csv")) == 1
-    rc, stdout, err = run_nas("search", *TRIAL, "--trials", "2", "--target", other, "--out", out, "--restart",
-                              env=_env(plugins, 1))
-    assert rc == 0, err
+    rc, stdout, err = run_nas(
+        "search", *TRIAL, "--trials", "2", "--target", other, "--out", out, "--restart", env=_env(plugins, 1)
+    )
+    assert rc == 0 and f"[target {StepTimeModel.from_file(other).identity}]" in stdout, err
     assert set(pd.read_csv(out / "trials.csv")["target_id"]) == {StepTimeModel.from_file(other).identity}
 
 
 def test_the_reference_and_the_s_line_come_from_the_target(tmp_path, plugins, table):
     out = tmp_path / "run"
-    rc, stdout, err = run_nas("search", *TRIAL, "--trials", "1", "--target", table, "--out", out,
-                              env=_env(plugins, 1))
+    rc, stdout, err = run_nas("search", *TRIAL, "--trials", "1", "--target", table, "--out", out, env=_env(plugins, 1))
     assert rc == 0, err
     model = StepTimeModel.from_file(table)
     ref = model.predict(get_space("test-target").reference())

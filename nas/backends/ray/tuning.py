@@ -123,78 +123,83 @@ def _error_file_text(trial) -> str:
     return (lines[-1] if lines else "the trial's worker failed")[:500]
 
 
+class _RowExport:
+    """Appends each finished trial's row to the run's results (plain data only: Tune pickles it),
+    once Tune's stored experiment records the trial as finished. Tune snapshots the experiment
+    every second; a row appended before the snapshot would let ``trials.csv`` record a trial that a
+    driver killed in between restores as unfinished, and the rerun would be refused as having
+    fewer trials than its results (nas.study.rundir.RunDir.check_not_less)."""
+
+    def __init__(self, run_dir: str, problem_spec: dict[str, Any], extra: dict[str, Any], echo_lines: bool):
+        self.run_dir, self.problem_spec, self.extra, self.echo_lines = run_dir, problem_spec, extra, echo_lines
+        self.exp_dir = Path(run_dir).resolve() / EXPERIMENT
+        self._writer = None
+        self._pending: list[tuple[str, dict]] = []
+        self._stored: tuple[float, set[str]] = (-1.0, set())
+
+    def _stored_finished(self) -> set[str]:
+        """Ids of the trials the newest stored experiment snapshot records as finished."""
+        try:
+            path = max(self.exp_dir.glob("experiment_state-*.json"), key=lambda q: q.stat().st_mtime)
+            mtime = path.stat().st_mtime
+            if mtime == self._stored[0]:
+                return self._stored[1]
+            state = json.loads(path.read_text())
+            done = set()
+            for entry in state.get("trial_data", []):
+                t = json.loads(entry[0])
+                if t.get("status") in ("TERMINATED", "ERROR"):
+                    done.add(t.get("trial_id"))
+            self._stored = (mtime, done)
+        except (ValueError, OSError, KeyError, IndexError, TypeError):
+            pass  # no snapshot yet, or one being written: the next step looks again
+        return self._stored[1]
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        stored = self._stored_finished()
+        ready = [row for tid, row in self._pending if tid in stored]
+        self._pending = [(tid, row) for tid, row in self._pending if tid not in stored]
+        for row in ready:
+            self._write(row)
+
+    def _write(self, row: dict) -> None:
+        if self._writer is None:
+            self._writer = ResultsWriter(Path(self.run_dir), problem_from_config(self.problem_spec)[0], self.extra)
+        self._writer.append(row)
+        if self.echo_lines:
+            what = f"reward {row['reward']:.4f}" if row.get("reward") is not None else (row.get("error") or "")
+            print(
+                f"trial {row['number']} {row['state']} {what} [{row.get('hostname', '?')} {row.get('node_ip', '?')} "
+                f"{row.get('device', '')} {row.get('device_name', '')}]",
+                flush=True,
+            )
+
+    def _done(self, trial, status: str) -> None:
+        self._pending.append((trial.trial_id, trial_row(trial, status)))
+        self._flush()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._done(trial, "TERMINATED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._done(trial, "ERROR")
+
+    def on_step_end(self, iteration, trials, **info):
+        self._flush()
+
+    def on_experiment_end(self, trials, **info):
+        # Rows still waiting for a snapshot are written by the driver's final rewrite, from the
+        # experiment Tune stores at its end.
+        self._flush()
+
+
 def exporter(run_dir: str, problem_spec: dict[str, Any], extra: dict[str, Any], echo_lines: bool):
+    """The Tune callback that appends finished trials' rows (:class:`_RowExport`)."""
     from ray import tune  # Ray is optional and heavy: imported when the ray backend runs
 
-    exp_dir = Path(run_dir).resolve() / EXPERIMENT
+    class Exporter(_RowExport, tune.Callback):
+        pass
 
-    class Exporter(tune.Callback):
-        """Appends each finished trial's row to the run's results (plain data only: Tune pickles it),
-        once Tune's stored experiment records the trial as finished. Tune snapshots the experiment
-        every second; a row appended before the snapshot would let ``trials.csv`` record a trial that a
-        driver killed in between restores as unfinished, and the rerun would be refused as having
-        fewer trials than its results (nas.study.rundir.RunDir.check_not_less)."""
-
-        def __init__(self):
-            self._writer = None
-            self._pending: list[tuple[str, dict]] = []
-            self._stored: tuple[float, set[str]] = (-1.0, set())
-
-        def _stored_finished(self) -> set[str]:
-            """Ids of the trials the newest stored experiment snapshot records as finished."""
-            try:
-                path = max(exp_dir.glob("experiment_state-*.json"), key=lambda q: q.stat().st_mtime)
-                mtime = path.stat().st_mtime
-                if mtime == self._stored[0]:
-                    return self._stored[1]
-                state = json.loads(path.read_text())
-                done = set()
-                for entry in state.get("trial_data", []):
-                    t = json.loads(entry[0])
-                    if t.get("status") in ("TERMINATED", "ERROR"):
-                        done.add(t.get("trial_id"))
-                self._stored = (mtime, done)
-            except (ValueError, OSError, KeyError, IndexError, TypeError):
-                pass  # no snapshot yet, or one being written: the next step looks again
-            return self._stored[1]
-
-        def _flush(self) -> None:
-            if not self._pending:
-                return
-            stored = self._stored_finished()
-            ready = [row for tid, row in self._pending if tid in stored]
-            self._pending = [(tid, row) for tid, row in self._pending if tid not in stored]
-            for row in ready:
-                self._write(row)
-
-        def _write(self, row: dict) -> None:
-            if self._writer is None:
-                self._writer = ResultsWriter(Path(run_dir), problem_from_config(problem_spec)[0], extra)
-            self._writer.append(row)
-            if echo_lines:
-                what = f"reward {row['reward']:.4f}" if row.get("reward") is not None else (row.get("error") or "")
-                print(
-                    f"trial {row['number']} {row['state']} {what} [{row.get('hostname', '?')} "
-                    f"{row.get('node_ip', '?')} {row.get('device', '')} {row.get('device_name', '')}]",
-                    flush=True,
-                )
-
-        def _done(self, trial, status: str) -> None:
-            self._pending.append((trial.trial_id, trial_row(trial, status)))
-            self._flush()
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            self._done(trial, "TERMINATED")
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            self._done(trial, "ERROR")
-
-        def on_step_end(self, iteration, trials, **info):
-            self._flush()
-
-        def on_experiment_end(self, trials, **info):
-            # Rows still waiting for a snapshot are written by the driver's final rewrite, from
-            # the experiment Tune stores at its end.
-            self._flush()
-
-    return Exporter()
+    return Exporter(run_dir, problem_spec, extra, echo_lines)
