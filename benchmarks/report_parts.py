@@ -20,10 +20,12 @@ from common import samples
 from torch.utils.flop_counter import FlopCounterMode
 
 from nas.cli import make_parser
+from nas.core.agreement import agreement as agree
+from nas.core.agreement import describe
 from nas.core.device import Runtime, cudnn_autotune
-from nas.steptime import StepTimeModel, Target, default_target, fidelity
+from nas.steptime import StepTimeModel, Target, default_target
+from nas.steptime.build import calibration_archs
 from nas.steptime.measure import make_train_step, time_step
-from nas.steptime.model import calibration_archs
 from search_spaces import build, get_space, preset, scale
 from search_spaces.base import register
 from search_spaces.presets import EFFICIENTNETV2_S
@@ -176,8 +178,7 @@ class BuildStopped(Exception):
 
 def build_table(space, runtime: Runtime, target: Target, table_dir: str, deadline: float, **timing):
     """``(model or None, figures)``: the table built afresh as ``nas calibrate`` builds it, stopped at
-    ``deadline``. Written against today's API (``StepTimeModel.load_or_build`` into a folder); when a
-    table becomes a self-describing file (``nas calibrate --out FILE``), adapt this function only."""
+    ``deadline``, into a table file of its own in ``table_dir`` (what ``nas calibrate --out FILE`` writes)."""
     seen = {"done": 0, "total": 0}
 
     def tick(done: int, total: int, what: str) -> None:
@@ -188,7 +189,7 @@ def build_table(space, runtime: Runtime, target: Target, table_dir: str, deadlin
     t0 = time.perf_counter()
     try:
         model = StepTimeModel.load_or_build(
-            space, runtime, target, table_dir=table_dir, rebuild=True, progress=tick, **timing
+            space, runtime, target, path=Path(table_dir) / "table.json", rebuild=True, progress=tick, **timing
         )
     except BuildStopped:
         model = None
@@ -215,17 +216,14 @@ def agreement(model: StepTimeModel, space, n: int, deadline: float, **measure) -
     df = pd.DataFrame(rows, columns=["arch", "predicted_ms", "measured_1", "measured_2"])
     mean = (df.measured_1 + df.measured_2) / 2
     return {
-        "table_vs_measured": fidelity(df.predicted_ms, mean),
-        "repeat_vs_repeat": fidelity(df.measured_1, df.measured_2),
+        "table_vs_measured": agree(df.predicted_ms, mean),
+        "repeat_vs_repeat": agree(df.measured_1, df.measured_2),
         "rows": rows,
     }
 
 
 def _fig_line(name: str, f: dict) -> str:
-    return (
-        f"{name:<30} Spearman {f['spearman']:.3f}  Kendall tau {f['kendall_tau']:.3f}  MAPE {f['mape']:.1%}  "
-        f"within +-10% {f['within_10pct']:.0%}  (n {f['n']})"
-    )
+    return f"{name:<30} {describe(f)}"
 
 
 def table_part(args, runtime: Runtime, deadline: float) -> dict:

@@ -5,7 +5,7 @@ the repository root. The tests read the figures from its output and check that t
 finite (positive where they cannot be otherwise). Nothing here checks a speed: the figures are noise
 at this size; what is checked is that the scripts still run against today's library.
 
-``bench_step_fidelity.py`` is another engineer's and is not run here. Slow ones are marked and say why.
+Slow ones are marked and say why.
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ from pathlib import Path
 
 import pytest
 
+from nas.steptime.table import read
 from tests.backends.test_ray import cluster  # noqa: F401  (the suite's private Ray: 127.0.0.1, stopped by pid)
 from tests.helpers import REPO, nas_env
 
 BENCHMARKS = REPO / "benchmarks"
-NOT_HERE = {"bench_step_fidelity.py"}  # another engineer's
+NOT_HERE: set[str] = set()
 NUMBER = r"(-?[\d,]*\.?\d+(?:e[-+]?\d+)?)"
 TESTED: set[str] = set()
 
@@ -178,3 +179,21 @@ def test_gpu_report_cpu_path_search(tmp_path):
     assert all(r["sm_util_pct"] is None for r in search["rows"])  # no NVML off CUDA: unavailable, not faked
     assert search["best"] in {"1", "2"} and "trials per device that serves best" in md
     assert "SM utilisation n/a" in out
+
+
+@pytest.mark.slow  # builds a step-time table (51 pieces) and times candidates twice: about a minute
+@covers("bench_step_fidelity.py")
+def test_step_fidelity_checks_the_table_on_candidates_it_has_not_seen(tmp_path):
+    out = run("bench_step_fidelity.py", "--json", str(tmp_path / "f.json"))
+    finite(figures(rf"table built in {NUMBER} s \({NUMBER} pieces", out))
+    for name in ("table vs measured", "measured again vs measured", "proxy vs measured"):
+        finite(figures(rf"^{name}: .*mean error {NUMBER}%", out))
+    data = json.loads((tmp_path / "f.json").read_text())
+    calibration = {p["arch"] for p in data_points(data)}
+    assert len(data["rows"]) == 4 and not calibration & {r["arch"] for r in data["rows"]}
+    assert set(data["goal"]) == {"spearman", "median_error"}
+
+
+def data_points(data: dict) -> list[dict]:
+    """The calibration networks a benchmark's table was fitted on (kept out of its checked set)."""
+    return read(Path(data["table"])).correction["points"]
