@@ -10,6 +10,10 @@ import types
 import pytest
 import torch
 
+from nas.trial.evaluator import EVALUATORS
+from rewards.base import _REGISTRY as reward_registry
+from search_spaces.base import _REGISTRY as space_registry
+from search_spaces.base import space_names
 from tests.helpers import STANDIN, run_nas
 
 
@@ -56,3 +60,15 @@ def one_thread():
         os.environ.pop("OMP_NUM_THREADS", None)
     else:
         os.environ["OMP_NUM_THREADS"] = env
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _registries_restored():
+    """Spaces, rewards and evaluators a test module registers in this process (plugins imported in
+    process) are gone after it: every module sees the built-in registries, as a fresh `nas` does."""
+    space_names()  # the built-in spaces register on first use: before the snapshot
+    saved = [(reg, dict(reg)) for reg in (space_registry, reward_registry, EVALUATORS)]
+    yield
+    for reg, old in saved:
+        reg.clear()
+        reg.update(old)

@@ -56,7 +56,10 @@ REBUILD_HINT = "rebuild it with `nas calibrate --rebuild` or delete it"
 
 def default_table_dir(table_dir: str | os.PathLike | None = None) -> Path:
     if table_dir is not None:
-        return Path(table_dir).expanduser()
+        path = Path(table_dir).expanduser()
+        if path.exists() and not path.is_dir():
+            raise NasError(f"--table-dir {str(table_dir)!r} is a file, not a directory")
+        return path
     if os.environ.get("NAS_CACHE_DIR"):
         return Path(os.environ["NAS_CACHE_DIR"]).expanduser() / "steptime"
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"

@@ -59,6 +59,8 @@ EXTRA_COLUMNS = [
     "step_iqr_ms",
     "step_image_size",
     "step_batch_size",
+    "target_image_size",
+    "target_batch_size",
     "target_id",
     "target_device",
     "reference_ms",

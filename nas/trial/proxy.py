@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from nas.core.device import Runtime
+from nas.core.memory import check_step_memory, is_out_of_memory
 from nas.data import load_dataset, probe
 from nas.steptime.costs import get_cost
 from nas.training.config import TrainingDiverged
@@ -26,10 +28,6 @@ from nas.trial.settings import ProxyConfig, proxy_arch
 from search_spaces import Architecture, build, count_params
 
 DRIFT_TOLERANCE = 0.25  # a re-timed reference this far from the one in use means the machine's load changed
-
-
-def is_out_of_memory(e: BaseException) -> bool:
-    return isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
 
 
 @register_evaluator("train")
@@ -94,11 +92,17 @@ class TrainingEvaluator(Evaluator):
             "step_image_size": size,
             "step_batch_size": batch,
             "target_id": self.target.identity,
+            **self._target_setting(),
             "target_device": self.target.describe(),
         }
         if fidelity:
             out["measured_ms"], out["fidelity_skipped"] = self.source.direct(timed, size, batch)
         return out
+
+    def _target_setting(self) -> dict[str, Any]:
+        """What S stands for: the target setting (None for the proxy's own step)."""
+        st = self.target.setting if self.method.full_size else {}
+        return {"target_image_size": st.get("image_size"), "target_batch_size": st.get("batch_size")}
 
     def drift(self) -> dict[str, Any] | None:
         if self.method.predicted:
@@ -156,9 +160,18 @@ class TrainingEvaluator(Evaluator):
         on_epoch: OnEpoch | None,
     ) -> float:
         """Train the proxy; its final validation accuracy. ``measured`` follows every epoch."""
+        cfg = p.train_config(device=self.settings.device, seed=seed, compile=self.settings.compile)
+        check_step_memory(
+            small,
+            cfg.batch_size,
+            p.image_size,
+            self.num_classes,
+            Runtime.resolve(cfg.device),
+            optimizer=cfg.optimizer,
+            hint="lower the proxy's --batch-size or --image-size",
+        )
         torch.manual_seed(seed)
         model = build(small, self.num_classes)
-        cfg = p.train_config(device=self.settings.device, seed=seed, compile=self.settings.compile)
 
         def on_epoch_end(epoch: int, metrics: dict[str, Any]) -> None:
             loss = metrics.get("train_loss")
@@ -181,6 +194,8 @@ def _failure(e: Exception, measured: dict[str, Any]) -> Exception:
     if isinstance(e, TrainingDiverged):
         failure = TrialFailed(str(e))
     elif is_out_of_memory(e):
-        failure = TrialFailed(f"out of memory: {str(e).splitlines()[0]}; lower --batch-size or --image-size")
+        failure = TrialFailed(
+            f"out of memory: {str(e).splitlines()[0]}; lower the proxy's --batch-size or --image-size"
+        )
     failure.metrics = {k: v for k, v in measured.items() if k != "reward"}
     return failure

@@ -57,9 +57,9 @@ def resolve(settings: TrialSettings, device: str | None = None, *, space_matters
     ``space_matters``: a target table must be of the settings' space (not for ``nas grid-scale``,
     whose candidates are one base scaled, whatever space the table was calibrated on)."""
     cfg = settings.step_time
+    if not cfg.method_kind.full_size:  # the proxy's own training step, whatever the reward
+        return dataclasses.replace(settings, step_time=dataclasses.replace(cfg, cost=cfg.cost or "step"))
     cost = cfg.cost or reward_class(settings.reward).default_cost
-    if not cfg.method_kind.full_size:
-        return dataclasses.replace(settings, step_time=dataclasses.replace(cfg, cost=cost))
     if cfg.target is not None:
         t = _table_file_setting(cfg.target, settings, cost, space_matters)
     else:

@@ -100,7 +100,7 @@ def test_search_writes_results_a_user_can_act_on(tmp_path):
         assert row["step_time_ms"] > 0 and row["params"] > 0 and row["macs"] > 0
         # S is the full-size candidate's step at the target setting, over the reference's.
         assert (row["step_time_method"], row["target_image_size"], row["target_batch_size"]) == ("measure", 32, 4)
-        assert row["S"] == pytest.approx(row["step_time_ms"] / row["reference_step_time_ms"])
+        assert row["S"] == pytest.approx(row["step_time_ms"] / row["reference_ms"])
         # The reward is exactly A * S**w * P**v with the paper's exponents.
         assert row["reward"] == pytest.approx(row["accuracy"] * row["S"] ** -0.07 * row["P"] ** -0.05, rel=1e-9)
     best = json.loads((out / "best.json").read_text())
@@ -109,12 +109,10 @@ def test_search_writes_results_a_user_can_act_on(tmp_path):
     assert best["metrics"]["reward"] == pytest.approx(top["reward"])
     for key in ("device", "device_name", "torch_version", "threads", "memory_format", "dtype"):
         assert key in best["metrics"], key
-    assert best["reference"] and best["target"] == {
-        "method": "measure",
-        "image_size": 32,
-        "batch_size": 4,
-        "device": f"cpu ({best['metrics']['device_name']})",
-    }
+    target = best["target"]
+    assert (target["method"], target["cost"], target["image_size"], target["batch_size"]) == ("measure", "step", 32, 4)
+    assert target["device"].startswith(f"cpu ({best['metrics']['device_name']}")
+    assert target["reference_ms"] == pytest.approx(top["reference_ms"]) and target["identity"] == top["target_id"]
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "best architecture" in stdout and best["arch"] in stdout and "at 10 classes" in stdout
 
@@ -553,26 +551,27 @@ def test_every_step_time_method_end_to_end(tmp_path, method):
     assert rc == 0, stdout + stderr
     df = pd.read_csv(out / "trials.csv")
     assert (df["step_time_method"] == method).all() and (df["step_time_ms"] > 0).all()
-    assert (df["S"] - df["step_time_ms"] / df["reference_step_time_ms"]).abs().max() < 1e-9
+    assert (df["S"] - df["step_time_ms"] / df["reference_ms"]).abs().max() < 1e-9
+    assert df["reference_ms"].nunique() == 1 and df["target_id"].nunique() == 1  # one target, one reference
     if method == "proxy":
         assert df["target_image_size"].isna().all() and (df["step_image_size"] == 16).all()
         return
     assert (df["target_image_size"] == 16).all() and (df["target_batch_size"] == 2).all()
     assert (df["step_image_size"] == 16).all() and (df["step_batch_size"] == 2).all()
     if method == "measure":
-        assert (df["measured_step_time_ms"] == df["step_time_ms"]).all()
+        assert (df["measured_ms"] == df["step_time_ms"]).all()
         return
-    sampled = df[df["measured_step_time_ms"].notna()]
+    sampled = df[df["measured_ms"].notna()]
     assert sorted(sampled["number"]) == [0, 2]
     fid = json.loads((out / "fidelity.json").read_text())["step_time"]
     assert fid["n"] == 2 and fid["trials"] == [0, 2] and 0 <= fid["within_10pct"] <= 1
-    assert "step-time model vs direct timing on 2 trials" in stdout
+    assert "step-time model vs direct timing on the target:" in stdout and "on 2 trials (fidelity.json)" in stdout
     assert (
-        "S = step time of the full-size training step at 16 px, batch 2, predicted by the step-time table on cpu ("
+        "S = the full-size training step at 16 px, batch 2, predicted by the step-time table on the target cpu ("
         in stdout
     )
     assert (
-        "building the step-time table of test-two at 16 px, batch 2" in stderr and "step-time table built in" in stderr
+        "building the step-time table of test-two (16 px, batch 2)" in stderr and "step-time table built in" in stderr
     )
     # The table is reused: a second run on the same device and setting builds nothing.
     tables = list((tmp_path / "cache" / "steptime").glob("*.json"))
