@@ -1,19 +1,31 @@
-"""TODO docstring."""
+"""What a run's figures were checked against, in ``fidelity.json``: the step-time model against direct
+timings of sampled trials (``step_time``), the proxy's accuracy against longer training
+(``accuracy``, :mod:`nas.study.validation`).
+
+``fidelity.json`` keeps the sections of earlier runs. One that cannot be read is never dropped in
+silence: it is reported and moved aside as ``fidelity.json.corrupt-<time>``, then written anew.
+"""
 
 from __future__ import annotations
 
 import math
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from nas.core.files import atomic_write_json, read_json
 from nas.errors import NasError
+
+FILE = "fidelity.json"
 
 
 def fidelity(predicted, measured) -> dict[str, Any] | None:
     """How well predicted step times stand for measured ones: Spearman, Kendall tau, mean absolute
     percentage error and the share within +-10% (nn-Meter's measure)."""
-    import numpy as np
-
     pairs = [
         (float(p), float(m))
         for p, m in zip(predicted, measured)
@@ -31,7 +43,7 @@ def fidelity(predicted, measured) -> dict[str, Any] | None:
         "kendall_tau": None,
     }
     if len(pairs) >= 3 and np.ptp(p) > 0 and np.ptp(m) > 0:
-        from scipy import stats
+        from scipy import stats  # slow to import, and needed only here: not at every command's start
 
         out["spearman"] = float(stats.spearmanr(p, m).statistic)
         out["kendall_tau"] = float(stats.kendalltau(p, m).statistic)
@@ -47,20 +59,34 @@ def step_time_fidelity(df) -> dict[str, Any]:
     return {"step_time": {**f, "trials": [int(n) for n in table["number"]]}} if f else {}
 
 
-def write_fidelity(run_dir: Path, sections: dict[str, Any]) -> None:
-    """``fidelity.json``: what the run's figures were checked against (sections kept from earlier runs)."""
-    from nas.core.files import atomic_write_json, read_json
-
+def write_fidelity(run_dir: Path, sections: dict[str, Any], *, warn: Callable[[str], None] | None = None) -> None:
+    """``fidelity.json``: what the run's figures were checked against (sections kept from earlier runs;
+    an unreadable file is reported through ``warn``, by default on stderr, and kept aside)."""
     if not sections:
         return
-    path = Path(run_dir) / "fidelity.json"
-    old: dict[str, Any] = {}
-    if path.exists():
-        try:
-            old = read_json(path, "fidelity file")
-        except NasError:
-            old = {}
-    atomic_write_json(path, {**(old if isinstance(old, dict) else {}), **sections})
+    path = Path(run_dir) / FILE
+    atomic_write_json(path, {**_kept(path, warn or _stderr), **sections})
+
+
+def _kept(path: Path, warn: Callable[[str], None]) -> dict[str, Any]:
+    """The sections an earlier run wrote; a file that holds none is moved aside, with a warning."""
+    if not path.exists():
+        return {}
+    try:
+        old = read_json(path, "fidelity file")
+        if isinstance(old, dict):
+            return old
+        problem = f"fidelity file {str(path)!r} holds a JSON {type(old).__name__}, not an object"
+    except NasError as e:
+        problem = str(e)
+    aside = path.with_name(f"{FILE}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+    path.rename(aside)
+    warn(f"{problem}; moved it to {aside.name} and wrote a new one")
+    return {}
+
+
+def _stderr(text: str) -> None:
+    print(f"warning: {text}", file=sys.stderr)
 
 
 def fidelity_lines(data: dict[str, Any]) -> list[str]:
@@ -73,7 +99,9 @@ def fidelity_lines(data: dict[str, Any]) -> list[str]:
             f"{100 * f['within_10pct']:.0f}% within +-10% (fidelity.json)"
         )
     if "accuracy" in data:
-        from nas.study.validation import line
-
-        out.append(line(data["accuracy"]))
+        a = data["accuracy"]
+        out.append(
+            f"proxy accuracy ({a['proxy_epochs']} epochs) vs {a['epochs']} epochs on {a['n']} trials: "
+            f"Kendall tau {a['kendall_tau']:.2f}, Spearman {a['spearman']:.2f} (fidelity.json)"
+        )
     return out
