@@ -1,13 +1,22 @@
-"""TODO docstring."""
+"""A run as the driver sees it: the :class:`Job` (what a command asked for), the :class:`Run` a backend
+gets while it runs, and where the run's configuration is kept beside ``config.json``
+(:func:`config_store`)."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from nas.study.results import ResultsWriter
+from nas.study.rundir import ConfigStore, FileConfigStore
+from nas.study.storage import StudyConfigStore
+
+STATE_CONFIG = "nas-config.json"  # the run's configuration inside a backend's own state directory
 
 
 @dataclass
@@ -44,8 +53,6 @@ class Run:
         self.warnings: list[str] = []
 
     def progress(self, total: int, initial: int):
-        from tqdm.auto import tqdm
-
         self.bar = tqdm(
             total=total,
             initial=initial,
@@ -65,6 +72,15 @@ class Run:
 def _family(backend: str) -> str:
     # Workers and the embedded driver share one Optuna storage: a run is resumable by either.
     return "embedded" if backend in ("embedded", "workers") else backend
+
+
+def config_store(job: Job) -> ConfigStore:
+    """Where the run's state keeps its configuration: the Optuna study of the embedded and workers
+    backends (their shared storage), else a file in the backend's own state directory (Ray Tune's
+    experiment is ``OUT/ray``: ``OUT/ray/nas-config.json``), which goes wherever that state goes."""
+    if _family(job.backend) == "embedded":
+        return StudyConfigStore(job.storage, Path(job.out), job.problem.study_name, job.problem.directions)
+    return FileConfigStore(Path(job.out) / job.backend / STATE_CONFIG)
 
 
 def run_extra(job: Job, evaluator) -> dict[str, Any]:
