@@ -152,11 +152,13 @@ class RunDir:
         is created again. Until :meth:`started` is called, an exception undoes this start."""
         self.check()
         self.created = not self.path.exists()
-        self._before = set() if self.created else set(os.listdir(self.path))
         self._started, self._moved, self._state = False, None, state
         try:
             self.path.mkdir(parents=True, exist_ok=True)
+            had_lock = (self.path / OWNER_LOCK).exists()
             self._lock()
+            # Listed once it is ours: what the previous owner wrote up to its end is not this start's.
+            self._before = set(os.listdir(self.path)) - (set() if had_lock else {OWNER_LOCK})
             if restart:
                 self._moved = self.move_aside()
             if state is not None and results_file is not None and not state.exists():
@@ -164,7 +166,7 @@ class RunDir:
             self._check_config(config, state)
             yield self
         except BaseException:
-            if not self._started:
+            if not self._started and self._lock_fd is not None:  # refused for another owner: not ours to undo
                 self._undo()
             raise
         finally:

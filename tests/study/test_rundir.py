@@ -26,6 +26,21 @@ def test_a_second_owner_is_refused_with_the_holder_named(tmp_path):
         pass
 
 
+def test_a_start_refused_for_another_owner_leaves_that_owners_files_alone(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    take = RunDir._lock
+
+    def owner_writes_meanwhile(self):  # the owner writes a file while this start waits to be refused
+        (self.path / "fidelity.json").write_text("written by the owner")
+        take(self)
+
+    with RunDir(run).own({"kind": "search"}):
+        monkeypatch.setattr(RunDir, "_lock", owner_writes_meanwhile)
+        with pytest.raises(NasError, match="in use by"), RunDir(run).own({"kind": "search"}):
+            pass
+        assert sorted(p.name for p in run.iterdir()) == [".owner.lock", "config.json", "fidelity.json"]
+
+
 def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
     run = tmp_path / "run"
     code = (
