@@ -234,7 +234,8 @@ def test_killed_at_random_points_a_search_always_ends_with_exactly_the_requested
             time.sleep(0.05)
         time.sleep(rng.uniform(0.0, 1.5))
         running = proc.poll() is None
-        rows = pd.read_csv(out / "trials.csv") if (out / "trials.csv").exists() else pd.DataFrame(columns=["state"])
+        csv = out / "trials.csv"
+        rows = pd.read_csv(csv) if csv.exists() else pd.DataFrame(columns=["state", "error"])
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert running, f"round {i}: the search had ended (exit {proc.returncode}) before the kill"
