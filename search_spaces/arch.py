@@ -63,6 +63,12 @@ MIN_RESOLUTION, MAX_RESOLUTION = 8, 2048
 JSON_FORMAT = "nas.architecture/1"
 
 
+def _check_str(what: str, text: Any) -> None:
+    """Text forms are parsed from text only: another type is named, not taken for an empty string."""
+    if not isinstance(text, str):
+        raise NasError(f"{what} must be a str, got {type(text).__name__} {text!r}")
+
+
 @dataclass(frozen=True)
 class Stage:
     """One stage: ``repeats`` blocks of one kind; only the first block strides."""
@@ -115,6 +121,7 @@ class Stage:
     @staticmethod
     def parse(text: str) -> tuple[Stage, int | None]:
         """Parse one stage string; returns the stage and its ``i`` value (None when absent)."""
+        _check_str("a stage string", text)
         fields: dict[str, Any] = {}
         in_channels = None
         seen: set[str] = set()
@@ -267,7 +274,8 @@ class Architecture:
 
     @classmethod
     def from_string(cls, text: str) -> Architecture:
-        if not isinstance(text, str) or not text.strip():
+        _check_str("an architecture string", text)
+        if not text.strip():
             raise NasError(f"empty architecture string: {text!r}")
         net: dict[str, Any] = {}
         parsed: list[tuple[Stage, int | None, str]] = []

@@ -196,14 +196,28 @@ def key_map(model: Network, state_dict: Mapping[str, Any], source: str) -> dict[
     return dict(pairs)
 
 
+def _check_finite(state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    """NaN or infinite weights load without an error and give NaN outputs (or a NaN loss at the first
+    step): a damaged or diverged checkpoint, refused by its first bad key."""
+    for k, v in state_dict.items():
+        if (v.is_floating_point() or v.is_complex()) and not v.is_meta:  # a meta tensor has no values
+            bad = ~torch.isfinite(v)
+            if bad.any():
+                what = "NaN" if torch.isnan(v).any() else "infinite values"
+                raise NasError(
+                    f"the {source} state dict's {k!r} holds {what} ({int(bad.sum())} of {v.numel()} values): "
+                    "a damaged or diverged checkpoint; nothing was loaded"
+                )
+
+
 def load_weights(
     model: nn.Module, state_dict: Mapping[str, Any], source: str = "torchvision", *, classifier: bool = True
 ) -> dict[str, str]:
     """Load a torchvision or timm state dict into ``model`` (a :class:`Network`).
 
     Every tensor of ``model`` must find its public counterpart with the same shape, and every public
-    tensor must be used (BatchNorm's ``num_batches_tracked`` may be absent); otherwise a
-    :class:`NasError` names the first key that does not fit and nothing is loaded. With
+    tensor must be used (BatchNorm's ``num_batches_tracked`` may be absent) and hold finite values;
+    otherwise a :class:`NasError` names the first key that does not fit and nothing is loaded. With
     ``classifier=False`` the classifier keeps its own weights (fine-tuning to other classes) and the
     public classifier is ignored. Returns the key map used (ours -> theirs).
     """
@@ -214,6 +228,7 @@ def load_weights(
     bad = next((k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)), None)
     if bad is not None:
         raise NasError(f"state dict entry {bad!r} is not a tensor ({type(state_dict[bad]).__name__})")
+    _check_finite(state_dict, source)
     full = key_map(model, state_dict, source)
     ours = model.state_dict()
     if set(full) != set(ours):  # a bug in the translation, not the user's input

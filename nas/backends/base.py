@@ -14,9 +14,13 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from nas.errors import NasError
+from nas.study.rundir import ConfigStore, FileConfigStore
+
+STATE_CONFIG = "nas-config.json"  # the run's configuration inside a backend's own state directory
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,12 @@ class Backend(abc.ABC):
     def extra(self) -> dict[str, Any]:
         """What best.json records about the backend."""
         return {"backend": self.name}
+
+    def config_store(self) -> ConfigStore:
+        """Where the backend's own state keeps the run's configuration beside ``config.json``: by
+        default a file in its state directory (``OUT/<backend>/nas-config.json``), which goes wherever
+        that state goes."""
+        return FileConfigStore(Path(self.job.out) / self.name / STATE_CONFIG)
 
 
 BACKENDS: dict[str, type[Backend]] = {}

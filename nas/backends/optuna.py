@@ -14,6 +14,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -21,7 +22,14 @@ import optuna
 from nas.backends.base import Backend
 from nas.core.interrupt import check as check_interrupt
 from nas.core.interrupt import critical
-from nas.study.storage import HEARTBEAT_S, close_dead_trials, finished, make_storage, study_rows
+from nas.study.storage import (
+    HEARTBEAT_S,
+    StudyConfigStore,
+    close_dead_trials,
+    finished,
+    make_storage,
+    study_rows,
+)
 from nas.study.strategies import get_pruner, get_sampler
 from nas.trial.objective import error_text, place, run_objective
 
@@ -58,6 +66,11 @@ class OptunaBackend(Backend):
         for p in points:
             if _key(p) not in done:
                 self.study.enqueue_trial(p)
+
+    def config_store(self) -> StudyConfigStore:
+        """The run's configuration in the Optuna study, which the embedded and workers backends share."""
+        job = self.job
+        return StudyConfigStore(job.storage, Path(job.out), job.problem.study_name, job.problem.directions)
 
     def close_dead(self) -> list[int]:
         with critical():

@@ -57,7 +57,7 @@ POLL_S = 1.0
 
 
 def claim_lock(run_dir: Path):
-    return file_lock(Path(run_dir) / CLAIM_LOCK)
+    return file_lock(Path(run_dir) / CLAIM_LOCK, what=f"the claims of {run_dir}")
 
 
 class Claims:

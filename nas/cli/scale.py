@@ -8,17 +8,29 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from nas.cli.search import run_options, trial_settings
+import pandas as pd
+
+from nas.cli.search import add_run_arguments, add_trial_arguments, run_options, trial_settings
+from nas.core.files import atomic_write_text
 from nas.core.plugins import import_plugins
 from nas.core.resolve import resolve_arch
-from nas.scaling.grid import STUDY_NAME, GridOptions, GridSpec, default_out
+from nas.errors import NasError
+from nas.scaling.family import parse_coefficients, scale_family
+from nas.scaling.grid import STUDY_NAME, GridOptions, GridSpec, base_slug, check_phi, default_out
 from nas.search import grid_scale
+from nas.study.results import read_rows
+from search_spaces import Architecture, preset
+from search_spaces.presets import FAMILIES
 
 
 def add_parser(sub) -> None:
-    from nas.cli.search import add_run_arguments, add_trial_arguments
+    _add_grid_scale(sub)
+    _add_scale(sub)
 
+
+def _add_grid_scale(sub) -> None:
     p = sub.add_parser(
         "grid-scale",
         help="grid-search compound scaling coefficients alpha, beta, gamma",
@@ -65,6 +77,8 @@ def add_parser(sub) -> None:
     add_trial_arguments(p)
     p.set_defaults(func=run_grid_scale)
 
+
+def _add_scale(sub) -> None:
     p = sub.add_parser(
         "scale",
         help="write the scaled family of an architecture: compound (phi = 1..N) or a published table",
@@ -139,30 +153,13 @@ def run_grid_scale(args) -> int:
 
 
 def run(args) -> int:
-    from pathlib import Path
-
-    import pandas as pd
-
-    from nas.core.files import atomic_write_text
-    from nas.core.resolve import resolve_arch
-    from nas.errors import NasError
-    from nas.scaling.family import parse_coefficients, scale_family
-    from nas.scaling.grid import base_slug, check_phi
-    from search_spaces import Architecture, preset
-    from search_spaces.presets import FAMILIES
-
     n = None if args.phi is None else check_phi(args.phi, integer=True)
     table = args.coefficients.strip().lower() if args.coefficients.strip().lower() in FAMILIES else None
-    if table:
-        coeffs, stored_base = table, FAMILIES[table].base
-    else:
-        coeffs, stored_base = parse_coefficients(args.coefficients)
+    coeffs, stored_base = (table, FAMILIES[table].base) if table else parse_coefficients(args.coefficients)
     if args.base is not None:
         base, spec = resolve_arch(args.base), args.base
     elif stored_base is not None:
-        base, spec = (
-            (preset(stored_base), stored_base) if table else (Architecture.from_string(stored_base), stored_base)
-        )
+        base, spec = (preset(stored_base) if table else Architecture.from_string(stored_base)), stored_base
     else:
         raise NasError(f"--base is needed: {args.coefficients!r} does not name the base it was searched on")
     rows = scale_family(
@@ -175,44 +172,53 @@ def run(args) -> int:
         late_stages=args.late_stages,
     )
     out = Path(args.out or f"runs/scale-{base_slug(spec, base)}")
+    table_df = _write_family(out, rows)
+    if args.json:
+        _print_json(args, table, coeffs, base, out, rows, table_df)
+    else:
+        _print_table(args, table, coeffs, out, rows, table_df)
+    return 0
+
+
+def _write_family(out: Path, rows: list[dict]) -> pd.DataFrame:
+    """One JSON per member and family.csv (files of a larger earlier family removed)."""
     out.mkdir(parents=True, exist_ok=True)
     for r in rows:
         r["file"] = f"{r['member']}.json" if r["phi"] else None
         if r["file"]:
             atomic_write_text(out / r["file"], r["architecture"].to_json(indent=2) + "\n")
     _remove_stale_members(out, {r["file"] for r in rows if r["file"]})
-    records = [{k: v for k, v in r.items() if k != "architecture"} for r in rows]
-    table_df = pd.DataFrame(records)
+    table_df = pd.DataFrame([{k: v for k, v in r.items() if k != "architecture"} for r in rows])
     atomic_write_text(out / "family.csv", table_df.to_csv(index=False))
+    return table_df
+
+
+def _print_json(args, table, coeffs, base, out: Path, rows: list[dict], table_df: pd.DataFrame) -> None:
+    compound = not table
+    # Strict JSON (allow_nan=False): the base row's file is null, never NaN.
+    data = {
+        "coefficients": args.coefficients,
+        "published": table,
+        "alpha": coeffs.alpha if compound else None,
+        "beta": coeffs.beta if compound else None,
+        "gamma": coeffs.gamma if compound else None,
+        "product": coeffs.product if compound else None,
+        "rules": rows[0]["rules"],
+        "depth_rounding": rows[0]["depth_rounding"],
+        "late_stages": args.late_stages,
+        "num_classes": args.num_classes,
+        "base": base.to_string(),
+        "out": str(out),
+        "family": [{k: v for k, v in r.items() if k != "architecture"} for r in rows],
+    }
+    print(json.dumps(data, indent=2, allow_nan=False))
+
+
+def _print_table(args, table, coeffs, out: Path, rows: list[dict], table_df: pd.DataFrame) -> None:
     rules, depth_rounding = rows[0]["rules"], rows[0]["depth_rounding"]
     rules_text = "EfficientNetV2 (section 4.3)" if rules == "v2" else "EfficientNet V1 (section 3.3)"
     if args.late_stages:
         rules_text += f", added layers to the last {args.late_stages} stages"
-    compound = not table
-    if args.json:
-        # Strict JSON (allow_nan=False): the base row's file is null, never NaN.
-        print(
-            json.dumps(
-                {
-                    "coefficients": args.coefficients,
-                    "published": table,
-                    "alpha": coeffs.alpha if compound else None,
-                    "beta": coeffs.beta if compound else None,
-                    "gamma": coeffs.gamma if compound else None,
-                    "product": coeffs.product if compound else None,
-                    "rules": rules,
-                    "depth_rounding": depth_rounding,
-                    "late_stages": args.late_stages,
-                    "num_classes": args.num_classes,
-                    "base": base.to_string(),
-                    "out": str(out),
-                    "family": records,
-                },
-                indent=2,
-                allow_nan=False,
-            )
-        )
-        return 0
     shown = table_df.drop(columns=["arch", "file", "rules", "depth_rounding", "num_classes"], errors="ignore").copy()
     for c, fmt in (
         ("depth_mult", "{:.3f}"),
@@ -223,7 +229,7 @@ def run(args) -> int:
         shown[c] = shown[c].map(fmt.format)
     for c in ("params", "macs"):
         shown[c] = shown[c].map(lambda v: f"{int(v):,}")
-    if compound:
+    if not table:
         print(
             f"compound scaling alpha={coeffs.alpha:g} beta={coeffs.beta:g} gamma={coeffs.gamma:g} "
             f"(alpha*beta**2*gamma**2 = {coeffs.product:.3f}), {rules_text} rules, depth {depth_rounding}; "
@@ -237,16 +243,13 @@ def run(args) -> int:
     print(shown.to_string(index=False))
     print()
     for r in rows:
-        print(f"{'phi ' + str(r['phi']) if compound else r['member']}: {r['arch']}")
+        print(f"{'phi ' + str(r['phi']) if not table else r['member']}: {r['arch']}")
     print(f"\nwrote {', '.join(r['file'] for r in rows[1:])} and family.csv to {out}/")
-    return 0
 
 
 def _remove_stale_members(out, keep: set[str]) -> None:
     """A rerun with fewer members (``--phi 2`` after ``--phi 3``) removes the files the earlier family.csv
     listed and this one does not, so the directory holds one family; nothing else is touched."""
-    from nas.study.results import read_rows
-
     for r in read_rows(out / "family.csv") if (out / "family.csv").exists() else []:
         name = r.get("file")
         if isinstance(name, str) and name not in keep and "/" not in name and (out / name).is_file():

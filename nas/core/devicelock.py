@@ -38,7 +38,8 @@ def timing() -> Iterator[None]:
         yield
         return
     d = lock_dir()
-    with file_lock(d / f"{name}.turnstile"), file_lock(d / f"{name}.lock"):
+    what = f"device {name} (to time a step alone on it)"
+    with file_lock(d / f"{name}.turnstile", what=what), file_lock(d / f"{name}.lock", what=what):
         yield
 
 
@@ -50,7 +51,8 @@ def training() -> Iterator[None]:
         yield
         return
     d = lock_dir()
-    with file_lock(d / f"{name}.turnstile"):
+    what = f"device {name} (a step is being timed on it)"
+    with file_lock(d / f"{name}.turnstile", what=what):
         pass  # wait behind a timer that asked first
-    with file_lock(d / f"{name}.lock", shared=True):
+    with file_lock(d / f"{name}.lock", shared=True, what=what):
         yield

@@ -17,7 +17,10 @@ import contextlib
 import fcntl
 import json
 import os
+import socket
+import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -75,15 +78,79 @@ def append_line(path: Path, line: str) -> None:
 
 
 @contextlib.contextmanager
-def file_lock(path: Path, *, shared: bool = False) -> Iterator[None]:
+def file_lock(path: Path, *, shared: bool = False, what: str | None = None) -> Iterator[None]:
     """An ``flock`` on ``path`` (created) for the block: exclusive, or shared with other shared holders.
-    The kernel drops it when its process dies, so a killed holder never leaves it taken."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    The kernel drops it when its process dies, so a killed holder never leaves it taken.
+
+    The holder writes its process id, host and time into the file (:func:`write_holder`). A process
+    that finds the lock taken says so on stderr before it waits, once per holder: ``nas: waiting for
+    WHAT: held by pid 123 on HOST since 2026-12-02 10:00:00`` (``what`` names the lock as a user knows
+    it, e.g. "the results of runs/x"; by default the lock file)."""
+    path = Path(path)
+    mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            except BlockingIOError:
+                _announce_wait(path, what, read_holder(fd))
+                fcntl.flock(fd, mode)
+            if _same_file(fd, path):
+                break
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # the file was removed or replaced while we waited: lock the one that is there now
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        write_holder(fd)
         yield
     finally:
         os.close(fd)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+def write_holder(fd: int, **extra: Any) -> None:
+    """Record this process as the holder of the lock open on ``fd``: pid, host, since when (and ``extra``).
+    Shared holders may write at once; a reader takes the first whole record (:func:`read_holder`)."""
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"), **extra}
+    data = json.dumps(record).encode()
+    os.pwrite(fd, data, 0)
+    os.ftruncate(fd, len(data))
+
+
+def read_holder(fd: int) -> dict[str, Any] | None:
+    """The holder record in the lock file open on ``fd``, or None (never written, or unreadable)."""
+    try:
+        text = os.pread(fd, 4096, 0).decode(errors="replace")
+        record, _ = json.JSONDecoder().raw_decode(text.strip())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def describe_holder(record: dict[str, Any] | None) -> str:
+    """``pid 123 on HOST since 2026-12-02 10:00:00``, or "another process" when nothing was recorded."""
+    if not record:
+        return "another process"
+    return f"pid {record.get('pid')} on {record.get('host')} since {record.get('since')}"
+
+
+_ANNOUNCED: set[tuple[str, Any]] = set()
+
+
+def _announce_wait(path: Path, what: str | None, record: dict[str, Any] | None) -> None:
+    key = (str(path), record.get("pid") if record else None)
+    if key in _ANNOUNCED:  # a lock taken in turns (a device shared by workers) is announced once per holder
+        return
+    _ANNOUNCED.add(key)
+    print(f"nas: waiting for {what or f'the lock {str(path)!r}'}: held by {describe_holder(record)}", file=sys.stderr)
 
 
 def _strict(o: Any) -> Any:

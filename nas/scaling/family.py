@@ -6,17 +6,20 @@ import math
 from pathlib import Path
 from typing import Any
 
-from nas.errors import NasError
+from nas.core.files import read_json
+from nas.errors import NasError, check_int
 from nas.scaling.grid import DEPTH_ROUNDING, Candidate, check_phi
-from search_spaces import Architecture, count_macs, count_params, scale_v2
+from search_spaces import Architecture, count_macs, count_params, scale, scale_v2
+from search_spaces.presets import FAMILIES
+
+# One member of a family: (name, width, depth, resolution multiplier, dropout or None to keep the base's).
+Step = tuple[str, float, float, float, float | None]
 
 
 def parse_coefficients(spec: str) -> tuple[Candidate, str | None]:
     """``A,B,G``, a ``coefficients.json`` (from ``nas grid-scale``, or ``{"alpha":..,"beta":..,"gamma":..}``
     or ``[a, b, g]``), or a grid-scale run directory. Returns the coefficients and, when the file
     names one, the base architecture string it was searched on."""
-    from nas.core.files import read_json
-
     if not isinstance(spec, str) or not spec.strip():
         raise NasError("no coefficients given (--coefficients A,B,G or a coefficients.json)")
     text = spec.strip()
@@ -87,31 +90,13 @@ def scale_family(
     added layers to the last stages. ``depth_rounding`` defaults to ``round`` for V1 compound
     scaling (see :data:`DEPTH_ROUNDING`) and to ``ceil``, the authors' rule, for the V2 rules and
     the published tables. A table brings its own rules: V1 rules with the V2 table's coefficients or
-    the reverse are refused, as is ``late_stages`` without the V2 rules.
+    the reverse are refused, as is ``late_stages`` without the V2 rules. A ``n`` so large that a
+    member cannot be built (more layers or channels than an architecture may have) is refused
+    naming ``--phi`` and the first member that fails.
     """
-    from nas.errors import check_int
-    from search_spaces import scale
-    from search_spaces.presets import FAMILIES
-
     num_classes = check_int("--num-classes", num_classes, 1, 1_000_000)
     if isinstance(coeffs, str):
-        if coeffs not in FAMILIES:
-            raise NasError(f"unknown published coefficients {coeffs!r}; known: {', '.join(FAMILIES)}")
-        fam = FAMILIES[coeffs]
-        if v2_rules is not None and v2_rules != fam.v2_rules:
-            rules = "EfficientNetV2's" if fam.v2_rules else "EfficientNet V1's"
-            raise NasError(
-                f"the published {coeffs} coefficients were made with {rules} rules: "
-                f"{'add' if fam.v2_rules else 'drop'} --v2-rules"
-            )
-        v2_rules = fam.v2_rules
-        if n is not None and not 1 <= check_phi(n, integer=True) <= len(fam.members):
-            raise NasError(
-                f"--phi {n}: the published {coeffs} coefficients have {len(fam.members)} members "
-                f"({', '.join(fam.members)})"
-            )
-        members = list(fam.members.items())[: n or len(fam.members)]
-        steps = [(k, w, d, r / fam.base_resolution, p) for k, (w, d, r, p) in members]
+        v2_rules, steps = _published_steps(coeffs, n, v2_rules)
     else:
         if n is None:
             raise NasError("--phi is needed with compound coefficients alpha,beta,gamma")
@@ -123,55 +108,66 @@ def scale_family(
         raise NasError("--late-stages is EfficientNetV2's heuristic (section 4.3): add --v2-rules")
     if depth_rounding is None:
         depth_rounding = "ceil" if v2_rules or isinstance(coeffs, str) else DEPTH_ROUNDING
+    rules = {"v2_rules": v2_rules, "depth_rounding": depth_rounding, "late_stages": late_stages}
     base_macs = count_macs(base, num_classes=num_classes)
-    rows = []
-    for phi, (member, width, depth, res_mult, dropout) in enumerate([("base", 1.0, 1.0, 1.0, None), *steps]):
-        if v2_rules:
-            arch = (
-                scale_v2(
-                    base,
-                    width=width,
-                    depth=depth,
-                    resolution_mult=res_mult,
-                    dropout=dropout,
-                    depth_rounding=depth_rounding,
-                    late_stages=late_stages,
-                )
-                if phi
-                else base
-            )
-        else:
-            arch = (
-                scale(
-                    base,
-                    width=width,
-                    depth=depth,
-                    resolution_mult=res_mult,
-                    dropout=dropout,
-                    depth_rounding=depth_rounding,
-                )
-                if phi
-                else base
-            )
-        macs = count_macs(arch, num_classes=num_classes)
-        rows.append(
-            {
-                "phi": phi,
-                "member": member,
-                "depth_mult": depth,
-                "width_mult": width,
-                "resolution": arch.resolution,
-                "layers": arch.num_blocks,
-                "params": count_params(arch, num_classes),
-                "num_classes": num_classes,
-                "macs": macs,
-                "macs_ratio": macs / base_macs,
-                # The FLOPs law of V1 section 3.3: depth counts once, width and resolution twice.
-                "target_macs_ratio": depth * width**2 * res_mult**2,
-                "rules": "v2" if v2_rules else "v1",
-                "depth_rounding": depth_rounding,
-                "arch": arch.to_string(),
-                "architecture": arch,
-            }
-        )
+    rows = [_row(0, ("base", 1.0, 1.0, 1.0, None), base, base_macs, num_classes, rules)]
+    for phi, step in enumerate(steps, start=1):
+        try:
+            arch = _scaled(base, step, rules)
+        except NasError as e:
+            raise NasError(
+                f"--phi {n}: {step[0]} (depth x{step[2]:.3g}, width x{step[1]:.3g}, resolution x{step[3]:.3g}) "
+                f"cannot be built: {e}; choose a smaller --phi"
+            ) from None
+        rows.append(_row(phi, step, arch, base_macs, num_classes, rules))
     return rows
+
+
+def _published_steps(name: str, n: int | None, v2_rules: bool | None) -> tuple[bool, list[Step]]:
+    """The rules and the first ``n`` members (all without ``n``) of a published table."""
+    if name not in FAMILIES:
+        raise NasError(f"unknown published coefficients {name!r}; known: {', '.join(FAMILIES)}")
+    fam = FAMILIES[name]
+    if v2_rules is not None and v2_rules != fam.v2_rules:
+        rules = "EfficientNetV2's" if fam.v2_rules else "EfficientNet V1's"
+        raise NasError(
+            f"the published {name} coefficients were made with {rules} rules: "
+            f"{'add' if fam.v2_rules else 'drop'} --v2-rules"
+        )
+    if n is not None and not 1 <= check_phi(n, integer=True) <= len(fam.members):
+        raise NasError(
+            f"--phi {n}: the published {name} coefficients have {len(fam.members)} members ({', '.join(fam.members)})"
+        )
+    members = list(fam.members.items())[: n or len(fam.members)]
+    return fam.v2_rules, [(k, w, d, r / fam.base_resolution, p) for k, (w, d, r, p) in members]
+
+
+def _scaled(base: Architecture, step: Step, rules: dict[str, Any]) -> Architecture:
+    _, width, depth, res_mult, dropout = step
+    common = dict(width=width, depth=depth, resolution_mult=res_mult, dropout=dropout)
+    if rules["v2_rules"]:
+        return scale_v2(base, **common, depth_rounding=rules["depth_rounding"], late_stages=rules["late_stages"])
+    return scale(base, **common, depth_rounding=rules["depth_rounding"])
+
+
+def _row(phi: int, step: Step, arch: Architecture, base_macs: int, num_classes: int, rules) -> dict[str, Any]:
+    member, width, depth, res_mult, _ = step
+    macs = count_macs(arch, num_classes=num_classes)
+    return {
+        "phi": phi,
+        "member": member,
+        "depth_mult": depth,
+        "width_mult": width,
+        "resolution": arch.resolution,
+        "layers": arch.num_blocks,
+        "params": count_params(arch, num_classes),
+        "num_classes": num_classes,
+        "macs": macs,
+        "macs_ratio": macs / base_macs,
+        # The FLOPs law of V1 section 3.3: depth counts once, width and resolution twice.
+        "target_macs_ratio": depth * width**2 * res_mult**2,
+        "rules": "v2" if rules["v2_rules"] else "v1",
+        "depth_rounding": rules["depth_rounding"],
+        "arch": arch.to_string(),
+        "architecture": arch,
+    }

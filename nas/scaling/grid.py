@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from nas.errors import NasError, check_choice, check_int, check_number
+from nas.trial.settings import proxy_arch
 from search_spaces import Architecture, compound, preset_names
 
 TARGET = 2.0  # the paper's FLOPs factor per unit of phi
@@ -227,7 +228,7 @@ def plan_grid(base: Architecture, settings, opts: GridOptions) -> GridPlan:
             scale_candidate(base, c, spec.phi)
             settings.proxy.at_image_size(proxy_image_size(settings, c, spec.phi))
         except NasError as e:
-            raise NasError(f"candidate {c.label()} at phi {spec.phi:g}: {e}") from None
+            raise NasError(f"--phi {spec.phi:g}: candidate {c.label()} at phi {spec.phi:g}: {e}") from None
     return GridPlan(phi=spec.phi, n_feasible=len(feasible), candidates=cands)
 
 
@@ -241,8 +242,6 @@ def proxy_duplicates(base: Architecture, settings, plan: GridPlan) -> list[list[
     """Groups of candidates that the proxy's width / depth shrinking makes identical: rounding to
     multiples of 8 at a small width multiplier can erase a beta of 1.1, and ceil at a small depth
     multiplier an alpha of 1.2, so such candidates differ only by measurement noise."""
-    from nas.trial.settings import proxy_arch
-
     groups: dict[tuple[str, int], list[Candidate]] = {}
     for c in plan.candidates:
         size = proxy_image_size(settings, c, plan.phi)

@@ -2,9 +2,11 @@
 backend):
 
 1. check everything before anything is written: settings (checked on construction), the backend's
-   options, the evaluator and what it reads (the data, loaded and probed), the storage, the output
-   path; resolve what the user left open (the cost, the target setting: :func:`nas.trial.target.resolve`);
-2. own the run directory (:class:`nas.study.rundir.RunDir`: one owner, one experiment, a failed start
+   options, the device, the evaluator and what it reads (the data, loaded and probed), the storage,
+   the output path; resolve what the user left open (the cost, the target setting:
+   :func:`nas.trial.target.resolve`);
+2. own the run directory (:class:`nas.study.rundir.RunDir`: one owner, one experiment, kept in
+   ``config.json`` and in the backend's state; a start that fails before its first trial finished
    leaves no trace);
 3. prepare the run's target once, before the first trial (a step-time table built or loaded, the
    reference's cost) and keep it in the run directory, or reuse the one a resumed run prepared;
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from nas.backends import get_backend
+from nas.core.device import resolve_device
 from nas.core.interrupt import handle_interrupts
 from nas.errors import NasError
 from nas.steptime.model import StepTimeModel
@@ -51,6 +54,7 @@ def prepare(job: Job) -> Prepared:
     """Step 1 (see the module docstring): nothing is written, and ``job.problem`` gets resolved settings."""
     backend = get_backend(job.backend)(job)
     backend.check()
+    resolve_device(job.settings.device)  # a GPU that is not there: refused here, not at the first trial
     RunDir(job.out).check()
     check_storage_url(job.storage)
     kind = get_evaluator(job.settings.evaluator)
@@ -114,8 +118,7 @@ def _open(job: Job, backend, rundir: RunDir, evaluator) -> tuple[Run, list, int,
     closed = backend.close_dead()
     rows = backend.rows()
     done, remaining = job.problem.pending(rows, job.n_trials)
-    rundir.check_not_less(job.problem.results_file, sum(1 for r in rows if finished_row(r)))
-    rundir.started()
+    _started_once_finished(rundir, job.problem, rows)
     run_ = Run(job, rundir, evaluator, {**run_extra(job, evaluator), **backend.extra()}, shared=backend.parallel)
     run_.writer.rewrite(rows, plot=False)
     if closed:
@@ -126,6 +129,15 @@ def _open(job: Job, backend, rundir: RunDir, evaluator) -> tuple[Run, list, int,
     if done:
         job.echo(f"resuming {rundir.path}: {done} of {done + remaining} {job.problem.unit} already finished")
     return run_, rows, done, remaining
+
+
+def _started_once_finished(rundir: RunDir, problem, rows) -> None:
+    """Refuse storage that holds fewer finished trials than the results; once one has finished, the
+    directory holds results and a failure no longer undoes the start (before, it leaves no trace)."""
+    stored = sum(1 for r in rows if finished_row(r))
+    rundir.check_not_less(problem.results_file, stored)
+    if stored:
+        rundir.started()
 
 
 def _execute(job: Job, backend, run_: Run, remaining: int) -> tuple[bool, Any, list]:
@@ -141,6 +153,8 @@ def _execute(job: Job, backend, run_: Run, remaining: int) -> tuple[bool, Any, l
         if run_.bar is not None:
             run_.bar.close()
         rows = backend.rows()
+        if any(map(finished_row, rows)):
+            run_.rundir.started()  # a trial finished: the directory holds results, a failure leaves them
         run_.writer.extra = {**run_.extra, **backend.extra()}
         df = run_.writer.rewrite(rows, plot=True)
     return interrupted, df, rows
@@ -152,7 +166,8 @@ def run(job: Job) -> dict[str, Any] | None:
     problem = job.problem
     rundir = RunDir(job.out, what=f"nas {problem.kind} run")
     config = _config(job, prep.backend)
-    with handle_interrupts(), rundir.own(config, restart=job.restart):
+    state = prep.backend.config_store()
+    with handle_interrupts(), rundir.own(config, restart=job.restart, state=state, results_file=problem.results_file):
         target = _target(job, prep, rundir)
         evaluator = prep.evaluator_kind(job.settings, target=target, reference=problem.reference_arch(), data=prep.data)
         run_, rows, _, remaining = _open(job, prep.backend, rundir, evaluator)
@@ -161,7 +176,7 @@ def run(job: Job) -> dict[str, Any] | None:
         sections = step_time_fidelity(df)
         if not interrupted and problem.pending(rows, job.n_trials)[1] == 0:
             sections.update(problem.finish(rundir.path, df, job.echo, evaluator))
-        write_fidelity(rundir.path, sections)
+        write_fidelity(rundir.path, sections, warn=run_.warn)
     _report(job, run_, df, sections, interrupted, remaining, time.perf_counter() - t0)
     return run_.writer.best
 

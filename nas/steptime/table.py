@@ -260,5 +260,5 @@ def locked(path: Path) -> Iterator[None]:
     """An exclusive lock on the table at ``path`` (on ``path + '.lock'``), held by whoever builds or
     extends it; readers need none (writes are atomic)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(path.with_name(path.name + ".lock")):
+    with file_lock(path.with_name(path.name + ".lock"), what=f"the step-time table {path}"):
         yield

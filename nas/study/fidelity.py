@@ -7,11 +7,16 @@
 * ``accuracy``: with ``--validate-top K``, how well the proxy's accuracy ranks a longer training's
   (:mod:`nas.study.validation`).
 
-Sections of earlier runs of the same directory are kept unless this run recomputed them.
+Sections of earlier runs of the same directory are kept unless this run recomputed them. A file that
+cannot be read is never dropped in silence: it is reported and moved aside as
+``fidelity.json.corrupt-<time>``, then written anew.
 """
 
 from __future__ import annotations
 
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,18 +61,34 @@ def _given(v: Any) -> bool:
     return v is not None and not (isinstance(v, float) and v != v) and v != ""
 
 
-def write_fidelity(run_dir: Path, sections: dict[str, Any]) -> None:
-    """Write ``fidelity.json`` with this run's sections over those of earlier runs."""
+def write_fidelity(run_dir: Path, sections: dict[str, Any], *, warn: Callable[[str], None] | None = None) -> None:
+    """``fidelity.json``: what the run's figures were checked against (sections kept from earlier runs;
+    an unreadable file is reported through ``warn``, by default on stderr, and kept aside)."""
     if not sections:
         return
     path = Path(run_dir) / FILE
-    old: dict[str, Any] = {}
-    if path.exists():
-        try:
-            old = read_json(path, "fidelity file")
-        except NasError:
-            old = {}
-    atomic_write_json(path, {**(old if isinstance(old, dict) else {}), **sections})
+    atomic_write_json(path, {**_kept(path, warn or _stderr), **sections})
+
+
+def _kept(path: Path, warn: Callable[[str], None]) -> dict[str, Any]:
+    """The sections an earlier run wrote; a file that holds none is moved aside, with a warning."""
+    if not path.exists():
+        return {}
+    try:
+        old = read_json(path, "fidelity file")
+        if isinstance(old, dict):
+            return old
+        problem = f"fidelity file {str(path)!r} holds a JSON {type(old).__name__}, not an object"
+    except NasError as e:
+        problem = str(e)
+    aside = path.with_name(f"{FILE}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+    path.rename(aside)
+    warn(f"{problem}; moved it to {aside.name} and wrote a new one")
+    return {}
+
+
+def _stderr(text: str) -> None:
+    print(f"warning: {text}", file=sys.stderr)
 
 
 def fidelity_lines(data: dict[str, Any]) -> list[str]:

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from nas.study.results import ResultsWriter
 
 
@@ -45,8 +47,6 @@ class Run:
         self.warnings: list[str] = []
 
     def progress(self, total: int, initial: int):
-        from tqdm.auto import tqdm
-
         self.bar = tqdm(
             total=total,
             initial=initial,

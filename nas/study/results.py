@@ -89,7 +89,7 @@ LOCK_NAME = ".results.lock"
 
 def results_lock(run_dir: Path):
     """An exclusive lock for the processes writing one run directory's results (released if one dies)."""
-    return file_lock(Path(run_dir) / LOCK_NAME)
+    return file_lock(Path(run_dir) / LOCK_NAME, what=f"the results of {run_dir}")
 
 
 def frame(rows: Iterable[dict[str, Any]], columns: list[str]) -> pd.DataFrame:

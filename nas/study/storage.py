@@ -9,6 +9,10 @@ recorded reason. A trial that was running when its process died is not: a rerun 
 (:func:`close_dead_trials`: at once when its process is gone from this machine, else when its
 heartbeat, a ``heartbeat`` user attribute renewed every :data:`HEARTBEAT_S` seconds, is older than
 :data:`GRACE_S`) and runs a replacement.
+
+The study also keeps the run's configuration (what ``config.json`` holds) in its :data:`CONFIG_ATTR`
+user attribute, written when the study is created (:class:`StudyConfigStore`), so a run directory
+that lost ``config.json`` is still checked against the settings its trials were run with.
 """
 
 from __future__ import annotations
@@ -20,8 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy
 
+from nas.core.interrupt import critical
 from nas.errors import NasError
+from nas.study.rundir import ConfigStore
 
 SAMPLERS = ("tpe", "random", "nsga2")
 PRUNERS = ("median", "hyperband", "none")
@@ -30,6 +37,7 @@ PRUNERS = ("median", "hyperband", "none")
 HEARTBEAT_S, GRACE_S = 30, 120
 DONE_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 INTERRUPTED = "interrupted (the process running it stopped)"
+CONFIG_ATTR = "config"  # study user attribute: the run's configuration, as config.json holds it
 
 
 def storage_url(url: str | None, run_dir: Path) -> str:
@@ -42,8 +50,6 @@ def check_storage_url(url: str | None) -> None:
     if url is None:
         return
     try:
-        import sqlalchemy
-
         engine = sqlalchemy.create_engine(url)
         with engine.connect():
             pass
@@ -64,7 +70,6 @@ def make_storage(url: str | None, run_dir: Path) -> optuna.storages.BaseStorage:
         if not url.startswith("sqlite"):
             return optuna.storages.RDBStorage(url)
         storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
-        import sqlalchemy
 
         def pragmas(conn, _record) -> None:
             cur = conn.cursor()
@@ -77,6 +82,54 @@ def make_storage(url: str | None, run_dir: Path) -> optuna.storages.BaseStorage:
         return storage
     except Exception as e:
         raise NasError(f"cannot open storage {url!r}: {str(e).splitlines()[0]}") from None
+
+
+class StudyConfigStore(ConfigStore):
+    """The run's configuration in its Optuna study (:data:`CONFIG_ATTR`). Looking never creates: a
+    default ``study.db`` that is missing or empty (0 bytes) is no study, and is not opened."""
+
+    def __init__(self, url: str | None, run_dir: Path, name: str, directions):
+        self.url, self.run_dir, self.name, self.directions = url, Path(run_dir), name, list(directions)
+        self._storage: optuna.storages.BaseStorage | None = None
+        self._created = False
+
+    def _study(self) -> optuna.Study | None:
+        if self.url is None:
+            db = self.run_dir / "study.db"
+            if not db.is_file() or db.stat().st_size == 0:
+                return None
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        if self._storage is None:
+            self._storage = make_storage(self.url, self.run_dir)
+        return load_study(self._storage, self.name)
+
+    def exists(self) -> bool:
+        return self._study() is not None
+
+    def read(self) -> dict[str, Any] | None:
+        study = self._study()
+        return None if study is None else study.user_attrs.get(CONFIG_ATTR)
+
+    def write(self, config: dict[str, Any]) -> None:
+        study = self._study()
+        if self._storage is None:
+            self._storage = make_storage(self.url, self.run_dir)
+        with critical():
+            if study is None:
+                study = optuna.create_study(storage=self._storage, study_name=self.name, directions=self.directions)
+                self._created = True
+            study.set_user_attr(CONFIG_ATTR, config)
+        self._release()
+
+    def undo(self) -> None:
+        if self._created and self._storage is not None:
+            optuna.delete_study(study_name=self.name, storage=self._storage)
+        self._release()
+
+    def _release(self) -> None:
+        """Close the connections (the backend opens its own), so no open file outlives this check."""
+        if isinstance(self._storage, optuna.storages.RDBStorage):
+            self._storage.engine.dispose()
 
 
 def make_sampler(name: str, seed: int, *, parallel: bool = False) -> optuna.samplers.BaseSampler:

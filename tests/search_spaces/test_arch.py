@@ -357,3 +357,16 @@ def test_tf_definitions_are_accepted(name):
         assert any(c.out_channels == 24 * 9 for c in convs)  # e9 on the 24-channel stage
     if name in preset_names():  # the presets (checked against timm) are these strings
         assert a.stages == preset(name).stages and a.stem == preset(name).stem
+
+
+@pytest.mark.parametrize(
+    "parse, value, words",
+    [
+        (Architecture.from_string, None, "an architecture string must be a str, got NoneType None"),
+        (Architecture.from_string, b"stem32", "an architecture string must be a str, got bytes b'stem32'"),
+        (Stage.parse, 5, "a stage string must be a str, got int 5"),
+    ],
+)
+def test_text_forms_name_a_value_that_is_not_text(parse, value, words):
+    with pytest.raises(NasError, match=re.escape(words)):
+        parse(value)

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from nas.errors import NasError
-from nas.study.rundir import RunDir, config_diff
+from nas.study.rundir import FileConfigStore, RunDir, config_diff
 from tests.helpers import REPO
 
 
@@ -24,6 +24,21 @@ def test_a_second_owner_is_refused_with_the_holder_named(tmp_path):
         pass
     with RunDir(tmp_path / "run").own({"kind": "search", "a": 1}):  # released at exit
         pass
+
+
+def test_a_start_refused_for_another_owner_leaves_that_owners_files_alone(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    take = RunDir._lock
+
+    def owner_writes_meanwhile(self):  # the owner writes a file while this start waits to be refused
+        (self.path / "fidelity.json").write_text("written by the owner")
+        take(self)
+
+    with RunDir(run).own({"kind": "search"}):
+        monkeypatch.setattr(RunDir, "_lock", owner_writes_meanwhile)
+        with pytest.raises(NasError, match="in use by"), RunDir(run).own({"kind": "search"}):
+            pass
+        assert sorted(p.name for p in run.iterdir()) == [".owner.lock", "config.json", "fidelity.json"]
 
 
 def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
@@ -81,6 +96,69 @@ def test_a_failed_start_leaves_no_trace(tmp_path):
         rd.started()
         raise RuntimeError("a trial crashed the driver")
     assert (run / "config.json").exists()
+
+
+def test_a_failed_start_in_an_existing_directory_removes_all_it_created_and_nothing_else(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("mine")
+    state = FileConfigStore(run / "ray" / "nas-config.json")
+    with pytest.raises(RuntimeError), RunDir(run).own({"kind": "search"}, state=state) as rd:
+        for name in ("study.db", "study.db-wal", "trials.csv"):
+            (rd.path / name).write_text("written by this start")
+        assert (run / ".owner.lock").exists() and (run / "ray" / "nas-config.json").exists()
+        raise RuntimeError("the first trial never finished")
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]  # no lock file, study, config or results
+
+
+def test_a_failed_restart_puts_the_old_run_back(tmp_path):
+    run = tmp_path / "run"
+    with RunDir(run).own({"kind": "search"}) as rd:
+        rd.started()
+        (run / "trials.csv").write_text("number,state\n0,COMPLETE\n")
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.name != ".owner.lock"}
+    with pytest.raises(RuntimeError), RunDir(run).own({"kind": "search"}, restart=True):
+        assert not (run / "trials.csv").exists()
+        raise RuntimeError("boom")
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.name != ".owner.lock"} == before
+
+
+def test_the_state_keeps_the_settings_when_config_json_is_lost(tmp_path):
+    run = tmp_path / "run"
+    state = lambda: FileConfigStore(run / "ray" / "nas-config.json")  # noqa: E731
+    cfg = {"kind": "search", "settings": {"epochs": 1}, "options": {"top": 1}}
+    with RunDir(run).own(cfg, state=state()) as rd:
+        rd.started()
+    saved = (run / "config.json").read_text()
+    assert json.loads((run / "ray" / "nas-config.json").read_text()) == json.loads(saved)
+    (run / "config.json").unlink()
+    other = {**cfg, "settings": {"epochs": 2}}
+    with (
+        pytest.raises(NasError, match=r"different settings \(settings.epochs: 1 there, 2 now\)"),
+        RunDir(run).own(other, state=state()),
+    ):
+        pass
+    assert not (run / "config.json").exists()
+    with RunDir(run).own({**cfg, "options": {"top": 2}}, state=state()):  # options may change, in both copies
+        pass
+    assert json.loads((run / "config.json").read_text())["options"] == {"top": 2}
+    assert json.loads((run / "ray" / "nas-config.json").read_text())["options"] == {"top": 2}
+    (run / "config.json").write_text(saved.replace('"epochs": 1', '"epochs": 3'))  # the two copies disagree
+    with pytest.raises(NasError, match="epochs: 3 there, 1 now"), RunDir(run).own(cfg, state=state()):
+        pass
+
+
+def test_a_lost_state_with_recorded_results_is_refused_before_it_is_created(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "trials.csv").write_text("number,state,error\n0,COMPLETE,\n")
+    state = FileConfigStore(run / "ray" / "nas-config.json")
+    with (
+        pytest.raises(NasError, match="records 1 finished trials but the run's storage holds 0"),
+        RunDir(run).own({"kind": "search"}, state=state, results_file="trials.csv"),
+    ):
+        pass
+    assert sorted(p.name for p in run.iterdir()) == ["trials.csv"]
 
 
 def test_results_are_never_replaced_by_less(tmp_path):

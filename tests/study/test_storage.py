@@ -9,7 +9,16 @@ import time
 import optuna
 import pytest
 
-from nas.study.storage import GRACE_S, INTERRUPTED, close_dead_trials, finished, make_storage, study_rows
+from nas.study.storage import (
+    CONFIG_ATTR,
+    GRACE_S,
+    INTERRUPTED,
+    StudyConfigStore,
+    close_dead_trials,
+    finished,
+    make_storage,
+    study_rows,
+)
 
 
 @pytest.fixture
@@ -55,3 +64,21 @@ def test_rows_come_from_the_stored_row(study):
     assert row["state"] == "COMPLETE" and row["reward"] == 0.5 and row["param_x"] in (1, 2)
     study.enqueue_trial({"x": 1})  # waiting trials are not rows
     assert len(study_rows(study)) == 1
+
+
+def test_the_run_config_lives_in_the_study_and_looking_creates_nothing(tmp_path):
+    store = StudyConfigStore(None, tmp_path, "s", ["maximize"])
+    assert not store.exists() and store.read() is None
+    (tmp_path / "study.db").write_bytes(b"")  # emptied: no study, and left as it is
+    assert not store.exists() and store.read() is None
+    assert (tmp_path / "study.db").read_bytes() == b""
+    (tmp_path / "study.db").unlink()
+    assert not list(tmp_path.iterdir())
+    store.write({"kind": "search", "options": {}})
+    study = optuna.load_study(study_name="s", storage=make_storage(None, tmp_path))
+    assert study.user_attrs[CONFIG_ATTR] == {"kind": "search", "options": {}}
+    assert study.directions == [optuna.study.StudyDirection.MAXIMIZE]
+    again = StudyConfigStore(None, tmp_path, "s", ["maximize"])
+    assert again.exists() and again.read() == {"kind": "search", "options": {}}
+    store.undo()  # the study this store created goes
+    assert optuna.study.get_all_study_names(make_storage(None, tmp_path)) == []
