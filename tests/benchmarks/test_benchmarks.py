@@ -160,7 +160,8 @@ def test_gpu_report_cpu_path_step_table_and_train(tmp_path):
         f = table[name]
         assert f["n"] == 4 and math.isfinite(f["mape"]) and 0 <= f["within_10pct"] <= 1
     finite(
-        figures(rf"table vs measured\s+Spearman {NUMBER}, Kendall tau {NUMBER}, mean error {NUMBER}%", out), positive=False
+        figures(rf"table vs measured\s+Spearman {NUMBER}, Kendall tau {NUMBER}, mean error {NUMBER}%", out),
+        positive=False,
     )
     train = report["parts"]["train"]["rounds"][0]
     finite(
