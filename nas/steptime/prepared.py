@@ -24,6 +24,8 @@ from typing import Any
 from nas.core.files import atomic_write_json, read_json
 from nas.errors import NasError
 from nas.steptime import table as tables
+from nas.steptime.model import StepTimeModel
+from search_spaces import Architecture
 
 FORMAT = "nas.target/1"
 FILE = "target.json"
@@ -85,6 +87,14 @@ class PreparedTarget:
             raise NasError(f"a prepared target lacks {sorted(missing)}")
         return cls(**{k: data[k] for k in keys}, table=table)
 
+    def _reference_holds(self) -> bool:
+        """A table's reference is its prediction (a file edited by hand is not the run's target)."""
+        if self.table is None:
+            return True
+        model = StepTimeModel(tables.Table.from_dict(self.table, Path(self.table_path or TABLE_FILE)))
+        predicted = model.predict(Architecture.from_string(self.reference["arch"]))
+        return abs(predicted - self.reference_ms) <= 1e-9 * max(1.0, predicted)
+
     # -- the run directory ---------------------------------------------------------------------
     def save(self, run_dir: Path) -> PreparedTarget:
         """Write ``target.json`` (and the table as ``steptime.json``) into ``run_dir``; returns the
@@ -117,7 +127,7 @@ class PreparedTarget:
         target = cls.from_dict(data, table)
         if table is not None:  # where the run directory is now (it may have moved since)
             target = replace(target, table_path=str((Path(run_dir) / TABLE_FILE).resolve()))
-        if data.get("identity") != target.identity:
+        if data.get("identity") != target.identity or not target._reference_holds():
             raise NasError(
                 f"{str(path)!r} does not match its step-time table (identity {data.get('identity')!r} "
                 f"recorded, {target.identity!r} found); rerun with --restart to prepare it again"
