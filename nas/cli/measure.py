@@ -18,6 +18,7 @@ from nas.core.memory import check_step_memory, out_of_memory_as_error
 from nas.core.resolve import resolve_arch
 from nas.errors import check_choice, check_int
 from nas.steptime import StepTimeModel, Target
+from nas.steptime.costs import get_cost
 from nas.steptime.measure import FORMAT_SWITCH, MEMORY_FORMATS, measure_step_time
 from search_spaces import count_params, get_space
 
@@ -90,7 +91,7 @@ def run(args) -> int:
     arch = resolve_arch(args.arch)
     if args.space is not None:
         get_space(args.space)
-    cost = "latency" if args.latency else "step"
+    cost = "latency" if args.latency else "step"  # the two costs nas.steptime.costs registers
     batch = args.batch_size if args.batch_size is not None else (1 if args.latency else 32)
     runtime = Runtime.resolve(args.device, args.amp, FORMAT_SWITCH[args.memory_format])
     if not args.latency:  # inference holds no activations for a backward pass: far less than a training step
@@ -120,7 +121,7 @@ def run(args) -> int:
 
 
 def _print(r, out: dict) -> None:
-    what = "latency    " if r.cost == "latency" else "step time  "
+    what = f"{get_cost(r.cost).what:<11}"
     print(f"{what} {r.step_time_ms:.2f} ms median  (IQR {r.iqr_ms:.2f} ms, {r.runs} runs x {r.steps_per_run} steps)")
     if "predicted_step_time_ms" in out:
         p = out["predicted_step_time_ms"]
@@ -129,7 +130,7 @@ def _print(r, out: dict) -> None:
             f"predicted   {p:.2f} ms ({p / r.step_time_ms - 1:+.1%}) by the {out['table_space']} step-time table "
             f"{out['table']}{timed}"
         )
-    mode = "inference, evaluation mode" if r.cost == "latency" else "training"
+    mode = "training" if get_cost(r.cost).training else "inference, evaluation mode"
     print(
         f"setting     batch {r.batch_size}, {r.image_size} px, {r.dtype}{' (AMP)' if r.amp else ''}, "
         f"{r.memory_format}, {mode}, {r.clock} clock{', compiled' if r.compiled else ''}"

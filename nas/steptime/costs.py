@@ -39,6 +39,10 @@ from nas.training.config import TrainConfig
 from nas.training.step import make_optimizer
 from search_spaces import Architecture
 
+CPU_DEFAULT = (64, 16)  # the training step on a CPU: px, batch
+CUDA_PIXELS_BATCH = (224, 128)  # images of this size per batch on CUDA, kept at constant pixels per batch
+LATENCY_BATCH = 1  # MnasNet measured one image at a time
+
 
 class Cost(abc.ABC):
     """One kind of cost S can stand for."""
@@ -49,6 +53,12 @@ class Cost(abc.ABC):
     help: str = ""
 
     training = True  # networks run in training mode (else evaluation mode) for this cost
+    label = ""  # how a target setting names it ("latency, 224 px, batch 1")
+
+    @abc.abstractmethod
+    def default_setting(self, device_type: str, resolution: int | None) -> tuple[int, int]:
+        """(image size, batch) of the default target on a device type for a space of this resolution
+        (:mod:`nas.steptime.target` says why)."""
 
     @abc.abstractmethod
     def piece_step(self, module: nn.Module, x: torch.Tensor, runtime: Runtime, *, kind: str, num_classes: int):
@@ -109,6 +119,15 @@ class Cost(abc.ABC):
 
 class StepCost(Cost):
     name = "step"
+
+    def default_setting(self, device_type, resolution):
+        if device_type != "cuda":
+            return CPU_DEFAULT
+        image = resolution or CUDA_PIXELS_BATCH[0]
+        size, per_batch = CUDA_PIXELS_BATCH
+        # The batch follows the image size, so a smaller image gets the larger batch of the same memory.
+        return image, max(8, round(per_batch * (size / image) ** 2 / 8) * 8)
+
     column = "step_time_ms"
     what = "training step"
     help = "the full-size training step (forward, loss, backward, RMSprop step): EfficientNetV2's S"
@@ -150,6 +169,11 @@ class StepCost(Cost):
 class LatencyCost(Cost):
     name = "latency"
     training = False
+    label = "latency, "
+
+    def default_setting(self, device_type, resolution):
+        return resolution or CUDA_PIXELS_BATCH[0], LATENCY_BATCH
+
     column = "latency_ms"
     what = "inference latency"
     help = "the forward pass in evaluation mode at the latency batch (1): MnasNet's latency"

@@ -120,6 +120,9 @@ def make_forward_step(model: nn.Module, *, runtime: Runtime, batch_size: int, im
     return step, {**_runtime_settings(runtime), "optimizer": None, "compiled": compile}
 
 
+STEP_MAKERS = {"step": make_train_step, "latency": make_forward_step}  # STEP_KINDS: what a timing runs
+
+
 def check_clock(clock: str, runtime: Runtime) -> str:
     """``wall``, or ``cpu`` on a one-thread CPU runtime (see the module docstring)."""
     check_choice("clock", clock, CLOCKS)
@@ -239,10 +242,8 @@ def measure_step_time(
     runtime = runtime or Runtime.resolve(device, amp, FORMAT_SWITCH[memory_format])
     check_clock(clock, runtime)
     shape = {"runtime": runtime, "batch_size": batch_size, "image_size": image_size, "compile": compile}
-    if cost == "latency":
-        step, settings = make_forward_step(model, **shape)
-    else:
-        step, settings = make_train_step(model, num_classes=num_classes, optimizer=optimizer, **shape)
+    extra = {"step": {"num_classes": num_classes, "optimizer": optimizer}, "latency": {}}[cost]
+    step, settings = STEP_MAKERS[cost](model, **shape, **extra)
     first_s = _first_step_s(step, runtime) if compile else None
     kw = {"min_run_time": min_run_time, "clock": clock, "statistic": statistic, "progress": progress}
     timings = [time_step(step, runtime, warmup=warmup if i == 0 else 0, **kw) for i in range(repeats)]

@@ -28,12 +28,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from nas.errors import NasError, check_choice, check_int
-from nas.steptime.costs import COSTS
+from nas.steptime.costs import COSTS, get_cost
 from search_spaces import get_space
 
-CPU_DEFAULT = (64, 16)
-CUDA_PIXELS_BATCH = (224, 128)  # images of this size per batch, kept at constant pixels per batch
-LATENCY_BATCH = 1
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 2048
 MAX_BATCH_SIZE = 1 << 16
 
@@ -62,8 +59,7 @@ class Target:
         return cls(data["image_size"], data["batch_size"], data.get("cost", "step"))
 
     def __str__(self) -> str:
-        what = "" if self.cost == "step" else "latency, "
-        return f"{what}{self.image_size} px, batch {self.batch_size}"
+        return f"{get_cost(self.cost).label}{self.image_size} px, batch {self.batch_size}"
 
 
 def _space_resolution(space) -> int | None:
@@ -79,17 +75,9 @@ def default_target(
     reference resolution is used on CUDA and for latency), with ``image_size`` / ``batch_size``
     overriding either value (None: the default). See the module docstring for why these values."""
     check_choice("--cost", cost, tuple(COSTS))
-    if cost == "latency":
-        image = image_size or _space_resolution(space) or CUDA_PIXELS_BATCH[0]
-        return Target(image, LATENCY_BATCH if batch_size is None else batch_size, cost)
-    if runtime.device.type != "cuda":
-        image, batch = CPU_DEFAULT
-        image = image if image_size is None else image_size
-    else:
-        image = image_size or _space_resolution(space) or CUDA_PIXELS_BATCH[0]
-        # The batch follows the image size actually used, so a smaller --target-image-size gets
-        # the larger batch that fills the same memory.
-        check_int("target image size", image, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
-        size, per_batch = CUDA_PIXELS_BATCH
-        batch = max(8, round(per_batch * (size / image) ** 2 / 8) * 8)
+    if image_size is not None:
+        check_int("target image size", image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
+    image, batch = get_cost(cost).default_setting(runtime.device.type, image_size or _space_resolution(space))
+    if image_size is not None and image_size != image:  # the batch that fills the same memory at this size
+        image, batch = image_size, get_cost(cost).default_setting(runtime.device.type, image_size)[1]
     return Target(image, batch if batch_size is None else batch_size, cost)

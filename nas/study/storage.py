@@ -30,8 +30,6 @@ from nas.core.interrupt import critical
 from nas.errors import NasError
 from nas.study.rundir import ConfigStore
 
-SAMPLERS = ("tpe", "random", "nsga2")
-PRUNERS = ("median", "hyperband", "none")
 # A running trial renews its heartbeat every HEARTBEAT_S; one silent for GRACE_S is taken as killed
 # (needed only for trials of processes on other machines: this machine's are checked by process id).
 HEARTBEAT_S, GRACE_S = 30, 120
@@ -130,32 +128,6 @@ class StudyConfigStore(ConfigStore):
         """Close the connections (the backend opens its own), so no open file outlives this check."""
         if isinstance(self._storage, optuna.storages.RDBStorage):
             self._storage.engine.dispose()
-
-
-def make_sampler(name: str, seed: int, *, parallel: bool = False) -> optuna.samplers.BaseSampler:
-    """``parallel``: trials run at the same time elsewhere; TPE's ``constant_liar`` counts them as bad
-    results, so parallel workers spread out instead of piling on one region."""
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5, constant_liar=parallel)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=8)
-    raise NasError(f"unknown sampler {name!r}; known: {', '.join(SAMPLERS)}")
-
-
-def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
-    if name == "median":
-        # One check, halfway through the proxy training: a proxy's per-epoch figures are noisy, and a
-        # trial checked at every epoch has to beat the median every time (all but 5 of 20 pruned).
-        return optuna.pruners.MedianPruner(
-            n_startup_trials=5, n_warmup_steps=max(1, epochs // 2), interval_steps=max(1, epochs)
-        )
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(1, epochs), reduction_factor=3)
-    if name == "none":
-        return optuna.pruners.NopPruner()
-    raise NasError(f"unknown pruner {name!r}; known: {', '.join(PRUNERS)}")
 
 
 def finished(trial: optuna.trial.FrozenTrial) -> bool:
