@@ -89,14 +89,13 @@ def _target(job: Job, prep: Prepared, rundir: RunDir) -> PreparedTarget | None:
         return target
 
     def build(device: str):
-        log = (lambda line: print(line, file=sys.stderr, flush=True)) if job.progress else job.echo
         return prepare_target(
             job.settings,
             num_classes=prep.data.num_classes,
             reference=job.problem.reference_arch(),
             device=device,
             progress=job.progress and sys.stderr.isatty(),
-            log=log,
+            log=job.log,
         )
 
     return prep.backend.prepare_target(build).save(rundir.path)

@@ -69,6 +69,7 @@ class PreparedTarget:
             "source": self.source,
             "device": self.describe(),
             **{k: self.setting.get(k) for k in ("image_size", "batch_size")},
+            **{k: self.fingerprint.get(k) for k in ("dtype", "memory_format")},  # how the target's steps run
             "reference_ms": self.reference_ms,
         }
 

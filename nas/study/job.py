@@ -14,6 +14,10 @@ from tqdm.auto import tqdm
 from nas.study.results import ResultsWriter
 
 
+def to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 @dataclass
 class Job:
     """One command's run: what to search (``problem``), how many trials, scheduled how."""
@@ -29,7 +33,8 @@ class Job:
     plugins: tuple[str, ...] = ()
     restart: bool = False
     progress: bool = True
-    echo: Callable[[str], None] = print
+    echo: Callable[[str], None] = print  # results and summaries (stdout)
+    log: Callable[[str], None] = to_stderr  # what happens on the way (builds, waits, warnings)
 
     @property
     def settings(self):

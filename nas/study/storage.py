@@ -90,13 +90,13 @@ class StudyConfigStore(ConfigStore):
         self.url, self.run_dir, self.name, self.directions = url, Path(run_dir), name, list(directions)
         self._storage: optuna.storages.BaseStorage | None = None
         self._created = False
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # its creation log is not ours to print
 
     def _study(self) -> optuna.Study | None:
         if self.url is None:
             db = self.run_dir / "study.db"
             if not db.is_file() or db.stat().st_size == 0:
                 return None
-        optuna.logging.set_verbosity(optuna.logging.ERROR)
         if self._storage is None:
             self._storage = make_storage(self.url, self.run_dir)
         return load_study(self._storage, self.name)

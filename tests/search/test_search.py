@@ -69,26 +69,14 @@ def _consistent(out: Path, trials: int) -> pd.DataFrame:
 @pytest.mark.slow
 def test_search_writes_results_a_user_can_act_on(tmp_path):
     out = tmp_path / "run"
-    rc, stdout, stderr = run_nas(
-        "search",
-        "--trials",
-        "3",
-        "--out",
-        out,
-        "--seed",
-        "3",
-        *TINY,
-        "--step-time",
-        "measure",
-        "--target-image-size",
-        "32",
-        "--target-batch-size",
-        "4",
-    )
+    # The full-size step timed directly ("measure"): at 16 px, batch 2 its cheapest setting; 2 trials.
+    search = ("search", "--trials", "2", "--out", out, "--seed", "3", *TINY, "--step-time", "measure")
+    at_16px = ("--target-image-size", "16", "--target-batch-size", "2")
+    rc, stdout, stderr = run_nas(*search, *at_16px, timeout=900)  # full-size V2-S steps: minutes on a busy CPU
     assert rc == 0, stderr
     df = pd.read_csv(out / "trials.csv")
     assert list(df.columns[: len(TRIAL_COLUMNS)]) == TRIAL_COLUMNS
-    assert len(df) == 3 and sorted(df["number"]) == [0, 1, 2]
+    assert len(df) == 2 and sorted(df["number"]) == [0, 1]
     assert set(df["state"]) <= {"COMPLETE", "PRUNED"}
     done = df[df["state"] == "COMPLETE"]
     assert len(done) >= 1
@@ -99,7 +87,7 @@ def test_search_writes_results_a_user_can_act_on(tmp_path):
         assert 0.0 <= row["accuracy"] <= 1.0 and row["num_classes"] == 10
         assert row["step_time_ms"] > 0 and row["params"] > 0 and row["macs"] > 0
         # S is the full-size candidate's step at the target setting, over the reference's.
-        assert (row["step_time_method"], row["target_image_size"], row["target_batch_size"]) == ("measure", 32, 4)
+        assert (row["step_time_method"], row["target_image_size"], row["target_batch_size"]) == ("measure", 16, 2)
         assert row["S"] == pytest.approx(row["step_time_ms"] / row["reference_ms"])
         # The reward is exactly A * S**w * P**v with the paper's exponents.
         assert row["reward"] == pytest.approx(row["accuracy"] * row["S"] ** -0.07 * row["P"] ** -0.05, rel=1e-9)
@@ -107,10 +95,11 @@ def test_search_writes_results_a_user_can_act_on(tmp_path):
     top = done.loc[done["reward"].idxmax()]
     assert best["arch"] == top["arch"] and best["num_classes"] == 10
     assert best["metrics"]["reward"] == pytest.approx(top["reward"])
-    for key in ("device", "device_name", "torch_version", "threads", "memory_format", "dtype"):
+    for key in ("device", "device_name", "torch_version", "threads"):
         assert key in best["metrics"], key
     target = best["target"]
-    assert (target["method"], target["cost"], target["image_size"], target["batch_size"]) == ("measure", "step", 32, 4)
+    assert (target["dtype"], target["memory_format"]) == ("float32", "channels_last")  # how its steps ran
+    assert (target["method"], target["cost"], target["image_size"], target["batch_size"]) == ("measure", "step", 16, 2)
     assert target["device"].startswith(f"cpu ({best['metrics']['device_name']}")
     assert target["reference_ms"] == pytest.approx(top["reference_ms"]) and target["identity"] == top["target_id"]
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -125,24 +114,9 @@ def test_search_writes_results_a_user_can_act_on(tmp_path):
     assert best["arch"] in stdout and "top" in stdout
 
     # Rerunning the finished command runs nothing new.
-    rc, stdout, stderr = run_nas(
-        "search",
-        "--trials",
-        "3",
-        "--out",
-        out,
-        "--seed",
-        "3",
-        *TINY,
-        "--step-time",
-        "measure",
-        "--target-image-size",
-        "32",
-        "--target-batch-size",
-        "4",
-    )
+    rc, stdout, stderr = run_nas(*search, *at_16px, timeout=900)
     assert rc == 0, stderr
-    assert "3 of 3 trials already finished" in stdout
+    assert "2 of 2 trials already finished" in stdout
     assert pd.read_csv(out / "trials.csv")["number"].tolist() == df["number"].tolist()
 
 
