@@ -44,6 +44,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -288,6 +289,8 @@ def search_cli(
     done = df[df["state"].isin(["COMPLETE", "PRUNED"])]
     result = {"trials": len(done), "wall_s": wall, "stopped": stopped, "sm_util_pct": util.mean}
     result.update(sm_util_samples=len(util.samples), util_note=util.why, trials_per_hour=len(done) / wall * 3600)
+    chosen = re.search(r"--trials-per-device auto: (\d+) on (.*)", log)  # what auto measured and chose
+    result.update(auto_choice=int(chosen.group(1)) if chosen else None, auto_line=chosen.group(0) if chosen else None)
     if len(done):
         covered, span = busy_share(done["t_start"].tolist(), done["t_end"].tolist())
         result.update(inside_trials_share=covered / span, driver_overhead_share=1 - covered / span)

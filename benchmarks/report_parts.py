@@ -4,9 +4,7 @@ returns them with ``summary`` rows (figure, value, baseline, ratio) for the Mark
 
 from __future__ import annotations
 
-import contextlib
 import gc
-import io
 import tempfile
 import time
 from pathlib import Path
@@ -19,7 +17,7 @@ import torchvision
 from common import samples
 from torch.utils.flop_counter import FlopCounterMode
 
-from nas.cli import make_parser
+from nas.backends.placement import AUTO_CAP
 from nas.core.agreement import agreement as agree
 from nas.core.agreement import describe
 from nas.core.device import Runtime, cudnn_autotune
@@ -299,20 +297,10 @@ def train_part(args, runtime: Runtime, deadline: float) -> dict:
 MIN_SEARCH_S = 20.0  # a search given less cannot start its workers and finish a trial
 
 
-def auto_supported() -> bool:
-    """Whether ``nas search --trials-per-device auto`` parses (asked for by issue 18)."""
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):
-            make_parser().parse_args(["search", "--trials-per-device", "auto"])
-    except SystemExit:
-        return False
-    return True
-
-
 def _search_one(args, value: str, runtime: Runtime, out: Path, timeout: float) -> dict:
     argv = ["--tiny"] if args.tiny else ["--search-epochs", str(args.search_epochs)]
     sargs = bench_throughput.parse_args([*argv, "--device", args.device, "--trials-per-device", value])
-    per = int(value) if value.isdigit() else 1
+    per = int(value) if value.isdigit() else AUTO_CAP  # auto may choose up to AUTO_CAP
     sargs.search_trials = max(args.search_trials, 2 * per)  # every worker runs two trials at least
     r = bench_throughput.search_cli(
         bench_throughput.search_flags(sargs), out, runtime.device, timeout=timeout, threads=args.threads
@@ -328,7 +316,7 @@ def _search_one(args, value: str, runtime: Runtime, out: Path, timeout: float) -
     return {"trials_per_device": value, **r}
 
 
-def _search_summary(rows: list[dict], auto: bool) -> tuple[list[dict], str]:
+def _search_summary(rows: list[dict]) -> tuple[list[dict], str]:
     base = next((r for r in rows if r["trials_per_device"] == "1" and r["trials"]), None)
     summary = []
     for r in rows:
@@ -344,15 +332,17 @@ def _search_summary(rows: list[dict], auto: bool) -> tuple[list[dict], str]:
         )
     measured = [r for r in rows if r["trials_per_device"].isdigit() and r["trials"]]
     best = max(measured, key=lambda r: r["trials_per_hour"])["trials_per_device"] if measured else "none"
-    label = "" if auto else " (measured best; nas search has no --trials-per-device auto yet)"
-    summary.append({"figure": "trials per device that serves best", "value": f"{best}{label}"})
+    auto = next((r for r in rows if r["trials_per_device"] == "auto"), None)
+    picked = "not run" if auto is None else str(auto.get("auto_choice") or "not reported")
+    agrees = "" if auto is None or best == "none" else (" (agrees)" if picked == best else f" (measured best: {best})")
+    summary.append({"figure": "trials per device that serves best", "value": best})
+    summary.append({"figure": "what --trials-per-device auto chose", "value": picked + agrees})
     return summary, best
 
 
 def search_part(args, runtime: Runtime, deadline: float) -> dict:
     """``nas search`` for each ``--trials-per-device`` value; which value serves best."""
-    auto = auto_supported()
-    values = [v for v in args.trials_per_device.split(",") if v] + (["auto"] if auto else [])
+    values = [v for v in args.trials_per_device.split(",") if v] + ["auto"]
     rows, notes = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for k, value in enumerate(values):
@@ -361,11 +351,13 @@ def search_part(args, runtime: Runtime, deadline: float) -> dict:
                 notes.append(f"--trials-per-device {value}: not run, the part's budget ends")
                 continue
             rows.append(_search_one(args, value, runtime, Path(tmp) / f"tpd-{value}", timeout))
-    summary, best = _search_summary(rows, auto)
-    print(summary[-1]["figure"] + ": " + summary[-1]["value"])
+    summary, best = _search_summary(rows)
+    for line in summary[-2:]:
+        print(line["figure"] + ": " + line["value"])
     if rows and rows[0]["sm_util_pct"] is None:
         notes.append(f"SM utilisation unavailable: {rows[0]['util_note']}")
-    return {"rows": rows, "best": best, "auto_in_cli": auto, "summary": summary, "notes": notes}
+    auto = next((r for r in rows if r["trials_per_device"] == "auto"), {})
+    return {"rows": rows, "best": best, "auto_choice": auto.get("auto_choice"), "summary": summary, "notes": notes}
 
 
 PARTS = {"step": step_part, "table": table_part, "train": train_part, "search": search_part}

@@ -9,6 +9,7 @@ from typing import Any
 
 from nas.backends.base import Flag, register_backend
 from nas.backends.optuna import OptunaBackend, run_trials
+from nas.backends.placement import per_device_flag
 
 
 @register_backend
@@ -22,10 +23,11 @@ class EmbeddedBackend(OptunaBackend):
         Flag("--workers", int, None, "run the trials in N processes sharing the run's storage (see nas worker)", "N"),
         Flag(
             "--trials-per-device",
-            int,
+            per_device_flag,
             None,
-            "N worker processes per device (per GPU with --device cuda), so small proxies fill a GPU",
-            "N",
+            "N worker processes per device (per GPU with --device cuda), so small proxies fill a GPU; auto: "
+            "measured on the run's proxy (GPU busy share and memory; 1 on a CPU)",
+            "N|auto",
         ),
     )
 

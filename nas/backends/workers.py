@@ -38,6 +38,7 @@ import torch
 
 from nas.backends.base import register_backend
 from nas.backends.optuna import OptunaBackend, run_trials
+from nas.backends.placement import AUTO, per_device_arg, probe
 from nas.core.device import resolve_device
 from nas.core.files import file_lock, read_json
 from nas.core.interrupt import check as check_interrupt
@@ -181,12 +182,24 @@ class WorkersBackend(OptunaBackend):
         o = self.job.options
         if o.get("workers") is None and o.get("trials_per_device") is None:
             raise NasError("the workers backend needs --workers N or --trials-per-device N")
-        plan_workers(o.get("workers"), 1, self.job.settings.device, per_device=o.get("trials_per_device"))
+        per_device = o.get("trials_per_device")
+        if per_device is not None:
+            per_device = per_device_arg(str(per_device))
+        plan_workers(o.get("workers"), 1, self.job.settings.device, per_device=1 if per_device == AUTO else per_device)
+
+    def per_device(self, run) -> int | None:
+        """The trials per device: as given, or measured on the run's proxy for ``auto``."""
+        per_device = self.job.options.get("trials_per_device")
+        if per_device is None or per_device_arg(str(per_device)) != AUTO:
+            return per_device
+        choice = probe(self.job.settings, num_classes=run.evaluator.num_classes)
+        self.job.echo(choice.describe())
+        return choice.per_device
 
     def execute(self, run, remaining: int) -> None:
         job = self.job
         o = job.options
-        plan = plan_workers(o.get("workers"), remaining, job.settings.device, per_device=o.get("trials_per_device"))
+        plan = plan_workers(o.get("workers"), remaining, job.settings.device, per_device=self.per_device(run))
         if plan.note:
             job.echo(f"note: {plan.note}")
         job.echo(f"starting {len(plan.trials)} workers for {remaining} trials ({', '.join(map(str, plan.trials))})")

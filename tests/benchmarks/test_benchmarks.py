@@ -171,7 +171,7 @@ def test_gpu_report_cpu_path_step_table_and_train(tmp_path):
     assert md.count("| step | efficientnet") == len(rows) and "| table |" in md and "| train |" in md
 
 
-@pytest.mark.slow  # two real searches in fresh interpreters (1 and 2 workers): ~40-90 s on 2 cores
+@pytest.mark.slow  # three real searches in fresh interpreters (1, 2 workers, auto): ~40-90 s on 2 cores
 def test_gpu_report_cpu_path_search(tmp_path):
     out, report, md = _report(tmp_path, "search")
     search = report["parts"]["search"]
@@ -180,6 +180,9 @@ def test_gpu_report_cpu_path_search(tmp_path):
     assert all(r["sm_util_pct"] is None for r in search["rows"])  # no NVML off CUDA: unavailable, not faked
     assert search["best"] in {"1", "2"} and "trials per device that serves best" in md
     assert "SM utilisation n/a" in out
+    # auto runs last, through the real flag: on a CPU it measures nothing and runs one trial at a time.
+    assert search["rows"][-1]["trials_per_device"] == "auto" and search["auto_choice"] == 1
+    assert "what --trials-per-device auto chose | 1" in md
 
 
 @pytest.mark.slow  # builds a step-time table (51 pieces) and times candidates twice: about a minute
