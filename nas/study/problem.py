@@ -67,8 +67,9 @@ class Problem(abc.ABC):
     @abc.abstractmethod
     def seed(self, number: int) -> int: ...
 
-    def pruning_value(self, reward, known: dict[str, Any], accuracy: float) -> float | None:
-        """The value a pruner or scheduler judges a trial by after an epoch (None: no pruning)."""
+    def pruning_value(self, reward, known: dict[str, Any], accuracy: float) -> float | list[float] | None:
+        """The value a pruner or scheduler judges a trial by after an epoch: one number, or one per
+        objective of a multi-objective study (in ``directions``' order); None: no pruning."""
         return None
 
     @abc.abstractmethod

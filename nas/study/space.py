@@ -108,8 +108,15 @@ class SearchProblem(Problem):
     def pruning_value(self, reward, known, accuracy):
         # The pruner sees the reward so far (the epoch's accuracy with the S and P measured before
         # training), so a fast but slightly less accurate candidate is judged by what the search maximises.
+        # A multi-objective search is judged by its objectives so far: the epoch's accuracy, and the
+        # cost and parameters, fixed per candidate (only a pruner that compares vectors takes them).
         if self.multi:
-            return None
+            so_far = {**known, "accuracy": accuracy}
+            return (
+                [float(so_far[k]) for k, _ in OBJECTIVES]
+                if all(so_far.get(k) is not None for k, _ in OBJECTIVES)
+                else None
+            )
         return float(reward({**{k: known[k] for k in reward.needs if k in known}, "accuracy": accuracy}))
 
     def values(self, row):

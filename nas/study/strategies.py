@@ -4,18 +4,22 @@ each, so the command line's choices and help come from here and a new strategy i
 A sampler entry makes an Optuna sampler from a seed (``parallel``: other processes draw from the
 same study at the same time). A pruner entry makes an Optuna pruner for the embedded and workers
 backends and the equivalent Ray Tune scheduler for the Ray backend, so ``--pruner`` means the same
-on every backend; both judge a trial by the same per-epoch signal (the reward so far).
+on every backend; both judge a trial by the same per-epoch signal (the reward so far; for a
+multi-objective study its objective vector so far, which only ``pareto`` and ``none`` can judge).
+A pruner with parameters takes them in its name: ``pareto:dominators=3,warmup=8``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import optuna
 
 from nas.errors import NasError
+from nas.study.pareto import ParetoPruner, ParetoRule, tune_scheduler
 
 
 @dataclass(frozen=True)
@@ -30,10 +34,12 @@ class SamplerKind:
 class PrunerKind:
     name: str
     help: str
-    optuna: Callable[[int], optuna.pruners.BasePruner]
-    tune: Callable[[int, str], Any]  # (epochs, metric) -> a Ray Tune scheduler, or None: run every trial out
+    optuna: Callable[..., optuna.pruners.BasePruner]  # (epochs, **params)
+    # (epochs, metric, directions, **params) -> a Ray Tune scheduler, or None: run every trial out
+    tune: Callable[..., Any]
     multi_objective: bool = False  # works on a multi-objective study
     prunes: bool = True
+    params: dict[str, int] = field(default_factory=dict)  # name -> default (integers; checked by the factories)
 
 
 SAMPLERS: dict[str, SamplerKind] = {}
@@ -56,10 +62,30 @@ def get_sampler(name: str) -> SamplerKind:
     return SAMPLERS[name]
 
 
-def get_pruner(name: str) -> PrunerKind:
+def get_pruner(spec: str) -> PrunerKind:
+    """The pruner ``spec`` names, ``NAME`` or ``NAME:KEY=VALUE,...``, with its parameters bound (its
+    factories are then called as ``optuna(epochs)`` and ``tune(epochs, metric, directions)``)."""
+    name, _, given = str(spec).partition(":")
     if name not in PRUNERS:
         raise NasError(f"unknown pruner {name!r}; known: {', '.join(PRUNERS)}")
-    return PRUNERS[name]
+    kind = PRUNERS[name]
+    params = dict(kind.params)
+    for item in filter(None, given.split(",")):
+        key, eq, value = (x.strip() for x in item.partition("="))
+        known = ", ".join(kind.params) or "none"
+        if not eq:
+            raise NasError(f"--pruner {spec}: {item!r} is not KEY=VALUE ({name}'s parameters: {known})")
+        if key not in kind.params:
+            raise NasError(f"--pruner {spec}: unknown parameter {key!r}; {name}'s parameters: {known}")
+        try:
+            params[key] = int(value)
+        except ValueError:
+            raise NasError(f"--pruner {spec}: {key} must be an integer, got {value!r}") from None
+    if not params:
+        return kind
+    bound = replace(kind, optuna=partial(kind.optuna, **params), tune=partial(kind.tune, **params))
+    bound.optuna(1)  # the parameters' ranges are checked now, before anything runs
+    return bound
 
 
 def default_pruner(sampler: str) -> str:
@@ -76,7 +102,7 @@ def check_pair(sampler: str, pruner: str) -> None:
         ok = ", ".join(k.name for k in PRUNERS.values() if k.multi_objective)
         raise NasError(
             f"--pruner {pruner} cannot judge the multi-objective {sampler} sampler's trials "
-            f"(Optuna prunes single-objective studies only); use --pruner {ok}"
+            f"(it judges one number); use --pruner {ok}"
         )
 
 
@@ -119,7 +145,7 @@ def _median_optuna(epochs: int) -> optuna.pruners.BasePruner:
     )
 
 
-def _median_tune(epochs: int, metric: str):
+def _median_tune(epochs: int, metric: str, directions=("maximize",)):
     from ray.tune.schedulers import MedianStoppingRule  # Ray is optional and heavy: only for --backend ray
 
     return MedianStoppingRule(
@@ -131,7 +157,7 @@ def _median_tune(epochs: int, metric: str):
     )
 
 
-def _hyperband_tune(epochs: int, metric: str):
+def _hyperband_tune(epochs: int, metric: str, directions=("maximize",)):
     from ray.tune.schedulers import ASHAScheduler  # Ray is optional and heavy: only for --backend ray
 
     return ASHAScheduler(
@@ -157,10 +183,24 @@ register_pruner(
 )
 register_pruner(
     PrunerKind(
+        "pareto",
+        "stop a trial whose objectives so far (accuracy, cost, parameters: every objective the study has) are "
+        "dominated by DOMINATORS other trials' at the same epoch, once WARMUP trials completed; never after the "
+        "last epoch. Multi-objective samplers too; parameters: pareto:dominators=2,warmup=4",
+        lambda epochs, dominators=2, warmup=4: ParetoPruner(ParetoRule(epochs, dominators, warmup)),
+        lambda epochs, metric, directions=("maximize",), dominators=2, warmup=4: tune_scheduler(
+            ParetoRule(epochs, dominators, warmup), metric, directions
+        ),
+        multi_objective=True,
+        params={"dominators": 2, "warmup": 4},
+    )
+)
+register_pruner(
+    PrunerKind(
         "none",
         "run every trial to the end",
         lambda epochs: optuna.pruners.NopPruner(),
-        lambda epochs, metric: None,
+        lambda epochs, metric, directions=("maximize",): None,
         multi_objective=True,
         prunes=False,
     )
