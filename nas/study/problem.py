@@ -24,6 +24,7 @@ class Problem(abc.ABC):
     results_file: str = "trials.csv"
     study_name: str = "nas-search"
     directions: tuple[str, ...] = ("maximize",)
+    objective_names: tuple[str, ...] = ()  # a multi-objective study's: the row fields its values are
     incremental: bool = True  # results can be appended line by line (else rewritten whole)
     unit: str = "trials"
     space_matters = True  # a target table must be of the settings' space (not for a grid of one scaled base)

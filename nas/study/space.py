@@ -76,6 +76,7 @@ class SearchProblem(Problem):
         self.space = get_space(settings.space)
         self.multi = opts.multi_objective
         self.directions = tuple(d for _, d in OBJECTIVES) if self.multi else ("maximize",)
+        self.objective_names = tuple(k for k, _ in OBJECTIVES) if self.multi else ()
 
     def config(self) -> dict[str, Any]:
         return {
@@ -112,11 +113,8 @@ class SearchProblem(Problem):
         # cost and parameters, fixed per candidate (only a pruner that compares vectors takes them).
         if self.multi:
             so_far = {**known, "accuracy": accuracy}
-            return (
-                [float(so_far[k]) for k, _ in OBJECTIVES]
-                if all(so_far.get(k) is not None for k, _ in OBJECTIVES)
-                else None
-            )
+            names = self.objective_names
+            return [float(so_far[k]) for k in names] if all(so_far.get(k) is not None for k in names) else None
         return float(reward({**{k: known[k] for k in reward.needs if k in known}, "accuracy": accuracy}))
 
     def values(self, row):

@@ -11,6 +11,7 @@ A pruner with parameters takes them in its name: ``pareto:dominators=3,warmup=8`
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -124,11 +125,25 @@ register_sampler(
 register_sampler(
     SamplerKind("random", "uniform random search", lambda seed, parallel: optuna.samplers.RandomSampler(seed))
 )
+
+
+class _NSGAIISampler(optuna.samplers.NSGAIISampler):
+    """Optuna's NSGA-II, picklable: Ray Tune stores its searcher with the sampler, and Optuna's holds
+    a thread lock (a new one is made when it is loaded)."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_thread_lock"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._thread_lock = threading.Lock()
+
+
 register_sampler(
     SamplerKind(
         "nsga2",
         "NSGA-II, multi-objective (accuracy up, step time down, parameters down; best.json lists the front)",
-        lambda seed, parallel: optuna.samplers.NSGAIISampler(seed=seed, population_size=8),
+        lambda seed, parallel: _NSGAIISampler(seed=seed, population_size=8),
         multi_objective=True,
     )
 )

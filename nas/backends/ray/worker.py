@@ -67,9 +67,11 @@ def tune_trial(
     from ray import tune  # Ray is optional and heavy: imported when the ray backend runs
 
     def report(epoch: int, value) -> bool:
-        # One number, or one per objective of a multi-objective study (objective_so_far_0, ...).
-        values = list(value) if isinstance(value, (list, tuple)) else [value]
-        tune.report({"epoch": epoch, **dict(zip(metric_keys(PRUNING_METRIC, len(values)), map(float, values)))})
+        # One number, or one per objective of a multi-objective study (objective_so_far_0, ...), also
+        # under the objectives' own names: a trial the scheduler stops keeps them in its row.
+        values = [float(v) for v in value] if isinstance(value, (list, tuple)) else [float(value)]
+        named = dict(zip(problem.objective_names, values)) if len(values) > 1 else {}
+        tune.report({"epoch": epoch, **named, **dict(zip(metric_keys(PRUNING_METRIC, len(values)), values))})
         return False  # Tune's scheduler stops the trial itself
 
     number = int(config["number"])
