@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
 
 import optuna
 import pandas as pd
+import torch
 from common import parse_with_tiny, samples
 
 from nas.search.api import search
@@ -126,7 +128,9 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--measure-time", type=float, default=0.4)
     a = parse_with_tiny(ap, TINY, argv)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    setting = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count()}
     print(
+        f"torch {setting['torch']}, {setting['threads']} torch threads, {setting['cpus']} CPUs; "
         f"nsga2, {a.trials} trials per run, {a.seeds} seeds, {a.epochs} proxy epochs on {a.dataset} "
         f"(width {a.width_mult:g}, depth {a.depth_mult:g}, {a.image_size} px), S by {a.step_time}; "
         f"hypervolume of (accuracy, S, P) up to (0, {a.reference[0]:g}, {a.reference[1]:g})"
@@ -152,7 +156,8 @@ def main(argv: list[str] | None = None) -> None:
         )
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        data = {"args": {k: v for k, v in vars(a).items() if k != "json"}, "runs": runs, "summary": summary}
+        args = {k: v for k, v in vars(a).items() if k != "json"}
+        data = {"args": args, "setting": setting, "runs": runs, "summary": summary}
         Path(a.json).write_text(json.dumps(data, indent=2) + "\n")
         print(f"wrote {a.json}")
 
