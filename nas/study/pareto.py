@@ -190,8 +190,10 @@ def tune_vector(result: dict, metric: str, n: int) -> list[float] | None:
 def tune_scheduler(rule: ParetoRule, metric: str, directions: Sequence[str]):
     """:class:`ParetoRule` as a Ray Tune scheduler: each trial's vector per epoch as its results come
     (:func:`tune_vector`), judged against the other trials' at the same epoch; complete trials are
-    counted from their final results. A restored experiment starts counting again (its warm-up
-    repeats: it prunes less, never more)."""
+    counted from their final results. A restored experiment counts the complete trials it restores,
+    but their per-epoch vectors are gone (Tune keeps a trial's last result only): until new trials
+    report, it prunes less, never more."""
+    from ray.tune.experiment import Trial  # Ray is optional and heavy: --backend ray only
     from ray.tune.schedulers import FIFOScheduler, TrialScheduler  # Ray is optional and heavy: --backend ray only
 
     directions = tuple(directions)
@@ -214,6 +216,11 @@ def tune_scheduler(rule: ParetoRule, metric: str, directions: Sequence[str]):
                 vector, others, directions, epoch=epoch, epochs=rule.epochs, n_complete=self.n_complete, rule=rule
             )
             return TrialScheduler.STOP if stop else TrialScheduler.CONTINUE
+
+        def on_trial_add(self, tune_controller, trial) -> None:
+            # A restored experiment adds its finished trials again, with their final results.
+            if trial.status == Trial.TERMINATED:
+                self.on_trial_complete(tune_controller, trial, trial.last_result)
 
         def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
             if result and result.get("final") and result.get("state") == "COMPLETE":

@@ -180,8 +180,8 @@ def test_the_tune_scheduler_applies_the_same_rule():
     scheduler = get_pruner("pareto:dominators=1,warmup=1").tune(3, "so", DIRECTIONS)
 
     class Trial:
-        def __init__(self, trial_id):
-            self.trial_id = trial_id
+        def __init__(self, trial_id, status="RUNNING", last_result=None):
+            self.trial_id, self.status, self.last_result = trial_id, status, last_result or {}
 
     a, b = Trial("a"), Trial("b")
     result = {"epoch": 1, "so_0": 0.9, "so_1": 1.0, "so_2": 10.0}
@@ -192,3 +192,12 @@ def test_the_tune_scheduler_applies_the_same_rule():
     assert scheduler.on_trial_result(None, b, worse) == TrialScheduler.STOP
     assert scheduler.on_trial_result(None, b, {**worse, "epoch": 3}) == TrialScheduler.CONTINUE  # last epoch
     assert scheduler.on_trial_result(None, b, {"final": True, "state": "COMPLETE"}) == TrialScheduler.CONTINUE
+
+    # A restored experiment: its complete trials are added again, finished, and count for the warm-up.
+    restored = get_pruner("pareto:dominators=1,warmup=1").tune(3, "so", DIRECTIONS)
+    restored.on_trial_add(None, Trial("a", "TERMINATED", {"final": True, "state": "COMPLETE"}))
+    restored.on_trial_add(None, Trial("p", "TERMINATED", {"epoch": 1}))  # one the scheduler had stopped
+    restored.on_trial_add(None, Trial("c", "PENDING"))
+    assert restored.n_complete == 1
+    assert restored.on_trial_result(None, Trial("c"), result) == TrialScheduler.CONTINUE
+    assert restored.on_trial_result(None, b, worse) == TrialScheduler.STOP
