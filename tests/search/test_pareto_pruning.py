@@ -110,3 +110,27 @@ def test_a_pruning_search_killed_mid_trial_keeps_its_finished_trials_on_rerun(tm
     for n, state in zip(rows["number"], rows["state"]):
         assert after[n] == state, (n, state, after[n])  # nothing finished before the kill was lost or redone
     _check_pruned_by_the_rule(out)
+
+
+@pytest.mark.slow
+def test_a_run_started_with_another_pruner_resumes_with_its_own_when_the_command_names_none(tmp_path, standin_env):
+    """nsga2's default was ``none`` before ``pareto``: rerunning such a run's command resumes it as it
+    was started; naming another pruner is refused; a new run gets the default."""
+    out = tmp_path / "run"
+    cmd = _standin_cmd(out, 3, "--epochs", "2")
+    i = cmd.index("--sampler")
+    cmd[i + 1] = "nsga2"
+    p = subprocess.run([*cmd, "--pruner", "none"], env=standin_env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    cmd[cmd.index("--trials") + 1] = "5"
+    p = subprocess.run(cmd, env=standin_env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert json.loads((out / "config.json").read_text())["pruner"] == "none"
+    assert len(_consistent(out, 5)) == 5
+    p = subprocess.run([*cmd, "--pruner", "pareto"], env=standin_env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and "'none' there, 'pareto' now" in p.stderr, p.stderr
+    fresh = tmp_path / "fresh"
+    cmd[cmd.index("--out") + 1] = str(fresh)
+    p = subprocess.run(cmd, env=standin_env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert json.loads((fresh / "config.json").read_text())["pruner"] == "pareto"
