@@ -67,9 +67,7 @@ class ParetoRule:
     def should_prune(
         self, epoch: int, vector: Vector, others: Iterable[Vector], n_complete: int, directions: Sequence[str]
     ) -> bool:
-        return should_prune(
-            vector, others, directions, epoch=epoch, epochs=self.epochs, n_complete=n_complete, rule=self
-        )
+        return should_prune(vector, others, directions, epoch=epoch, n_complete=n_complete, rule=self)
 
 
 def should_prune(
@@ -78,12 +76,12 @@ def should_prune(
     directions: Sequence[str],
     *,
     epoch: int,
-    epochs: int,
     n_complete: int,
     rule: ParetoRule,
 ) -> bool:
-    """The shared rule (module docstring): ``others`` are the other trials' vectors at ``epoch``."""
-    if epoch >= epochs or n_complete < rule.warmup:
+    """The shared rule (module docstring): ``others`` are the other trials' vectors at ``epoch``,
+    ``n_complete`` how many trials completed."""
+    if epoch >= rule.epochs or n_complete < rule.warmup:
         return False
     return count_dominators(vector, others, directions) >= rule.dominators
 
@@ -212,9 +210,7 @@ def tune_scheduler(rule: ParetoRule, metric: str, directions: Sequence[str]):
             at = self.vectors.setdefault(epoch, {})
             at[trial.trial_id] = vector
             others = [v for tid, v in at.items() if tid != trial.trial_id]
-            stop = should_prune(
-                vector, others, directions, epoch=epoch, epochs=rule.epochs, n_complete=self.n_complete, rule=rule
-            )
+            stop = should_prune(vector, others, directions, epoch=epoch, n_complete=self.n_complete, rule=rule)
             return TrialScheduler.STOP if stop else TrialScheduler.CONTINUE
 
         def on_trial_add(self, tune_controller, trial) -> None:

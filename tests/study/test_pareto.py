@@ -35,9 +35,7 @@ vectors = st.lists(vector, max_size=12)
 
 
 def _prune(v, others, k, warmup=0, epoch=1, epochs=3, n_complete=10):
-    return should_prune(
-        v, others, DIRECTIONS, epoch=epoch, epochs=epochs, n_complete=n_complete, rule=ParetoRule(epochs, k, warmup)
-    )
+    return should_prune(v, others, DIRECTIONS, epoch=epoch, n_complete=n_complete, rule=ParetoRule(epochs, k, warmup))
 
 
 @given(vector)
