@@ -22,6 +22,7 @@ import optuna
 from nas.backends.base import Backend
 from nas.core.interrupt import check as check_interrupt
 from nas.core.interrupt import critical
+from nas.study.pareto import intermediate_key, prune_now
 from nas.study.storage import (
     HEARTBEAT_S,
     StudyConfigStore,
@@ -116,12 +117,21 @@ def heartbeat(trial: optuna.Trial) -> Iterator[None]:
         thread.join()
 
 
-def optuna_report(trial: optuna.Trial, epochs: int) -> Callable[[int, float], bool]:
-    def report(epoch: int, value: float) -> bool:
+def optuna_report(trial: optuna.Trial, epochs: int) -> Callable[[int, Any], bool]:
+    """The pruning hook on Optuna: one number is reported to the trial and judged by
+    ``should_prune``; a list (the objectives of a multi-objective study, which Optuna's ``report``
+    refuses) is stored as a user attribute and judged by the study's pruner directly
+    (:mod:`nas.study.pareto`)."""
+
+    def report(epoch: int, value: Any) -> bool:
+        multi = isinstance(value, (list, tuple))
         with critical():
-            trial.report(value, epoch)
+            if multi:
+                trial.set_user_attr(intermediate_key(epoch), [float(v) for v in value])
+            else:
+                trial.report(value, epoch)
         # After the last epoch the work is done: pruning then would only discard a result.
-        return epoch < epochs and trial.should_prune()
+        return epoch < epochs and (prune_now(trial) if multi else trial.should_prune())
 
     return report
 

@@ -19,7 +19,7 @@ from nas.search import search
 from nas.steptime.costs import COSTS
 from nas.steptime.methods import METHODS, StepTimeConfig
 from nas.study.space import STUDY_NAME, SearchOptions
-from nas.study.strategies import PRUNERS, SAMPLERS, help_text
+from nas.study.strategies import PRUNERS, SAMPLERS, default_pruner, help_text
 from nas.trial.evaluator import EVALUATORS
 from nas.trial.settings import ProxyConfig, TrialSettings
 from rewards import parse_params, reward_class, reward_names, short_flags
@@ -231,8 +231,11 @@ def add_parser(sub) -> None:
     p.add_argument("--space", default="trainaware", help=f"{', '.join(space_names())} (default trainaware; nas spaces)")
     p.add_argument("--trials", type=int, default=20, help="total number of trials (default 20)")
     p.add_argument("--sampler", default="tpe", help=help_text(SAMPLERS, "tpe"))
+    defaults = ", ".join(f"{default_pruner(s)} for {s}" for s in SAMPLERS)
     p.add_argument(
-        "--pruner", default=None, help=help_text(PRUNERS) + " (default: median, or none for a multi-objective sampler)"
+        "--pruner",
+        default=None,
+        help=f"{help_text(PRUNERS)} (default: the sampler's: {defaults}); a pruner's parameters as NAME:KEY=VALUE,...",
     )
     p.add_argument("--out", default=None, help="run directory (default runs/search-SPACE)")
     p.add_argument(

@@ -24,6 +24,7 @@ class Problem(abc.ABC):
     results_file: str = "trials.csv"
     study_name: str = "nas-search"
     directions: tuple[str, ...] = ("maximize",)
+    objective_names: tuple[str, ...] = ()  # a multi-objective study's: the row fields its values are
     incremental: bool = True  # results can be appended line by line (else rewritten whole)
     unit: str = "trials"
     space_matters = True  # a target table must be of the settings' space (not for a grid of one scaled base)
@@ -67,8 +68,9 @@ class Problem(abc.ABC):
     @abc.abstractmethod
     def seed(self, number: int) -> int: ...
 
-    def pruning_value(self, reward, known: dict[str, Any], accuracy: float) -> float | None:
-        """The value a pruner or scheduler judges a trial by after an epoch (None: no pruning)."""
+    def pruning_value(self, reward, known: dict[str, Any], accuracy: float) -> float | list[float] | None:
+        """The value a pruner or scheduler judges a trial by after an epoch: one number, or one per
+        objective of a multi-objective study (in ``directions``' order); None: no pruning."""
         return None
 
     @abc.abstractmethod

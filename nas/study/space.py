@@ -5,6 +5,7 @@ section 3.3, MnasNet section 3). The problem half of a search; any backend runs 
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from nas.core.files import atomic_write_json
-from nas.errors import check_int
+from nas.errors import NasError, check_int
 from nas.steptime.costs import get_cost
 from nas.steptime.methods import get_method
 from nas.study.problem import Problem
@@ -26,6 +27,7 @@ from nas.study.results import (
     save_figure,
     state_counts,
 )
+from nas.study.rundir import CONFIG
 from nas.study.strategies import check_pair, default_pruner, get_pruner, get_sampler
 from nas.study.validation import validate_top
 from nas.trial.settings import TrialSettings
@@ -56,13 +58,31 @@ class SearchOptions:
             check_int("--validate-epochs", self.validate_epochs, 1, 100_000)
         get_sampler(self.sampler)
         if self.pruner is None:
-            object.__setattr__(self, "pruner", default_pruner(self.sampler))
+            object.__setattr__(self, "pruner", _resumed_pruner(self.out, self.sampler) or default_pruner(self.sampler))
         get_pruner(self.pruner)
         check_pair(self.sampler, self.pruner)
 
     @property
     def multi_objective(self) -> bool:
         return get_sampler(self.sampler).multi_objective
+
+
+def _resumed_pruner(out: str, sampler: str) -> str | None:
+    """The pruner of the search run in ``out`` with this sampler, if there is one: rerunning a command
+    that names no pruner resumes the run with its own, even if the sampler's default changed since
+    (nsga2's was ``none`` before ``pareto``)."""
+    try:
+        stored = json.loads((Path(out) / CONFIG).read_text())
+    except (OSError, ValueError):
+        return None  # no run there yet, or a damaged file the run directory's own check names
+    if not isinstance(stored, dict) or stored.get("kind") != SearchProblem.kind or stored.get("sampler") != sampler:
+        return None
+    pruner = stored.get("pruner")
+    try:
+        check_pair(sampler, pruner)
+    except (NasError, TypeError):
+        return None
+    return pruner
 
 
 class SearchProblem(Problem):
@@ -76,6 +96,7 @@ class SearchProblem(Problem):
         self.space = get_space(settings.space)
         self.multi = opts.multi_objective
         self.directions = tuple(d for _, d in OBJECTIVES) if self.multi else ("maximize",)
+        self.objective_names = tuple(k for k, _ in OBJECTIVES) if self.multi else ()
 
     def config(self) -> dict[str, Any]:
         return {
@@ -108,8 +129,12 @@ class SearchProblem(Problem):
     def pruning_value(self, reward, known, accuracy):
         # The pruner sees the reward so far (the epoch's accuracy with the S and P measured before
         # training), so a fast but slightly less accurate candidate is judged by what the search maximises.
+        # A multi-objective search is judged by its objectives so far: the epoch's accuracy, and the
+        # cost and parameters, fixed per candidate (only a pruner that compares vectors takes them).
         if self.multi:
-            return None
+            so_far = {**known, "accuracy": accuracy}
+            names = self.objective_names
+            return [float(so_far[k]) for k in names] if all(so_far.get(k) is not None for k in names) else None
         return float(reward({**{k: known[k] for k in reward.needs if k in known}, "accuracy": accuracy}))
 
     def values(self, row):

@@ -4,18 +4,23 @@ each, so the command line's choices and help come from here and a new strategy i
 A sampler entry makes an Optuna sampler from a seed (``parallel``: other processes draw from the
 same study at the same time). A pruner entry makes an Optuna pruner for the embedded and workers
 backends and the equivalent Ray Tune scheduler for the Ray backend, so ``--pruner`` means the same
-on every backend; both judge a trial by the same per-epoch signal (the reward so far).
+on every backend; both judge a trial by the same per-epoch signal (the reward so far; for a
+multi-objective study its objective vector so far, which only ``pareto`` and ``none`` can judge).
+A pruner with parameters takes them in its name: ``pareto:dominators=3,warmup=8``.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import optuna
 
 from nas.errors import NasError
+from nas.study.pareto import ParetoPruner, ParetoRule, tune_scheduler
 
 
 @dataclass(frozen=True)
@@ -30,10 +35,12 @@ class SamplerKind:
 class PrunerKind:
     name: str
     help: str
-    optuna: Callable[[int], optuna.pruners.BasePruner]
-    tune: Callable[[int, str], Any]  # (epochs, metric) -> a Ray Tune scheduler, or None: run every trial out
+    optuna: Callable[..., optuna.pruners.BasePruner]  # (epochs, **params)
+    # (epochs, metric, directions, **params) -> a Ray Tune scheduler, or None: run every trial out
+    tune: Callable[..., Any]
     multi_objective: bool = False  # works on a multi-objective study
     prunes: bool = True
+    params: dict[str, int] = field(default_factory=dict)  # name -> default (integers; checked by the factories)
 
 
 SAMPLERS: dict[str, SamplerKind] = {}
@@ -56,10 +63,30 @@ def get_sampler(name: str) -> SamplerKind:
     return SAMPLERS[name]
 
 
-def get_pruner(name: str) -> PrunerKind:
+def get_pruner(spec: str) -> PrunerKind:
+    """The pruner ``spec`` names, ``NAME`` or ``NAME:KEY=VALUE,...``, with its parameters bound (its
+    factories are then called as ``optuna(epochs)`` and ``tune(epochs, metric, directions)``)."""
+    name, _, given = str(spec).partition(":")
     if name not in PRUNERS:
         raise NasError(f"unknown pruner {name!r}; known: {', '.join(PRUNERS)}")
-    return PRUNERS[name]
+    kind = PRUNERS[name]
+    params = dict(kind.params)
+    for item in filter(None, given.split(",")):
+        key, eq, value = (x.strip() for x in item.partition("="))
+        known = ", ".join(kind.params) or "none"
+        if not eq:
+            raise NasError(f"--pruner {spec}: {item!r} is not KEY=VALUE ({name}'s parameters: {known})")
+        if key not in kind.params:
+            raise NasError(f"--pruner {spec}: unknown parameter {key!r}; {name}'s parameters: {known}")
+        try:
+            params[key] = int(value)
+        except ValueError:
+            raise NasError(f"--pruner {spec}: {key} must be an integer, got {value!r}") from None
+    if not params:
+        return kind
+    bound = replace(kind, optuna=partial(kind.optuna, **params), tune=partial(kind.tune, **params))
+    bound.optuna(1)  # the parameters' ranges are checked now, before anything runs
+    return bound
 
 
 def default_pruner(sampler: str) -> str:
@@ -76,7 +103,7 @@ def check_pair(sampler: str, pruner: str) -> None:
         ok = ", ".join(k.name for k in PRUNERS.values() if k.multi_objective)
         raise NasError(
             f"--pruner {pruner} cannot judge the multi-objective {sampler} sampler's trials "
-            f"(Optuna prunes single-objective studies only); use --pruner {ok}"
+            f"(it judges one number); use --pruner {ok}"
         )
 
 
@@ -98,11 +125,25 @@ register_sampler(
 register_sampler(
     SamplerKind("random", "uniform random search", lambda seed, parallel: optuna.samplers.RandomSampler(seed))
 )
+
+
+class _NSGAIISampler(optuna.samplers.NSGAIISampler):
+    """Optuna's NSGA-II, picklable: Ray Tune stores its searcher with the sampler, and Optuna's holds
+    a thread lock (a new one is made when it is loaded)."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_thread_lock"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._thread_lock = threading.Lock()
+
+
 register_sampler(
     SamplerKind(
         "nsga2",
         "NSGA-II, multi-objective (accuracy up, step time down, parameters down; best.json lists the front)",
-        lambda seed, parallel: optuna.samplers.NSGAIISampler(seed=seed, population_size=8),
+        lambda seed, parallel: _NSGAIISampler(seed=seed, population_size=8),
         multi_objective=True,
     )
 )
@@ -119,7 +160,7 @@ def _median_optuna(epochs: int) -> optuna.pruners.BasePruner:
     )
 
 
-def _median_tune(epochs: int, metric: str):
+def _median_tune(epochs: int, metric: str, directions=("maximize",)):
     from ray.tune.schedulers import MedianStoppingRule  # Ray is optional and heavy: only for --backend ray
 
     return MedianStoppingRule(
@@ -131,7 +172,7 @@ def _median_tune(epochs: int, metric: str):
     )
 
 
-def _hyperband_tune(epochs: int, metric: str):
+def _hyperband_tune(epochs: int, metric: str, directions=("maximize",)):
     from ray.tune.schedulers import ASHAScheduler  # Ray is optional and heavy: only for --backend ray
 
     return ASHAScheduler(
@@ -157,10 +198,24 @@ register_pruner(
 )
 register_pruner(
     PrunerKind(
+        "pareto",
+        "stop a trial whose objectives so far (accuracy, cost, parameters: every objective the study has) are "
+        "dominated by DOMINATORS other trials' at the same epoch, once WARMUP trials completed; never after the "
+        "last epoch. Multi-objective samplers too; parameters: pareto:dominators=2,warmup=4",
+        lambda epochs, dominators=2, warmup=4: ParetoPruner(ParetoRule(epochs, dominators, warmup)),
+        lambda epochs, metric, directions=("maximize",), dominators=2, warmup=4: tune_scheduler(
+            ParetoRule(epochs, dominators, warmup), metric, directions
+        ),
+        multi_objective=True,
+        params={"dominators": 2, "warmup": 4},
+    )
+)
+register_pruner(
+    PrunerKind(
         "none",
         "run every trial to the end",
         lambda epochs: optuna.pruners.NopPruner(),
-        lambda epochs, metric: None,
+        lambda epochs, metric, directions=("maximize",): None,
         multi_objective=True,
         prunes=False,
     )

@@ -45,14 +45,15 @@ def run_objective(
     evaluator: Evaluator,
     proposal: dict[str, Any],
     number: int,
-    report: Callable[[int, float], bool] | None = None,
+    report: Callable[[int, Any], bool] | None = None,
 ) -> Outcome:
     """Evaluate ``proposal`` (from ``problem.propose``) as trial ``number``.
 
     ``report(epoch, value)`` is the backend's pruning hook (Optuna's pruner, Ray Tune's scheduler);
     ``value`` is ``problem.pruning_value``: the same signal for every backend (for a search, the reward
-    so far: the epoch's accuracy with the S and P measured before training). It returns True to stop
-    the trial. The seed is ``problem.seed(number)``; a failure of any kind is a FAIL with its reason.
+    so far: the epoch's accuracy with the S and P measured before training; for a multi-objective one,
+    the list of its objectives so far). It returns True to stop the trial. The seed is
+    ``problem.seed(number)``; a failure of any kind is a FAIL with its reason.
     """
     t_start = time.time()
     arch = Architecture.from_string(proposal["arch"])

@@ -371,6 +371,55 @@ def test_ray_produces_the_same_trials_as_the_embedded_backend(cluster, tmp_path,
 
 
 @pytest.mark.slow
+def test_pareto_pruning_on_ray_stops_dominated_trials_of_a_multi_objective_search(cluster, tmp_path):
+    """nsga2 with the pareto pruner: Tune's scheduler stops trials by the same rule as the Optuna
+    pruner (one trial at a time, so the warm-up and the peers are the embedded run's)."""
+    from nas.study.pareto import count_dominators
+
+    plugins = write_plugin(tmp_path / "plugins", "nas_standin", STANDIN)
+    out = tmp_path / "run"
+    cmd = _nas_cmd(
+        "search",
+        *TINY,
+        "--backend",
+        "ray",
+        "--address",
+        cluster.address,
+        "--max-concurrent",
+        1,
+        "--plugin",
+        "nas_standin",
+        "--trials",
+        8,
+        "--epochs",
+        3,
+        "--sampler",
+        "nsga2",
+        "--pruner",
+        "pareto:dominators=1,warmup=2",
+        "--out",
+        out,
+    )
+    p = subprocess.run(cmd, env=_env(cluster, plugins), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    df = pd.read_csv(out / "trials.csv").set_index("number")
+    assert sorted(df.index) == list(range(8)) and set(df["state"]) <= {"COMPLETE", "PRUNED"}, df["state"]
+    pruned = df[df["state"] == "PRUNED"]
+    assert len(pruned) and set(pruned["epochs"]) <= {1, 2}, df[["state", "epochs"]]
+    # Each pruned trial was dominated, at the epoch it stopped, by a trial run before it (the stand-in
+    # scales its accuracy linearly over the epochs; cost and parameters are fixed per candidate).
+    for n, r in pruned.iterrows():
+        e = int(r["epochs"])
+        earlier = [
+            (o["accuracy"] * e / o["epochs"], o["cost_ms"], o["params"])
+            for m, o in df.iterrows()
+            if m < n and o["epochs"] >= e
+        ]
+        mine = (r["accuracy"], r["cost_ms"], r["params"])  # the objectives so far, in the pruned trial's row
+        assert count_dominators(mine, earlier, ["maximize", "minimize", "minimize"]) >= 1, (n, mine, earlier)
+
+
+@pytest.mark.slow
 def test_a_lost_worker_node_costs_its_trial_a_retry_nothing_more(cluster, tmp_path):
     """A second Ray node (its own raylet) joins the loopback head; while it runs a trial it is killed by
     process id. Tune retries that trial elsewhere and the run ends with exactly the requested trials."""

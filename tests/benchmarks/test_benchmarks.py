@@ -95,6 +95,28 @@ def test_search_prints_the_overhead_and_tpe_against_random(tmp_path):
     assert re.search(rf"regret ratio tpe/random at budget 6: {NUMBER}|random search found the optimum", out)
 
 
+@pytest.mark.slow  # two real nsga2 searches of 6 trials (fake data, tiny proxy): ~40 s on 2 cores
+@covers("bench_pareto_pruning.py")
+def test_pareto_pruning_prints_both_pruners_their_ratios_and_writes_the_json(tmp_path):
+    out = run("bench_pareto_pruning.py", "--json", str(tmp_path / "p.json"))
+    runs = figures(
+        rf"^seed 0 (?:none|pareto)\s+epochs\s+{NUMBER}\s+trial time\s+{NUMBER} s\s+wall\s+{NUMBER} s\s+"
+        rf"pruned\s+{NUMBER}/6\s+hypervolume {NUMBER}",
+        out,
+        count=2,
+    )
+    finite([r[:3] for r in runs])
+    finite([r[3:] for r in runs], positive=False)  # nothing pruned, or a front beyond the reference: zero
+    rows = figures(
+        rf"^(?:none|pareto)\s+epochs\s+{NUMBER} \(x{NUMBER}\)\s+trial time\s+{NUMBER} s \(x{NUMBER}\)", out, count=2
+    )
+    finite(rows)
+    assert rows[0][1] == rows[0][3] == 1.0  # the baseline against itself
+    data = json.loads((tmp_path / "p.json").read_text())
+    assert [r["pruner"] for r in data["runs"]] == ["none", "pareto"] and len(data["summary"]) == 2
+    assert data["runs"][0]["epochs_trained"] == 12  # 6 trials x 2 epochs, none pruned
+
+
 @covers("bench_throughput.py")
 def test_throughput_prints_train_against_the_bare_step_and_the_search_figures():
     out = run("bench_throughput.py", "--device", "cpu")

@@ -363,6 +363,11 @@ def test_nsga2_reports_a_pareto_front(tmp_path, run_nas):
         (["--epochs", "0"], "0"),
         (["--width-mult", "-1"], "-1"),
         (["--sampler", "nsga2", "--pruner", "median"], "median"),
+        (
+            ["--sampler", "nsga2", "--pruner", "pareto:dominators=0"],
+            "dominators must be an integer in [1, 1000000], got 0",
+        ),
+        (["--pruner", "pareto:k=1"], "unknown parameter 'k'"),
         (["--reward", "mnasnet", "--w", "-0.1"], "--w"),
         (["--reward-param", "gamma=2"], "'gamma'"),
         (["--reward-param", "w"], "KEY=VALUE"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import optuna
 import pytest
 
@@ -31,6 +33,16 @@ def test_every_sampler_drives_a_study_and_is_repeatable_by_seed(name):
         runs.append([t.params for t in study.trials])
     assert runs[0] == runs[1] and len(runs[0]) == 8
     assert kind.help and isinstance(kind.make(0, True), optuna.samplers.BaseSampler)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_every_sampler_survives_pickling_as_ray_tune_stores_its_searcher(name):
+    sampler = pickle.loads(pickle.dumps(get_sampler(name).make(3, True)))
+    study = optuna.create_study(
+        directions=["maximize"] * (2 if get_sampler(name).multi_objective else 1), sampler=sampler
+    )
+    study.optimize(_objective(len(study.directions)), n_trials=3)
+    assert len(study.trials) == 3
 
 
 @pytest.mark.parametrize("name", sorted(PRUNERS))

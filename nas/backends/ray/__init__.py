@@ -4,7 +4,8 @@
   ``propose``; the grid's fixed candidates enqueued as ``points_to_evaluate``). Each Tune trial runs
   :func:`nas.trial.objective.run_objective` (:mod:`nas.backends.ray.worker`); its pruning hook
   reports the problem's pruning signal (the reward so far, as the embedded pruner sees it) as
-  ``objective_so_far``, and ``--pruner`` picks the Tune scheduler that judges it
+  ``objective_so_far`` (a multi-objective study's objectives so far as ``objective_so_far_0``, ...),
+  and ``--pruner`` picks the Tune scheduler that judges it
   (:mod:`nas.study.strategies`), so pruning means the same on every backend.
 * One target: the run's target is prepared once before the first trial, by the driver when this
   machine has the trials' device type, else by one Ray task on a node that has it
@@ -38,12 +39,10 @@ from nas.backends.ray.cluster import (
     tune_environment,
 )
 from nas.backends.ray.tuning import EXPERIMENT, exporter, searcher, trial_row
-from nas.backends.ray.worker import tune_trial
+from nas.backends.ray.worker import PRUNING_METRIC, tune_trial
 from nas.core.plugins import import_plugins
 from nas.errors import NasError
 from nas.study.strategies import get_pruner
-
-PRUNING_METRIC = "objective_so_far"
 
 
 @register_backend
@@ -117,7 +116,7 @@ class RayBackend(Backend):
         from ray import tune  # Ray is optional and heavy: imported when the ray backend runs
 
         job, problem = self.job, self.job.problem
-        scheduler = get_pruner(job.pruner).tune(problem.settings.proxy.epochs, PRUNING_METRIC)
+        scheduler = get_pruner(job.pruner).tune(problem.settings.proxy.epochs, PRUNING_METRIC, problem.directions)
         return tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(

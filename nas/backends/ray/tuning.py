@@ -91,14 +91,14 @@ def trial_row(trial, status: str | None = None, interrupted: bool = False) -> di
     updates it)."""
     r = trial.last_result or {}
     status = status or trial.status
-    row = {k: v for k, v in r.items() if k not in _TUNE_KEYS}
+    row = {k: v for k, v in r.items() if k not in _TUNE_KEYS and not k.startswith("objective_so_far_")}
     row.setdefault("number", trial.config.get("number"))
     row.setdefault("arch", (trial.config.get("proposal") or {}).get("arch"))
     row["tune_trial_id"] = trial.trial_id
     if status == "TERMINATED" and r.get("final"):
         pass  # the trial's own row: COMPLETE, PRUNED or FAIL
     elif status == "TERMINATED":
-        row.update(state="PRUNED", error=None)  # stopped by the scheduler after an epoch
+        row.update(state="PRUNED", error=None, epochs=r.get("epoch"))  # stopped by the scheduler after an epoch
         if r.get("objective_so_far") is not None:
             row["reward_so_far"] = r["objective_so_far"]
     elif status == "ERROR":

@@ -18,11 +18,13 @@ from nas.core import devicelock
 from nas.core.device import resolve_device
 from nas.core.plugins import import_plugins
 from nas.steptime.prepared import PreparedTarget
+from nas.study.pareto import metric_keys
 from nas.study.problems import problem_from_config
 from nas.trial.evaluator import get_evaluator
 from nas.trial.objective import Outcome, error_text, place, run_objective
 
 _CACHE: dict[str, Any] = {}
+PRUNING_METRIC = "objective_so_far"  # what the run's Tune scheduler judges (one key per objective: _0, _1, ...)
 
 
 def cached_evaluator(problem, target: dict[str, Any] | None):
@@ -64,8 +66,12 @@ def tune_trial(
     the ``proposal``; reports ``objective_so_far`` per epoch and the trial's row at the end."""
     from ray import tune  # Ray is optional and heavy: imported when the ray backend runs
 
-    def report(epoch: int, value: float) -> bool:
-        tune.report({"epoch": epoch, "objective_so_far": value})
+    def report(epoch: int, value) -> bool:
+        # One number, or one per objective of a multi-objective study (objective_so_far_0, ...), also
+        # under the objectives' own names: a trial the scheduler stops keeps them in its row.
+        values = [float(v) for v in value] if isinstance(value, (list, tuple)) else [float(value)]
+        named = dict(zip(problem.objective_names, values)) if len(values) > 1 else {}
+        tune.report({"epoch": epoch, **named, **dict(zip(metric_keys(PRUNING_METRIC, len(values)), values))})
         return False  # Tune's scheduler stops the trial itself
 
     number = int(config["number"])
