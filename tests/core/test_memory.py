@@ -143,7 +143,7 @@ def test_measure_refuses_a_step_that_cannot_fit_before_timing(capsys, monkeypatc
     def never(*a, **k):
         raise AssertionError("nothing is timed")
 
-    monkeypatch.setattr(measure_mod, "make_train_step", never)
+    monkeypatch.setitem(measure_mod.STEP_MAKERS, "step", never)
     rc = main(["measure", "mnasnet-small", "--image-size", "2048", "--batch-size", "512", "--device", "cpu"])
     line = _one_line(rc, capsys.readouterr().err, 1)
     assert "out of memory: a training step at batch 512, 2048 px needs about" in line
@@ -157,7 +157,7 @@ def test_measure_turns_an_allocators_refusal_into_one_line(capsys, monkeypatch):
 
         return step, {}
 
-    monkeypatch.setattr(measure_mod, "make_train_step", step_that_cannot_allocate)
+    monkeypatch.setitem(measure_mod.STEP_MAKERS, "step", step_that_cannot_allocate)
     rc = main(["measure", TINY_ARCH, "--device", "cpu", "--batch-size", "2", "--min-run-time", "0.01"])
     line = _one_line(rc, capsys.readouterr().err, 1)
     assert "out of memory while timing the training step (DefaultCPUAllocator: can't allocate memory" in line
