@@ -181,10 +181,11 @@ class Trees:
     def from_arrays(cls, data) -> Trees:
         out = cls(**{k: (float(data[k]) if k == "baseline" else np.asarray(data[k])) for k in cls.__dataclass_fields__})
         n = len(out.feature)
-        sizes = {len(getattr(out, k)) for k in ("threshold", "left", "right", "leaf", "value")}
+        if {len(getattr(out, k)) for k in ("threshold", "left", "right", "leaf", "value")} != {n}:
+            raise ValueError("inconsistent tree arrays (lengths differ)")
         idx = np.concatenate([out.roots, out.left[~out.leaf], out.right[~out.leaf]])
-        if sizes != {n} or (idx.size and (idx.min() < 0 or idx.max() >= n)):
-            raise ValueError("inconsistent tree arrays")
+        if idx.size and (idx.min() < 0 or idx.max() >= n):
+            raise ValueError("inconsistent tree arrays (a child outside the nodes)")
         return out
 
 
