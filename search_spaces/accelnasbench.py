@@ -8,7 +8,7 @@ as in B0). 48 choices per stage, 48**7 (about 5.9e11) architectures; B0 itself i
 the reference.
 
 Accel-NASBench trained 5,138 of them on ImageNet (its records ship with ``nas``, see
-``nas/trial/data/accel-nasbench/``). :func:`choice_from_record` turns a record's ``architecture``
+``nas/trial/accel-nasbench/``). :func:`choice_from_record` turns a record's ``architecture``
 into this space's decisions. :func:`count_params` and :func:`count_macs` count analytically (no
 network is built), for the blocks this space has (MBConv, identity skip):
 
