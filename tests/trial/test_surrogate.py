@@ -126,3 +126,32 @@ def test_ray_backend_runs_the_surrogate(cluster, tmp_path):  # noqa: F811
     df = pd.read_csv(out / "trials.csv")
     assert sorted(df["number"]) == list(range(6)) and (df["state"] == "COMPLETE").all()
     assert df["S"].gt(0).all() and df["P"].gt(0).all()
+
+
+def test_bad_records_are_refused_naming_the_field(tmp_path):
+    rec = json.loads(json.dumps(RECORD))
+    assert anb.parse_record(rec, "r.json").values["accuracy"] == pytest.approx(0.62054)
+    rec["metrics"]["val_top1"] = "high"
+    with pytest.raises(NasError, match=r"r\.json has metrics\.val_top1='high'"):
+        anb.parse_record(rec, "r.json")
+    rec = json.loads(json.dumps(RECORD))
+    del rec["model_info"]["params"]
+    with pytest.raises(NasError, match=r"r\.json lacks model_info\.params"):
+        anb.parse_record(rec, "r.json")
+    rec = json.loads(json.dumps(RECORD))
+    rec["architecture"]["block2_e"] = 3
+    with pytest.raises(NasError, match=r"r\.json: .*block2_e=3"):
+        anb.parse_record(rec, "r.json")
+    not_a_tarball = tmp_path / "records.tar.gz"
+    not_a_tarball.write_text("{}")
+    with pytest.raises(NasError, match="cannot read the Accel-NASBench records"):
+        anb.load_records(not_a_tarball)
+
+
+ARCH = {f"block{i}_{k}": v for i in range(7) for k, v in (("e", 4), ("k", 5), ("l", 1), ("se", False))}
+RECORD = {
+    "architecture": ARCH,
+    "metrics": {"val_top1": 62.054, "val_top5": 84.354, "train_time": 1560.6},
+    "model_info": {"macs": 369.019616, "params": 4.042824},
+    "platform_perf": {f"throughput_{p}": {"throughput_mean": 100.0, "throughput_std": None} for p in anb.PLATFORMS},
+}
