@@ -89,7 +89,7 @@ def register(name: str):
 
 # The built-in spaces register themselves when their modules are imported; a new space is one new
 # file plus one entry here (a plugin module registers itself with @register instead).
-_BUILTIN = ("search_spaces.trainaware", "search_spaces.mnasnet")
+_BUILTIN = ("search_spaces.trainaware", "search_spaces.mnasnet", "search_spaces.accelnasbench")
 
 
 def _load_builtin() -> None:

@@ -15,10 +15,11 @@ def add_parser(sub) -> None:
 
 
 def run_spaces(args) -> int:
-
-    for name in space_names():
+    names = space_names()
+    width = max(map(len, names))
+    for name in names:
         space = get_space(name)
-        print(f"{name:<11} {space.size():.3e} architectures  {space.describe()}")
+        print(f"{name:<{width}} {space.size():.3e} architectures  {space.describe()}")
     return 0
 
 

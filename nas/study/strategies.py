@@ -123,6 +123,15 @@ register_sampler(
     )
 )
 register_sampler(
+    SamplerKind(
+        "tpe-independent",
+        "Optuna's TPE with one density per decision (no joint model), 5 random start-up trials",
+        lambda seed, parallel: optuna.samplers.TPESampler(
+            seed=seed, multivariate=False, n_startup_trials=5, constant_liar=parallel
+        ),
+    )
+)
+register_sampler(
     SamplerKind("random", "uniform random search", lambda seed, parallel: optuna.samplers.RandomSampler(seed))
 )
 

@@ -84,6 +84,30 @@ def test_grid_prints_the_grid_and_the_driver_cost_against_its_rerun():
     finite(figures(rf"beyond that baseline: {NUMBER} s \(3 candidates\)", out), positive=False)
 
 
+@covers("bench_search_quality.py")
+def test_search_quality_prints_regret_per_sampler_and_budget_and_writes_its_files(tmp_path):
+    out = run("bench_search_quality.py", "--out", str(tmp_path))
+    finite(figures(rf"^R\* = {NUMBER}: the best reward of 300 random", out))
+    cell = r"(-?[\d.]+)% \[(-?[\d.]+), (-?[\d.]+)\]"
+    rows = figures(
+        rf"^\| (?:tpe|tpe-independent|random|nsga2) \| {cell} \| {cell} \| >?(\d+) \| {NUMBER} \| {NUMBER} \|$",
+        out,
+        count=4,
+    )
+    for r in rows:
+        assert r[0] >= r[3] and r[1] <= r[0] <= r[2]  # regret never grows with the budget; median inside its IQR
+        assert 0 < r[7] <= r[8]  # hypervolume only grows
+    ((per, evaluate, driver),) = figures(
+        rf"driver overhead: 20 trials in [\d.]+ s: {NUMBER} ms per trial, of which the evaluation {NUMBER} ms "
+        rf"and the driver {NUMBER} ms",
+        out,
+    )
+    finite([(per, evaluate, driver)])
+    saved = json.loads((tmp_path / "search_quality.json").read_text())
+    assert set(saved["samplers"]) == {"tpe", "tpe-independent", "random", "nsga2"} and saved["budgets"] == [5, 10]
+    assert "| sampler |" in (tmp_path / "search_quality.md").read_text()
+
+
 @pytest.mark.slow  # a real search and 6 real evaluations: ~45 s on 2 cores, mostly the trials' step timings
 @covers("bench_search.py")
 def test_search_prints_the_overhead_and_tpe_against_random(tmp_path):
