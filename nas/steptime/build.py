@@ -190,7 +190,7 @@ def build(model, *, progress: bool | Progress, measure_run_time: float, samples:
     if log:
         log(
             f"building the step-time table of {model.space.name} ({tgt}) on this device, once for this device and "
-            f"setting ({'resuming, ' if model.table.pieces else ''}about a minute): {model.path}"
+            f"setting ({'resuming, ' if model.table.pieces else ''}a few minutes): {model.path}"
         )
     covers = covering_architectures(model.space, tgt.image_size, tgt.batch_size, model.num_classes) or []
     calib = calibration_archs(model, samples)

@@ -10,9 +10,10 @@ Defaults (:func:`default_target`), printed at the start of every run that uses t
 
 * Training step on a CPU: 64 px, batch 16. At 64 px an EfficientNetV2-S-sized candidate steps in a
   few hundred milliseconds on 2 cores, so timing a dozen full-size candidates, or building the
-  step-time table, takes about a minute, and the README's default search still finishes in
-  minutes. The ranking of candidates at 64 px is not the ranking at 384 px (the late, small-spatial
-  stages weigh more at 64 px); a CPU user who wants the latter passes ``--target-image-size``.
+  step-time table, takes about two minutes (117-145 s measured on 2 cores), and the README's
+  default search still finishes in minutes. The ranking of candidates at 64 px is not the ranking
+  at 384 px (the late, small-spatial stages weigh more at 64 px); a CPU user who wants the latter
+  passes ``--target-image-size``.
 * Training step on CUDA: the resolution the space's reference architecture is meant for (its
   ``res`` token: 384 px for ``trainaware``, 224 px for ``mnasnet``) and a realistic per-GPU batch:
   128 images at 224 px (a usual per-accelerator batch of ImageNet recipes), kept at the same number

@@ -54,8 +54,9 @@ def _check_pruned_by_the_rule(out: Path) -> pd.DataFrame:
         assert count_dominators(intermediate(t, stop), others, DIRECTIONS) >= 1
         row = df[df["number"] == n].iloc[0]
         assert row["accuracy"] == pytest.approx(intermediate(t, stop)[0])  # the accuracy it had when stopped
+    copies = set(df[df["duplicate_of"].notna()]["number"]) if "duplicate_of" in df else set()
     for t in trials.values():
-        if t.state == optuna.trial.TrialState.COMPLETE:
+        if t.state == optuna.trial.TrialState.COMPLETE and t.number not in copies:  # a copy trained nothing
             assert intermediate(t, EPOCHS)[0] == pytest.approx(t.values[0])  # the last vector is its result
     best = json.loads((out / "best.json").read_text())
     assert set(best["pareto_front"]) <= set(df[df["state"] == "COMPLETE"]["number"])
@@ -80,9 +81,11 @@ def test_embedded_search_prunes_dominated_trials_and_a_rerun_extends_it(tmp_path
 @pytest.mark.slow
 def test_workers_search_prunes_dominated_trials(tmp_path, standin_env):
     out = tmp_path / "run"
-    p = subprocess.run(_cmd(out, 10, "--workers", "2"), env=standin_env, capture_output=True, text=True, timeout=300)
+    # 16 trials: which vectors a worker's trial is judged against depends on the other worker's timing,
+    # and with 10 a run without any dominated trial was seen once (the embedded test's 10 are deterministic).
+    p = subprocess.run(_cmd(out, 16, "--workers", "2"), env=standin_env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
-    df = _consistent(out, 10)
+    df = _consistent(out, 16)
     assert set(df["worker"].dropna().astype(int)) == {0, 1}
     _check_pruned_by_the_rule(out)
 
