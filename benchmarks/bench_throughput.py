@@ -50,7 +50,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -61,6 +60,7 @@ from common import parse_with_tiny, samples
 
 from nas.cli import main as nas_main
 from nas.core.device import Runtime, cudnn_autotune, device_name
+from nas.core.utilisation import GpuUtilisation
 from nas.steptime.measure import make_train_step, time_step
 from search_spaces import Architecture, build
 
@@ -86,47 +86,6 @@ TINY = dict(
     search_epochs=1,
     measure_time=0.05,
 )
-
-
-class GpuUtilisation:
-    """Samples NVML's GPU utilisation (``torch.cuda.utilization``: the share of time a kernel was
-    running, ``nvidia-smi dmon``'s ``sm`` column) every ``interval`` seconds in a thread while the
-    block runs; ``mean`` is None off CUDA or without ``nvidia-ml-py``, and ``why`` says why."""
-
-    def __init__(self, device: torch.device, interval: float = 0.2):
-        self.device, self.interval = device, interval
-        self.samples: list[int] = []
-        self.why: str | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> GpuUtilisation:
-        if self.device.type != "cuda":
-            self.why = "not on CUDA"
-            return self
-        try:
-            import pynvml  # noqa: F401  (nvidia-ml-py, which torch.cuda.utilization reads)
-        except ImportError:
-            self.why = 'nvidia-ml-py is not installed (pip install -e ".[gpu]")'
-            return self
-
-        def sample() -> None:
-            # torch maps the CUDA index to NVML's (CUDA_VISIBLE_DEVICES, PCI order) for us.
-            while not self._stop.wait(self.interval):
-                self.samples.append(int(torch.cuda.utilization(self.device)))
-
-        self._thread = threading.Thread(target=sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-
-    @property
-    def mean(self) -> float | None:
-        return statistics.fmean(self.samples) if self.samples else None
 
 
 def _train_once(args, out: Path) -> tuple[list[float], dict, GpuUtilisation]:

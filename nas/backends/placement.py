@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import threading
 from dataclasses import dataclass
 
 import torch
 
 from nas.core.device import Runtime
+from nas.core.utilisation import GpuUtilisation
 from nas.errors import NasError, NasRuntimeError, check_int
 from nas.steptime.measure import measure_step_time
 from nas.trial.settings import TrialSettings, proxy_arch
@@ -97,18 +97,23 @@ def probe(settings: TrialSettings, device: str | None = None, *, num_classes: in
     dev = runtime.device
     if dev.type != "cuda":
         return Probe(device=str(dev), per_device=1)
-    sampler = _Utilisation(dev)
     proxy = settings.proxy
     arch = proxy_arch(get_space(settings.space).reference(), proxy)
     torch.cuda.reset_peak_memory_stats(dev)
     base = torch.cuda.memory_allocated(dev)
     shape = {"runtime": runtime, "batch_size": proxy.train.batch_size, "image_size": proxy.image_size}
     measure_step_time(arch, **shape, num_classes=num_classes, min_run_time=0.5)  # warm-up: cuDNN picks kernels
-    with sampler:
+    with GpuUtilisation(dev, interval=SAMPLE_S) as util:
         step = measure_step_time(arch, **shape, num_classes=num_classes, min_run_time=PROBE_S)
+    if util.median is None:
+        raise NasRuntimeError(
+            f"--trials-per-device auto measures GPU utilisation and got none ({util.why or 'no NVML sample'}); "
+            "give --trials-per-device N"
+        )
     peak = max(1, torch.cuda.max_memory_allocated(dev) - base)
     free, _ = torch.cuda.mem_get_info(dev)
-    busy = sampler.share()
+    # The median: the first samples still see the device idle from before the block.
+    busy = util.median / 100.0
     return Probe(
         device=f"{dev} ({torch.cuda.get_device_name(dev)})",
         per_device=choose_per_device(busy, peak, free),
@@ -117,47 +122,3 @@ def probe(settings: TrialSettings, device: str | None = None, *, num_classes: in
         free_bytes=free,
         step_ms=step.step_time_ms,
     )
-
-
-class _Utilisation:
-    """SM busy share sampled from NVML (``nvidia-ml-py``) in a thread while the block runs."""
-
-    def __init__(self, dev: torch.device):
-        try:
-            import pynvml  # optional: the gpu extra (nvidia-ml-py); only --trials-per-device auto needs it
-        except ImportError:
-            raise NasRuntimeError(
-                "--trials-per-device auto measures GPU utilisation with nvidia-ml-py: pip install 'nas[gpu]', "
-                "or give --trials-per-device N"
-            ) from None
-        self._nvml = pynvml
-        # NVML numbers GPUs physically, PyTorch after CUDA_VISIBLE_DEVICES: find the device by its PCI bus.
-        props = torch.cuda.get_device_properties(dev.index if dev.index is not None else torch.cuda.current_device())
-        self._bus = f"{props.pci_domain_id:08x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}.0"
-        self._samples: list[float] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        nvml = self._nvml
-        handle = nvml.nvmlDeviceGetHandleByPciBusId(self._bus)
-        while not self._stop.wait(SAMPLE_S):
-            self._samples.append(nvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100.0)
-
-    def __enter__(self):
-        self._nvml.nvmlInit()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._nvml.nvmlShutdown()
-
-    def share(self) -> float:
-        if not self._samples:
-            raise NasRuntimeError(
-                "--trials-per-device auto: NVML returned no utilisation sample; give --trials-per-device N"
-            )
-        # The first samples still see the device idle from before the block; the median ignores them.
-        return float(sorted(self._samples)[len(self._samples) // 2])
