@@ -30,6 +30,7 @@ from nas.study.storage import (
     finished,
     make_storage,
     study_rows,
+    wait_for_unplaced_trials,
 )
 from nas.study.strategies import get_pruner, get_sampler
 from nas.trial.objective import error_text, place, run_objective
@@ -74,6 +75,7 @@ class OptunaBackend(Backend):
         return StudyConfigStore(job.storage, Path(job.out), job.problem.study_name, job.problem.directions)
 
     def close_dead(self) -> list[int]:
+        wait_for_unplaced_trials(self.study, echo=self.job.echo)
         with critical():
             return close_dead_trials(self.study)
 

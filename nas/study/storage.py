@@ -26,6 +26,7 @@ from typing import Any
 import optuna
 import sqlalchemy
 
+from nas.core.interrupt import check as check_interrupt
 from nas.core.interrupt import critical
 from nas.errors import NasError
 from nas.study.rundir import ConfigStore
@@ -33,6 +34,9 @@ from nas.study.rundir import ConfigStore
 # A running trial renews its heartbeat every HEARTBEAT_S; one silent for GRACE_S is taken as killed
 # (needed only for trials of processes on other machines: this machine's are checked by process id).
 HEARTBEAT_S, GRACE_S = 30, 120
+# A live process records where its trial runs (hostname, pid) within milliseconds of creating it (a few
+# seconds on a busy database); one that has said nothing after UNPLACED_S was killed in between.
+UNPLACED_S = 30
 DONE_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 INTERRUPTED = "interrupted (the process running it stopped)"
 CONFIG_ATTR = "config"  # study user attribute: the run's configuration, as config.json holds it
@@ -155,16 +159,50 @@ def _alive(pid: int) -> bool:
         return True
 
 
+def _unplaced(t: optuna.trial.FrozenTrial) -> bool:
+    """A trial that has not said where it runs (its process was killed between creating and tagging it)."""
+    return not isinstance(t.user_attrs.get("pid"), int) and "heartbeat" not in t.user_attrs
+
+
+def _age(t: optuna.trial.FrozenTrial, now: float) -> float:
+    return now - t.datetime_start.timestamp() if t.datetime_start else 0.0
+
+
+def wait_for_unplaced_trials(study: optuna.Study, echo=None) -> None:
+    """Wait until every RUNNING trial has said where it runs or is :data:`UNPLACED_S` old, so that
+    :func:`close_dead_trials` can judge it: a run killed between creating a trial and tagging it
+    leaves one, which a rerun straight after the kill would otherwise leave RUNNING for good."""
+    told = False
+    while True:
+        now = time.time()
+        young = [
+            t
+            for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+            if _unplaced(t) and _age(t, now) < UNPLACED_S
+        ]
+        if not young:
+            return
+        if echo is not None and not told:
+            numbers = ", ".join(str(t.number) for t in young)
+            echo(f"waiting up to {UNPLACED_S} s for trial(s) {numbers} to say which process runs them")
+            told = True
+        check_interrupt()
+        time.sleep(0.5)
+
+
 def close_dead_trials(study: optuna.Study) -> list[int]:
     """Fail (without a reason, so they are rerun) the RUNNING trials whose process is gone: at once
-    for this machine's trials (by process id), by heartbeat for other machines'. Returns their numbers."""
+    for this machine's trials (by process id), by heartbeat for other machines', after
+    :data:`UNPLACED_S` for a trial that never said where it runs. Returns their numbers."""
     host, now = socket.gethostname(), time.time()
     closed = []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         pid, where = t.user_attrs.get("pid"), t.user_attrs.get("hostname")
         if where == host and isinstance(pid, int):
             dead = pid != os.getpid() and not _alive(pid)
-        else:  # another machine's, or one that never said where it runs: its heartbeat decides
+        elif _unplaced(t):
+            dead = _age(t, now) > UNPLACED_S
+        else:  # another machine's: its heartbeat decides
             beat = t.user_attrs.get("heartbeat") or (t.datetime_start.timestamp() if t.datetime_start else now)
             dead = now - float(beat) > GRACE_S
         if dead:

@@ -13,11 +13,13 @@ from nas.study.storage import (
     CONFIG_ATTR,
     GRACE_S,
     INTERRUPTED,
+    UNPLACED_S,
     StudyConfigStore,
     close_dead_trials,
     finished,
     make_storage,
     study_rows,
+    wait_for_unplaced_trials,
 )
 
 
@@ -54,6 +56,33 @@ def test_trials_of_dead_processes_are_closed_at_once_and_live_ones_kept(study):
     assert rows[t_dead.number]["state"] == "FAIL" and rows[t_dead.number]["error"] == INTERRUPTED
     # Closed without a reason: it does not count toward the requested trials, so it is run again.
     assert not finished(study.get_trials()[t_dead.number])
+
+
+def test_a_trial_killed_before_saying_where_it_runs_is_waited_for_then_closed(study, monkeypatch):
+    """A process killed between creating a trial and tagging it leaves a RUNNING trial with no process
+    id: a rerun straight after the kill waits until it is UNPLACED_S old, then closes it (CI saw such a
+    trial left RUNNING at the end of a resumed pruning search)."""
+    import nas.study.storage as storage
+
+    t_unplaced = study.ask()
+    t_partly = _running(study, hostname=socket.gethostname())  # killed between its two tags
+    t_live = _running(study, pid=1, hostname="elsewhere", heartbeat=time.time())
+    assert close_dead_trials(study) == []  # young: its process may be about to tag it
+    clock = {"now": time.time()}
+    monkeypatch.setattr(storage.time, "time", lambda: clock["now"])
+
+    def sleep(s):
+        clock["now"] += s
+
+    monkeypatch.setattr(storage.time, "sleep", sleep)
+    lines = []
+    wait_for_unplaced_trials(study, echo=lines.append)
+    assert clock["now"] - study.get_trials()[t_unplaced.number].datetime_start.timestamp() >= UNPLACED_S
+    assert len(lines) == 1 and f"{t_unplaced.number}, {t_partly.number}" in lines[0]
+    assert close_dead_trials(study) == [t_unplaced.number, t_partly.number]
+    assert study.get_trials()[t_live.number].state == optuna.trial.TrialState.RUNNING
+    wait_for_unplaced_trials(study, echo=lines.append)  # nothing left to wait for: returns at once
+    assert len(lines) == 1
 
 
 def test_rows_come_from_the_stored_row(study):
