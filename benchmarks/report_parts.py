@@ -300,7 +300,8 @@ MIN_SEARCH_S = 20.0  # a search given less cannot start its workers and finish a
 def _search_one(args, value: str, runtime: Runtime, out: Path, timeout: float) -> dict:
     argv = ["--tiny"] if args.tiny else ["--search-epochs", str(args.search_epochs)]
     sargs = bench_throughput.parse_args([*argv, "--device", args.device, "--trials-per-device", value])
-    per = int(value) if value.isdigit() else AUTO_CAP  # auto may choose up to AUTO_CAP
+    # auto may choose up to AUTO_CAP on CUDA; on a CPU it always runs one trial at a time (placement).
+    per = int(value) if value.isdigit() else (AUTO_CAP if runtime.device.type == "cuda" else 1)
     sargs.search_trials = max(args.search_trials, 2 * per)  # every worker runs two trials at least
     r = bench_throughput.search_cli(
         bench_throughput.search_flags(sargs), out, runtime.device, timeout=timeout, threads=args.threads

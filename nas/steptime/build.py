@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -37,11 +38,13 @@ from search_spaces import build as build_network
 CALIBRATION_SAMPLES = 5
 CALIBRATION_SEED = 1_000_003  # the sample stream of the calibration networks (a check draws from its own)
 PIECE_RUN_TIME = 0.02  # seconds of timed samples per piece and pass, at least
-PIECE_RUNS = 5  # ... and at least this many samples (Cost.time_piece: the fastest is kept)
+PIECE_RUNS = 4  # ... and at least this many samples (Cost.time_piece: the fastest is kept)
 PIECE_PASSES = 2  # passes over all pieces; each piece's fastest is kept
 MEASURE_RUN_TIME = 0.5  # seconds of timed full steps per network and repeat (at least 3 steps)
 MEASURE_WARMUP = 2  # untimed steps first (the first allocates; kernels are warm from the pieces)
-MEASURE_REPEATS = 2  # a whole network is timed this often and the fastest kept
+MEASURE_REPEATS = 2  # a whole network is timed this often and the fastest kept (a check's timing)
+CALIBRATION_PASSES = 2  # passes over the calibration networks, each timed once a pass, the fastest kept
+CALIBRATION_STEPS = 2  # ... for this many steps at least (the fastest of 4 across the passes)
 
 Progress = Callable[[int, int, str], None]  # (done, total, what)
 
@@ -139,7 +142,13 @@ def time_missing(model, runtime, archs: list[Architecture], image_size: int, bar
 
 
 def measure_network(
-    model, runtime, arch: Architecture, image_size: int | None, min_run_time: float, repeats: int = MEASURE_REPEATS
+    model,
+    runtime,
+    arch: Architecture,
+    image_size: int | None,
+    min_run_time: float,
+    repeats: int = MEASURE_REPEATS,
+    min_steps: int = 3,
 ) -> float:
     """A whole network's cost at the table's setting, timed directly on ``runtime``."""
     return model.cost.measure(
@@ -153,6 +162,7 @@ def measure_network(
         repeats=repeats,
         statistic="min",
         warmup=MEASURE_WARMUP,
+        min_steps=min_steps,
     )
 
 
@@ -163,12 +173,22 @@ def _pending_pieces(model, covers: list[Architecture]) -> int:
 
 
 def _calibrate(model, runtime, calib: list[Architecture], bar: _Bar, measure_run_time: float) -> list[dict]:
-    """Each calibration network's missing pieces and whole cost, saved as it goes."""
-    rows = []
+    """Each calibration network's missing pieces, then its whole cost: timed in
+    :data:`CALIBRATION_PASSES` passes over all of them, the fastest kept. On a shared machine a slow
+    spell lasts seconds, longer than one network's timing: back-to-back repeats fall in the same
+    spell, passes a network apart seldom do (2 CPU cores, the reference timed 4 times back to back:
+    388-573 ms)."""
     for a in calib:
         time_missing(model, runtime, [a], model.target.image_size)
-        with torch.random.fork_rng(devices=runtime.cuda_indices):
-            measured = measure_network(model, runtime, a, None, measure_run_time)
+    measured = [math.inf] * len(calib)
+    for _ in range(CALIBRATION_PASSES):
+        for i, a in enumerate(calib):
+            with torch.random.fork_rng(devices=runtime.cuda_indices):
+                ms = measure_network(model, runtime, a, None, measure_run_time, repeats=1, min_steps=CALIBRATION_STEPS)
+            measured[i] = min(measured[i], ms)
+            bar.step("calibration network")
+    rows = []
+    for a, ms in zip(calib, measured):
         b = model.breakdown(a, corrected=False)
         rows.append(
             {
@@ -176,10 +196,9 @@ def _calibrate(model, runtime, calib: list[Architecture], bar: _Bar, measure_run
                 "raw_ms": b["raw_ms"],
                 "blocks": b["blocks"],
                 "params": b["params"],
-                "measured_ms": measured,
+                "measured_ms": ms,
             }
         )
-        bar.step("calibration network")
     return rows
 
 
@@ -194,7 +213,7 @@ def build(model, *, progress: bool | Progress, measure_run_time: float, samples:
         )
     covers = covering_architectures(model.space, tgt.image_size, tgt.batch_size, model.num_classes) or []
     calib = calibration_archs(model, samples)
-    bar = _Bar(progress, _pending_pieces(model, covers) + len(calib))
+    bar = _Bar(progress, _pending_pieces(model, covers) + CALIBRATION_PASSES * len(calib))
     try:
         with on_target(
             model.fingerprint, needed_for="building a step-time table", cover="build it on its device"

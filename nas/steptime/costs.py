@@ -98,6 +98,7 @@ class Cost(abc.ABC):
         statistic: str = "min",
         warmup: int = 2,
         seed: int = 0,
+        min_steps: int = 3,
     ) -> float:
         """The whole network's cost (ms) at this setting, timed directly."""
         r = measure_step_time(
@@ -113,6 +114,7 @@ class Cost(abc.ABC):
             statistic=statistic,
             warmup=warmup,
             seed=seed,
+            min_steps=min_steps,
         )
         return r.step_time_ms
 

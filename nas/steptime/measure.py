@@ -143,6 +143,7 @@ def time_step(
     clock: str = "wall",
     statistic: str = "median",
     progress=None,
+    min_steps: int = MIN_STEPS,
 ) -> tuple[float, float, int, int]:
     """Median (or, with ``statistic="min"``, fastest) and IQR (ms) of one step over repeated blocks;
     Timer synchronises CUDA. The fastest block is the estimate that other jobs on a shared machine,
@@ -153,25 +154,63 @@ def time_step(
     slow steps; fast ones finish before anyone waits)."""
     check_clock(clock, runtime)
     check_choice("statistic", statistic, STATISTICS)
+    if min_steps < (MIN_STEPS if statistic == "median" else 1):
+        raise NasError(f"a {statistic} of {min_steps} timed steps is not reported; time {MIN_STEPS} at least")
 
     def checked() -> None:
         check_interrupt()  # Ctrl-C stops here, between steps (nas.core.interrupt)
         step()
 
+    timed = _sampler(checked, runtime, clock)
+    last = 0.0
     for _ in range(warmup):
-        checked()
-    clock_kw = {"timer": time.process_time} if clock == "cpu" else {}
-    timer = benchmark.Timer(stmt="step()", globals={"step": checked}, num_threads=torch.get_num_threads(), **clock_kw)
-    blocks = [timer.blocked_autorange(min_run_time=min_run_time)]
-    while sum(len(b.times) for b in blocks) < MIN_STEPS:
-        if progress is not None and blocks[-1].times[-1] >= PROGRESS_AFTER_S:
-            done = sum(len(b.times) for b in blocks)
-            progress(done, max(done + 1, MIN_STEPS), blocks[-1].times[-1])
-        blocks.append(timer.timeit(1))
-    runtime.synchronize()
-    m = benchmark.Measurement.merge(blocks)[0] if len(blocks) > 1 else blocks[0]
-    value = m.median if statistic == "median" else min(m.times)
-    return value * 1e3, m.iqr * 1e3, len(m.times), m.number_per_run
+        last = timed(1)
+    done = [0]
+
+    def counted(number: int, seconds: float) -> None:
+        done[0] += number
+        if progress is not None and seconds / number >= PROGRESS_AFTER_S and done[0] < min_steps:
+            progress(done[0], min_steps, seconds / number)
+
+    if warmup and min_steps * last >= min_run_time:
+        # A slow step (the last warm-up step says): blocks of one step, min_steps of them fill
+        # min_run_time. A synchronised loop times them without blocked_autorange's block-size estimate,
+        # one more untimed step, and Timer.timeit would run two untimed steps before each timed one.
+        times = []
+        for _ in range(min_steps):
+            times.append(timed(1))
+            counted(1, times[-1])
+        per_run, (q1, q3) = 1, np.percentile(times, [25, 75])
+        iqr = float(q3 - q1)
+    else:
+        clock_kw = {"timer": time.process_time} if clock == "cpu" else {}
+        timer = benchmark.Timer(
+            stmt="step()", globals={"step": checked}, num_threads=torch.get_num_threads(), **clock_kw
+        )
+        blocks = [timer.blocked_autorange(min_run_time=min_run_time, callback=counted)]
+        while sum(len(b.times) for b in blocks) < min_steps:
+            left = min_steps - sum(len(b.times) for b in blocks)
+            blocks.append(timer.blocked_autorange(min_run_time=left * min(blocks[-1].times), callback=counted))
+        runtime.synchronize()
+        m = benchmark.Measurement.merge(blocks)[0] if len(blocks) > 1 else blocks[0]
+        times, per_run, iqr = list(m.times), m.number_per_run, m.iqr
+    value = float(np.median(times)) if statistic == "median" else min(times)
+    return value * 1e3, iqr * 1e3, len(times), per_run
+
+
+def _sampler(step, runtime: Runtime, clock: str):
+    """``timed(number)``: the time of one step (s), from ``number`` run in a synchronised loop on ``clock``."""
+    now = time.process_time if clock == "cpu" else time.perf_counter
+
+    def timed(number: int) -> float:
+        runtime.synchronize()
+        t = now()
+        for _ in range(number):
+            step()
+        runtime.synchronize()
+        return (now() - t) / number
+
+    return timed
 
 
 MIN_SAMPLE_S = 0.001  # a sample of a fast step repeats it to last this long (timer resolution, launch noise)
@@ -183,20 +222,21 @@ def fastest_of(
     """Fastest sample and IQR (ms) of a step, timed ``runs`` times at least and for ``min_run_time``
     seconds at least, after ``warmup`` untimed steps: what a step-time table needs from each piece,
     with none of :func:`time_step`'s calibration of block sizes (a table times hundreds of pieces).
-    A sample of a step faster than :data:`MIN_SAMPLE_S` repeats it until it lasts that long."""
+    A sample of a step faster than :data:`MIN_SAMPLE_S` repeats it until it lasts that long.
+
+    Samples are timed by a plain synchronised loop, not ``benchmark.Timer.timeit``: that runs two
+    untimed steps before every sample, which made a table build time 16 steps per piece for 7 used."""
     check_clock(clock, runtime)
     for _ in range(max(warmup, 1)):
         step()
-    runtime.synchronize()
-    clock_kw = {"timer": time.process_time} if clock == "cpu" else {}
-    timer = benchmark.Timer(stmt="step()", globals={"step": step}, num_threads=torch.get_num_threads(), **clock_kw)
-    once = timer.timeit(1).times[0]
+    sample = _sampler(step, runtime, clock)
+    once = sample(1)
     number = max(1, math.ceil(MIN_SAMPLE_S / max(once, 1e-9)))
     samples = [once] if number == 1 else []
     t0 = time.perf_counter()
     while len(samples) < runs or time.perf_counter() - t0 < min_run_time:
         check_interrupt()  # Ctrl-C stops here, between samples (nas.core.interrupt)
-        samples.append(timer.timeit(number).times[0])
+        samples.append(sample(number))
     q1, q3 = np.percentile(samples, [25, 75])
     return min(samples) * 1e3, float(q3 - q1) * 1e3
 
@@ -231,6 +271,7 @@ def measure_step_time(
     repeats: int = 1,
     statistic: str = "median",
     progress=None,
+    min_steps: int = MIN_STEPS,
 ) -> StepTime:
     """Time the training step (``cost="step"``) or inference step (``cost="latency"``) of an architecture
     or a built model (trained in place: pass a fresh one). ``compile``: the compiled step, the
@@ -246,7 +287,9 @@ def measure_step_time(
     step, settings = STEP_MAKERS[cost](model, **shape, **extra)
     first_s = _first_step_s(step, runtime) if compile else None
     kw = {"min_run_time": min_run_time, "clock": clock, "statistic": statistic, "progress": progress}
-    timings = [time_step(step, runtime, warmup=warmup if i == 0 else 0, **kw) for i in range(repeats)]
+    kw["min_steps"] = min_steps
+    # A later repeat warms up with one step, which also sizes its blocks (time_step).
+    timings = [time_step(step, runtime, warmup=warmup if i == 0 else 1, **kw) for i in range(repeats)]
     value, iqr, _, per_run = min(timings)
     if first_s is not None:
         settings["compile_s"] = max(0.0, first_s - value / 1e3)

@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.stats import kendalltau, spearmanr
 
 from nas.errors import NasError
 from search_spaces.accelnasbench import AccelNASBenchSpace, choice_from_record
@@ -266,7 +265,10 @@ def fit(quantity: str, log=None) -> Surrogate:
     trees = Trees.of(model)
     if not np.allclose(trees.predict(x[test]), pred, rtol=0, atol=1e-9):
         raise NasError(f"the stored form of the {quantity} surrogate does not reproduce scikit-learn's predictions")
-    s = Surrogate(quantity, trees, float(kendalltau(pred, y[test])[0]), float(spearmanr(pred, y[test])[0]), len(test))
+    from scipy import stats  # most of a second to import: only fitting a surrogate reports its correlations
+
+    tau, rho = stats.kendalltau(pred, y[test]).statistic, stats.spearmanr(pred, y[test]).statistic
+    s = Surrogate(quantity, trees, float(tau), float(rho), len(test))
     (log or (lambda line: print(line, file=sys.stderr, flush=True)))(
         f"fitted the Accel-NASBench surrogate of {quantity} on {len(train)} of the {len(y)} records that have it "
         f"in {time.perf_counter() - t0:.1f} s: {s.describe()}"
