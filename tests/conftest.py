@@ -72,3 +72,11 @@ def _registries_restored():
     for reg, old in saved:
         reg.clear()
         reg.update(old)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Modules with slow tests first, each module kept together (its module fixtures set up once):
+    under pytest-xdist the long end-to-end tests start early and the quick ones fill the gaps, instead
+    of one worker finishing a long test alone while the other idles."""
+    slow_modules = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.module.__name__ not in slow_modules)
