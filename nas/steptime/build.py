@@ -30,6 +30,7 @@ from nas.errors import NasError
 from nas.steptime import table as tables
 from nas.steptime.correction import fit_correction
 from nas.steptime.cover import covering_architectures
+from nas.steptime.measure import MIN_STEPS
 from nas.steptime.ontarget import on_target
 from nas.steptime.pieces import PieceRef, decompose, extract, piece_params
 from search_spaces import Architecture
@@ -148,7 +149,7 @@ def measure_network(
     image_size: int | None,
     min_run_time: float,
     repeats: int = MEASURE_REPEATS,
-    min_steps: int = 3,
+    min_steps: int = MIN_STEPS,
 ) -> float:
     """A whole network's cost at the table's setting, timed directly on ``runtime``."""
     return model.cost.measure(

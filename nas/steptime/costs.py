@@ -34,7 +34,7 @@ from torch import nn
 
 from nas.core.device import Runtime
 from nas.errors import NasError
-from nas.steptime.measure import fastest_of, measure_step_time
+from nas.steptime.measure import MIN_STEPS, fastest_of, measure_step_time
 from nas.training.config import TrainConfig
 from nas.training.step import make_optimizer
 from search_spaces import Architecture
@@ -98,7 +98,7 @@ class Cost(abc.ABC):
         statistic: str = "min",
         warmup: int = 2,
         seed: int = 0,
-        min_steps: int = 3,
+        min_steps: int = MIN_STEPS,
     ) -> float:
         """The whole network's cost (ms) at this setting, timed directly."""
         r = measure_step_time(

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from nas.core.agreement import agreement
 from nas.errors import NasError
 from search_spaces.accelnasbench import AccelNASBenchSpace, choice_from_record
 
@@ -265,10 +266,8 @@ def fit(quantity: str, log=None) -> Surrogate:
     trees = Trees.of(model)
     if not np.allclose(trees.predict(x[test]), pred, rtol=0, atol=1e-9):
         raise NasError(f"the stored form of the {quantity} surrogate does not reproduce scikit-learn's predictions")
-    from scipy import stats  # most of a second to import: only fitting a surrogate reports its correlations
-
-    tau, rho = stats.kendalltau(pred, y[test]).statistic, stats.spearmanr(pred, y[test]).statistic
-    s = Surrogate(quantity, trees, float(tau), float(rho), len(test))
+    held_out = agreement(pred, y[test])
+    s = Surrogate(quantity, trees, held_out["kendall_tau"], held_out["spearman"], len(test))
     (log or (lambda line: print(line, file=sys.stderr, flush=True)))(
         f"fitted the Accel-NASBench surrogate of {quantity} on {len(train)} of the {len(y)} records that have it "
         f"in {time.perf_counter() - t0:.1f} s: {s.describe()}"
