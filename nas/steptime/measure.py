@@ -183,19 +183,23 @@ def time_step(
         per_run, (q1, q3) = 1, np.percentile(times, [25, 75])
         iqr = float(q3 - q1)
     else:
-        clock_kw = {"timer": time.process_time} if clock == "cpu" else {}
-        timer = benchmark.Timer(
-            stmt="step()", globals={"step": checked}, num_threads=torch.get_num_threads(), **clock_kw
-        )
-        blocks = [timer.blocked_autorange(min_run_time=min_run_time, callback=counted)]
-        while sum(len(b.times) for b in blocks) < min_steps:
-            left = min_steps - sum(len(b.times) for b in blocks)
-            blocks.append(timer.blocked_autorange(min_run_time=left * min(blocks[-1].times), callback=counted))
-        runtime.synchronize()
-        m = benchmark.Measurement.merge(blocks)[0] if len(blocks) > 1 else blocks[0]
-        times, per_run, iqr = list(m.times), m.number_per_run, m.iqr
+        times, per_run, iqr = _autorange(checked, runtime, clock, min_run_time, min_steps, counted)
     value = float(np.median(times)) if statistic == "median" else min(times)
     return value * 1e3, iqr * 1e3, len(times), per_run
+
+
+def _autorange(step, runtime: Runtime, clock: str, min_run_time: float, min_steps: int, callback):
+    """``(times, number_per_run, iqr)`` (s) of a fast step from Timer.blocked_autorange, in more blocks
+    until ``min_steps`` blocks are timed."""
+    clock_kw = {"timer": time.process_time} if clock == "cpu" else {}
+    timer = benchmark.Timer(stmt="step()", globals={"step": step}, num_threads=torch.get_num_threads(), **clock_kw)
+    blocks = [timer.blocked_autorange(min_run_time=min_run_time, callback=callback)]
+    while sum(len(b.times) for b in blocks) < min_steps:
+        left = min_steps - sum(len(b.times) for b in blocks)
+        blocks.append(timer.blocked_autorange(min_run_time=left * min(blocks[-1].times), callback=callback))
+    runtime.synchronize()
+    m = benchmark.Measurement.merge(blocks)[0] if len(blocks) > 1 else blocks[0]
+    return list(m.times), m.number_per_run, m.iqr
 
 
 def _sampler(step, runtime: Runtime, clock: str):
