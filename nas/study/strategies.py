@@ -172,7 +172,15 @@ def _median_optuna(epochs: int) -> optuna.pruners.BasePruner:
 def _median_tune(epochs: int, metric: str, directions=("maximize",)):
     from ray.tune.schedulers import MedianStoppingRule  # Ray is optional and heavy: only for --backend ray
 
-    return MedianStoppingRule(
+    class FinalRowsAside(MedianStoppingRule):
+        # Tune's rule keeps every complete trial's last result and later averages its metric; a trial's
+        # final row (a failed one's only result) carries the objective, not objective_so_far, and
+        # crashed the run with a KeyError. Only results that carry the metric are kept.
+        def on_trial_complete(self, tune_controller, trial, result) -> None:
+            if result and metric in result and "training_iteration" in result:
+                super().on_trial_complete(tune_controller, trial, result)
+
+    return FinalRowsAside(
         time_attr="training_iteration",
         metric=metric,
         mode="max",

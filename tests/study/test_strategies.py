@@ -53,6 +53,31 @@ def test_every_pruner_exists_for_optuna_and_for_ray_tune(name):
     assert (scheduler is None) == (not kind.prunes)
 
 
+def test_the_median_tune_scheduler_skips_final_rows_that_lack_the_metric():
+    # CI: a failed trial's only result (its final row, no objective_so_far) went into Tune's
+    # MedianStoppingRule, and the next trial's epoch result crashed the search with a KeyError.
+    pytest.importorskip("ray")
+    from ray.tune.schedulers import TrialScheduler
+
+    scheduler = get_pruner("median").tune(2, "so")
+
+    class Trial:
+        def __init__(self, trial_id):
+            self.trial_id = trial_id
+
+    class Controller:
+        def get_live_trials(self):
+            return []
+
+    tc = Controller()
+    failed, done, running = Trial("f"), Trial("d"), Trial("r")
+    scheduler.on_trial_complete(tc, failed, {"training_iteration": 1, "final": True, "state": "FAIL"})
+    scheduler.on_trial_result(tc, done, {"training_iteration": 1, "so": 0.5})
+    scheduler.on_trial_complete(tc, done, {"training_iteration": 2, "so": 0.6})
+    assert scheduler.on_trial_result(tc, running, {"training_iteration": 1, "so": 0.1}) == TrialScheduler.CONTINUE
+    assert set(scheduler._results) == {done, running}
+
+
 @pytest.mark.parametrize("sampler", sorted(SAMPLERS))
 def test_a_sampler_gets_a_default_pruner_that_can_judge_it_and_others_are_refused(sampler):
     check_pair(sampler, default_pruner(sampler))
