@@ -21,7 +21,7 @@ Floating-point activations are counted at the autocast dtype's size under mixed 
 counted: the CUDA context, cuDNN's workspaces, the data set and the evaluation pass.
 
 Accuracy, CPU (float32, channels_last, RMSprop; the peak resident memory two training steps add to a
-warmed-up process, ``tests/core/test_memory.py``): the estimate is 1.02 to 1.19 times the measured
+warmed-up process, ``tests/core/test_memory.py``): the estimate is 0.97 to 1.15 times the measured
 peak for EfficientNet-B0 (batch 8 at 96 and 128 px, 16 at 224 px, 64 at 64 px), EfficientNetV2-S (8
 at 160 px), MobileNetV2 (16 at 160 px) and MnasNet-small (16 at 128 px): a slight overestimate, and
 the check refuses a step only when the estimate exceeds the available memory.

@@ -166,9 +166,11 @@ def test_measure_turns_an_allocators_refusal_into_one_line(capsys, monkeypatch):
 # The peak a real step reaches: a fresh interpreter, warmed up by one small step, runs two steps of
 # each network (nas measure's step: nas.steptime.measure.make_train_step) and reads the kernel's peak
 # resident size (VmHWM, reset between networks through /proc/self/clear_refs). glibc hands large
-# blocks back to the kernel when freed (MALLOC_MMAP_THRESHOLD_), so each network's peak is its own.
+# blocks back to the kernel when freed (MALLOC_MMAP_THRESHOLD_) and the rest on malloc_trim, so each
+# network's peak is its own (CI once measured mnasnet-small at 85 MB, after networks whose freed heap
+# it reused, against 138 MB estimated).
 PEAK = """
-import json, sys, torch
+import ctypes, gc, json, sys, torch
 from nas.core.device import Runtime
 from nas.core.memory import estimate_step_memory
 from nas.steptime.measure import make_train_step
@@ -183,9 +185,12 @@ tiny, _ = make_train_step(build(preset("mnasnet-small"), 10), runtime=runtime, b
                           num_classes=10)
 tiny()  # torch's and oneDNN's one-time allocations, which no step of the networks below should be charged
 del tiny
+libc = ctypes.CDLL("libc.so.6")
 for spec in sys.argv[1:]:
     name, batch, size = spec.split(":")
     arch = preset(name) if not name.startswith("stem") else Architecture.from_string(name)
+    gc.collect()
+    libc.malloc_trim(0)  # freed heap pages back to the kernel: a network reusing them would not raise the peak
     base = status("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
