@@ -25,14 +25,14 @@ MEASURE = ("--device", "cpu", "--batch-size", "2", "--image-size", "32", "--min-
 
 # Bad input, each in its own interpreter: name -> (arguments, a piece of the error line naming the bad value).
 BAD = {
-    "unknown_preset": (["show", "nope"], "'nope'"),
     "malformed_string": (["show", "stem32,r1_k3_s1_e1_i32_o16_zz"], "'zz'"),
-    "kernel_9": (["show", "stem32,r1_k9_s1_e1_i32_o16"], "got 9"),
-    "expansion_0": (["show", "stem32,r1_k3_s1_e0_i32_o16"], "got 0"),
     "not_json": (["show", "{tmp}/not-an-arch.json"], "not-an-arch.json"),
 }
 # More bad input, through nas.cli.main in this process (a fresh interpreter costs seconds).
 BAD_IN_PROCESS = {
+    "unknown_preset": (["show", "nope"], "'nope'"),
+    "kernel_9": (["show", "stem32,r1_k9_s1_e1_i32_o16"], "got 9"),
+    "expansion_0": (["show", "stem32,r1_k3_s1_e0_i32_o16"], "got 0"),
     "inconsistent_i_fc": (["show", "stem32,r1_k3_s1_e6_i16_o16_fc8"], "i16 and fc8"),
     "not_json_other_suffix": (["show", "{tmp}/notes.txt"], "notes.txt"),
     "bad_field_json": (["show", "{tmp}/bad-field.json"], "'colour'"),
@@ -64,12 +64,10 @@ def tmp(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def runs(run_nas, tmp):
+    # Only what needs a real interpreter (its exit status, its own stdout and stderr) runs in one: each
+    # costs seconds of CPU importing torch and torchvision. The other commands run in this process.
     cases = {
         "show_preset": ["show", "efficientnet-b0", "--json"],
-        "show_string": ["show", BLOCKS],
-        "show_file": ["show", str(tmp / "arch.json"), "--json"],
-        "spaces": ["spaces"],
-        "presets": ["presets"],  # the slowest: counts the MACs of every preset, up to V2-L at 480 px
         "measure": ["measure", TINY, *MEASURE],
         **{f"bad_{k}": [a.replace("{tmp}", str(tmp)) for a in args] for k, (args, _) in BAD.items()},
     }
@@ -108,10 +106,9 @@ def test_show_preset_json(runs):
     assert Architecture.from_dict(info["architecture"]) == b0
 
 
-@subprocess_runs
-def test_show_block_string(runs, capsys):
+def test_show_block_string(capsys):
     arch = Architecture.from_string(BLOCKS)
-    out = _ok(runs["show_string"])
+    out = _ok(main_in_process(["show", BLOCKS], capsys))
     assert arch.to_string() in out
     assert f"{count_params(arch):,}" in out
     assert "MBConv" in out and "conv3x3 (stem)" in out
@@ -122,25 +119,22 @@ def test_show_block_string(runs, capsys):
     assert info["resolution"] == 128
 
 
-@subprocess_runs
-def test_show_json_file(runs):
-    info = json.loads(_ok(runs["show_file"]))
+def test_show_json_file(tmp, capsys):
+    info = json.loads(_ok(main_in_process(["show", str(tmp / "arch.json"), "--json"], capsys)))
     a1 = preset("mnasnet-a1")
     assert info["arch"] == a1.to_string()
     assert info["params"] == count_params(a1)
     assert info["resolution"] == 224
 
 
-@subprocess_runs
-def test_spaces_lists_every_space(runs):
-    out = _ok(runs["spaces"])
+def test_spaces_lists_every_space(capsys):
+    out = _ok(main_in_process(["spaces"], capsys))
     listed = [line.split()[0] for line in out.splitlines() if line.strip()]
     assert listed == space_names()
 
 
-@subprocess_runs
-def test_presets_lists_every_preset(runs):
-    out = _ok(runs["presets"])
+def test_presets_lists_every_preset(capsys):
+    out = _ok(main_in_process(["presets"], capsys))  # counts the MACs of every preset, up to V2-L at 480 px
     assert "params (1000 classes)" in out.splitlines()[0]
     rows = [line.split() for line in out.splitlines()[1:] if line.strip()]
     assert [r[0] for r in rows] == preset_names()
