@@ -74,9 +74,18 @@ def _registries_restored():
         reg.update(old)
 
 
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: one worker more than this process may use cores. A third of the suite's time is
+    waiting, not computing (Ray's health checks, interpreters starting, killed searches winding down):
+    on 2 cores a third worker's tests fill it (2 workers 787 s, 3 workers 661 s)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return cores + 1
+
+
 def pytest_collection_modifyitems(config, items):
     """Modules with slow tests first, each module kept together (its module fixtures set up once):
-    under pytest-xdist the long end-to-end tests start early and the quick ones fill the gaps, instead
-    of one worker finishing a long test alone while the other idles."""
+    under pytest-xdist the long end-to-end tests start early and the quick ones fill the gaps. The
+    suite runs with ``--dist worksteal`` (pyproject.toml): under ``load`` the tests already sent to a
+    worker stay there, and one worker ran the last 300 s of slow tests alone while the others idled."""
     slow_modules = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.module.__name__ not in slow_modules)

@@ -105,6 +105,21 @@ def run_nas(
     return p.returncode, p.stdout, p.stderr
 
 
+def main_in_process(args, capsys) -> tuple[int, str, str]:
+    """The CLI through ``nas.cli.main`` in this process: ``(returncode, stdout, stderr)`` as
+    :func:`run_nas` returns them, without the seconds a fresh interpreter spends importing torch.
+    ``capsys`` is pytest's fixture; what was captured before is dropped."""
+    from nas.cli import main  # the CLI imports every command: only the tests that run one need it
+
+    capsys.readouterr()
+    try:
+        rc = main([str(a) for a in args])
+    except SystemExit as e:  # argparse's own errors exit
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
 def error_line(rc: int, err: str, code: int = 2) -> str:
     """The single ``nas: error: ...`` line of a refused command (exit ``code``: 2 bad input, 1 a
     failed run), after checking there is nothing else on stderr (no traceback, no warning)."""

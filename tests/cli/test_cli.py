@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from nas.cli import main
 from search_spaces import Architecture, count_macs, count_params, preset, preset_names, space_names
+from tests.helpers import main_in_process
 
 TINY = "stem8,r1_k3_s1_e1_i8_o8_se0.25,r2_k3_s2_e4_i8_o16_c1,head32,res32"
 BLOCKS = "stem32,r1_k3_s11_e1_i32_o16_se0.25,r2_k3_s22_e6_i16_o24_se0.25,head640,res128"
@@ -74,16 +74,6 @@ def runs(run_nas, tmp):
     with ThreadPoolExecutor(max_workers=4) as pool:
         futures = {k: pool.submit(run_nas, *args) for k, args in cases.items()}
         return {k: f.result() for k, f in futures.items()}
-
-
-def main_in_process(args, capsys) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        rc = main(list(args))
-    except SystemExit as e:  # argparse's own errors exit
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def _ok(result) -> str:
