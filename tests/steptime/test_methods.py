@@ -12,6 +12,7 @@ import torch
 
 from nas.core.device import Runtime
 from nas.errors import NasError
+from nas.steptime import StepTimeModel, Target
 from nas.steptime import table as tables
 from nas.steptime.costs import COSTS, get_cost
 from nas.steptime.methods import METHODS, StepTimeConfig, get_method
@@ -20,8 +21,10 @@ from nas.steptime.pieces import decompose, extract
 from nas.steptime.prepared import PreparedTarget
 from nas.trial.settings import ProxyConfig, TrialSettings
 from nas.trial.target import prepare, resolve
-from search_spaces import Architecture, build
+from search_spaces import Architecture, build, get_space
 from tests.helpers import TINY_ARCH
+
+FAST = {"piece_run_time": 0.002, "measure_run_time": 0.01, "calibration_samples": 3}
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread (conftest.py)
 
@@ -66,7 +69,15 @@ def targets(tmp_path_factory, one_thread) -> dict[str, PreparedTarget]:
         cache = tmp_path_factory.mktemp(f"cache-{name}")
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("NAS_CACHE_DIR", str(cache))
+            if get_method(name).predicted:  # the table prepare() loads, built in seconds (not a minute) first
+                st = _settings(name).step_time
+                target = Target(st.target_image_size, st.target_batch_size)
+                built = StepTimeModel.load_or_build(
+                    get_space("trainaware"), Runtime.resolve("cpu"), target, num_classes=10, **FAST
+                )
             out[name] = prepare(_settings(name), num_classes=10, reference=TINY, device="cpu")
+            if get_method(name).predicted:
+                assert out[name].identity == built.table.identity  # the prebuilt table, not a new one
     return out
 
 
