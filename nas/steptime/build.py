@@ -44,8 +44,7 @@ PIECE_PASSES = 2  # passes over all pieces; each piece's fastest is kept
 MEASURE_RUN_TIME = 0.5  # seconds of timed full steps per network and repeat (at least 3 steps)
 MEASURE_WARMUP = 2  # untimed steps first (the first allocates; kernels are warm from the pieces)
 MEASURE_REPEATS = 2  # a whole network is timed this often and the fastest kept (a check's timing)
-CALIBRATION_PASSES = 2  # passes over the calibration networks, each timed once a pass, the fastest kept
-CALIBRATION_STEPS = 2  # ... for this many steps at least (the fastest of 4 across the passes)
+CALIBRATION_STEPS = 2  # steps at least per calibration network and pass (the cost says how many passes)
 
 Progress = Callable[[int, int, str], None]  # (done, total, what)
 
@@ -175,14 +174,14 @@ def _pending_pieces(model, covers: list[Architecture]) -> int:
 
 def _calibrate(model, runtime, calib: list[Architecture], bar: _Bar, measure_run_time: float) -> list[dict]:
     """Each calibration network's missing pieces, then its whole cost: timed in
-    :data:`CALIBRATION_PASSES` passes over all of them, the fastest kept. On a shared machine a slow
+    :attr:`Cost.calibration_passes` passes over all of them, the fastest kept. On a shared machine a slow
     spell lasts seconds, longer than one network's timing: back-to-back repeats fall in the same
     spell, passes a network apart seldom do (2 CPU cores, the reference timed 4 times back to back:
     388-573 ms)."""
     for a in calib:
         time_missing(model, runtime, [a], model.target.image_size)
     measured = [math.inf] * len(calib)
-    for _ in range(CALIBRATION_PASSES):
+    for _ in range(model.cost.calibration_passes):
         for i, a in enumerate(calib):
             with torch.random.fork_rng(devices=runtime.cuda_indices):
                 ms = measure_network(model, runtime, a, None, measure_run_time, repeats=1, min_steps=CALIBRATION_STEPS)
@@ -214,7 +213,7 @@ def build(model, *, progress: bool | Progress, measure_run_time: float, samples:
         )
     covers = covering_architectures(model.space, tgt.image_size, tgt.batch_size, model.num_classes) or []
     calib = calibration_archs(model, samples)
-    bar = _Bar(progress, _pending_pieces(model, covers) + CALIBRATION_PASSES * len(calib))
+    bar = _Bar(progress, _pending_pieces(model, covers) + model.cost.calibration_passes * len(calib))
     try:
         with on_target(
             model.fingerprint, needed_for="building a step-time table", cover="build it on its device"

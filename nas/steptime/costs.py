@@ -53,6 +53,9 @@ class Cost(abc.ABC):
     help: str = ""
 
     training = True  # networks run in training mode (else evaluation mode) for this cost
+    # Passes over a table's calibration networks, each network timed once a pass and its fastest
+    # kept (nas.steptime.build): passes a network apart outvote a slow spell on a shared machine.
+    calibration_passes = 2
     label = ""  # how a target setting names it ("latency, 224 px, batch 1")
 
     @abc.abstractmethod
@@ -171,6 +174,10 @@ class StepCost(Cost):
 class LatencyCost(Cost):
     name = "latency"
     training = False
+    # A forward pass at batch 1 costs a fifth of a training step at its setting, so twice the passes
+    # fit a build's minute (2 cores: 28 s with 2). With 2, the calibration networks ran 1.10-1.52x
+    # their piece sums, the unseen candidates 1.02-1.20x: a correction fitted on slow spells.
+    calibration_passes = 4
     label = "latency, "
 
     def default_setting(self, device_type, resolution):
