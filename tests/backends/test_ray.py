@@ -135,11 +135,19 @@ def cluster():
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def slow_standin(seconds: float) -> str:
-    """The stand-in plugin with ``seconds`` per epoch built in: Ray's workers do not see our environment."""
-    return STANDIN.replace(
+def slow_standin(seconds: float, marks: Path | None = None) -> str:
+    """The stand-in plugin with ``seconds`` per epoch built in: Ray's workers do not see our environment.
+    With ``marks``, each epoch first leaves a file there named after its process id: a test sees which
+    process is inside a trial (a trial actor's process exists seconds before its trial starts)."""
+    src = STANDIN.replace(
         'os.environ.get("NAS_STANDIN_SLEEP", "0")', f'os.environ.get("NAS_STANDIN_SLEEP", "{seconds}")'
     )
+    if marks is not None:
+        sleep = "            time.sleep(float("
+        assert src.count(sleep) == 1
+        mark = f"            open(os.path.join({str(marks)!r}, str(os.getpid())), 'a').close()\n"
+        src = src.replace(sleep, mark + sleep)
+    return src
 
 
 def _is_trial_worker(pid: int) -> bool:
@@ -424,7 +432,9 @@ def test_a_lost_worker_node_costs_its_trial_a_retry_nothing_more(cluster, tmp_pa
     """A second Ray node (its own raylet) joins the loopback head; while it runs a trial it is killed by
     process id. Tune retries that trial elsewhere and the run ends with exactly the requested trials."""
     node_dir = Path(tempfile.mkdtemp(prefix="nasnode-", dir="/tmp"))
-    plugins = write_plugin(tmp_path / "plugins", "nas_standin", slow_standin(1.5))
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    plugins = write_plugin(tmp_path / "plugins", "nas_standin", slow_standin(1.5, marks))
     out = tmp_path / "run"
     env = _env(cluster, plugins)
     try:
@@ -474,15 +484,16 @@ def test_a_lost_worker_node_costs_its_trial_a_retry_nothing_more(cluster, tmp_pa
             text=True,
             cwd=tmp_path,
         )
-        # Wait until a trial runs on the extra node: a worker process under its temp dir.
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and search.poll() is None:
-            if any(_is_trial_worker(pid) for pid in _processes_under(str(node_dir))):
-                break
-            time.sleep(0.5)
-        assert search.poll() is None, search.stdout.read()
-        time.sleep(1.0)  # well inside the trial (3 epochs of 1.5 s)
-        _kill(_processes_under(str(node_dir)), grace=0)
+        # Wait until a trial is inside its epochs on the extra node: a process under its temp dir has
+        # left its mark (CI, 3 workers on 2 cores: a kill 1 s after the trial actor appeared landed
+        # before its trial started, and nothing was retried).
+        deadline, inside = time.monotonic() + 180, set()
+        while time.monotonic() < deadline and search.poll() is None and not inside:
+            time.sleep(0.2)
+            inside = {int(m.name) for m in marks.iterdir()} & set(_processes_under(str(node_dir)))
+        assert search.poll() is None and inside, search.stdout.read() if search.poll() is not None else "no trial ran"
+        assert all(_is_trial_worker(pid) for pid in inside)
+        _kill(_processes_under(str(node_dir)), grace=0)  # within its first epoch of 1.5 s
         output, _ = search.communicate(timeout=300)
         assert search.returncode == 0, output
     finally:
