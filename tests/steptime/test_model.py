@@ -24,6 +24,7 @@ from nas.steptime.cover import covering_architectures
 from nas.steptime.pieces import decompose, extract, piece_params
 from search_spaces import Architecture, Stage, build, count_params, get_space, preset, scale
 from search_spaces.base import SearchSpace
+from tests.helpers import main_in_process
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread (conftest.py)
 
@@ -427,8 +428,10 @@ def test_calibrate_and_measure_in_process(capsys, tmp_path):
 
 
 @pytest.mark.slow
-def test_calibrate_cli_end_to_end(run_nas, tmp_path):
-    """As a user runs it: build, reuse, a corrupt table (one line, exit 2) and --rebuild."""
+def test_calibrate_cli_end_to_end(run_nas, tmp_path, capsys):
+    """As a user runs it: build, reuse, a corrupt table (one line, exit 2) and --rebuild. The build and
+    the rebuild run in a fresh interpreter, the reuse and the refusals in this process (the same
+    fingerprint: one thread here too), which saves an interpreter's seconds of imports each."""
     args = [
         "calibrate",
         "--space",
@@ -445,31 +448,34 @@ def test_calibrate_cli_end_to_end(run_nas, tmp_path):
     assert rc == 0, err
     first = json.loads(out)
     assert first["built_now"] and first["n"] == 3
-    rc, out, err = run_nas(*args)
+    rc, out, err = main_in_process(args, capsys)
     assert rc == 0 and "reused" in out and "Spearman" in out, err
     path = first["table"]
     with open(path, "w") as f:
         f.write('{"format": "nas.steptime/1", "pieces": {')
-    rc, out, err = run_nas(*args)
+    rc, out, err = main_in_process(args, capsys)
     assert rc == 2 and err.strip().count("\n") == 0 and "corrupt or truncated" in err and path in err
-    rc, out, err = run_nas(
-        "measure",
-        "mnasnet-a1",
-        "--device",
-        "cpu",
-        "--threads",
-        "1",
-        "--image-size",
-        "16",
-        "--batch-size",
-        "2",
-        "--min-run-time",
-        "0.01",
-        "--num-classes",
-        "10",
-        "--table-dir",
-        tmp_path,
-        "--json",
+    rc, out, err = main_in_process(
+        [
+            "measure",
+            "mnasnet-a1",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--image-size",
+            "16",
+            "--batch-size",
+            "2",
+            "--min-run-time",
+            "0.01",
+            "--num-classes",
+            "10",
+            "--table-dir",
+            tmp_path,
+            "--json",
+        ],
+        capsys,
     )
     assert rc == 2 and "corrupt" in err and err.strip().count("\n") == 0
     rc, out, err = run_nas(*args, "--rebuild", "--json")
