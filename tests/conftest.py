@@ -74,14 +74,6 @@ def _registries_restored():
         reg.update(old)
 
 
-def pytest_xdist_auto_num_workers(config):
-    """``-n auto``: one worker more than this process may use cores. A third of the suite's time is
-    waiting, not computing (Ray's health checks, interpreters starting, killed searches winding down):
-    on 2 cores a third worker's tests fill it (2 workers 787 s, 3 workers 661 s)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return cores + 1
-
-
 def pytest_collection_modifyitems(config, items):
     """Modules with slow tests first, each module kept together (its module fixtures set up once):
     under pytest-xdist the long end-to-end tests start early and the quick ones fill the gaps. The
