@@ -177,7 +177,7 @@ def _median_tune(epochs: int, metric: str, directions=("maximize",)):
         # final row (a failed one's only result) carries the objective, not objective_so_far, and
         # crashed the run with a KeyError. Only results that carry the metric are kept.
         def on_trial_complete(self, tune_controller, trial, result) -> None:
-            if result and metric in result and "training_iteration" in result:
+            if result and self._metric in result and self._time_attr in result:
                 super().on_trial_complete(tune_controller, trial, result)
 
     return FinalRowsAside(

@@ -316,23 +316,25 @@ def test_check_times_fresh_candidates(built):
 
 # -- the CLI ----------------------------------------------------------------------------------
 
-# nas measure on MnasNet-A1 at the tiny target of TINY_CLI (a --table-dir follows).
-MEASURE_A1 = (
-    "measure",
-    "mnasnet-a1",
-    "--device",
-    "cpu",
-    "--threads",
-    "1",
-    "--image-size",
-    "16",
-    "--batch-size",
-    "2",
-    "--num-classes",
-    "10",
-    "--min-run-time",
-    "0.01",
-)
+
+def measure_a1(image_size: int, *extra) -> list:
+    """``nas measure`` of MnasNet-A1 on one CPU thread at batch 2 and ``image_size`` px, then ``extra``."""
+    return [
+        "measure",
+        "mnasnet-a1",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--image-size",
+        str(image_size),
+        "--batch-size",
+        "2",
+        "--min-run-time",
+        "0.01",
+        *extra,
+    ]
+
 
 TINY_CLI = (
     "--device",
@@ -393,32 +395,11 @@ def test_calibrate_and_measure_in_process(capsys, tmp_path):
     assert {"spearman", "kendall_tau", "mape", "within_10pct", "n", "device_name", "table"} <= set(out)
     assert out["n"] == 2 and not out["prefilled"] and out["built_now"] and out["table"].startswith(str(tmp_path))
     assert (out["target_image_size"], out["target_batch_size"]) == (16, 2)
-    assert main([*MEASURE_A1, "--table-dir", str(tmp_path), "--json"]) == 0
+    assert main(measure_a1(16, "--num-classes", "10", "--table-dir", str(tmp_path), "--json")) == 0
     m = json.loads(capsys.readouterr().out)
     assert m["step_time_ms"] > 0 and m["predicted_step_time_ms"] > 0 and m["table"] == out["table"]
     # Another setting has no table: no prediction, no error.
-    assert (
-        main(
-            [
-                "measure",
-                "mnasnet-a1",
-                "--device",
-                "cpu",
-                "--threads",
-                "1",
-                "--image-size",
-                "24",
-                "--batch-size",
-                "2",
-                "--min-run-time",
-                "0.01",
-                "--table-dir",
-                str(tmp_path),
-                "--json",
-            ]
-        )
-        == 0
-    )
+    assert main(measure_a1(24, "--table-dir", str(tmp_path), "--json")) == 0
     assert "predicted_step_time_ms" not in json.loads(capsys.readouterr().out)
 
 
@@ -450,7 +431,7 @@ def test_calibrate_cli_end_to_end(run_nas, tmp_path, capsys):
         f.write('{"format": "nas.steptime/1", "pieces": {')
     rc, out, err = main_in_process(args, capsys)
     assert rc == 2 and err.strip().count("\n") == 0 and "corrupt or truncated" in err and path in err
-    rc, out, err = main_in_process([*MEASURE_A1, "--table-dir", tmp_path, "--json"], capsys)
+    rc, out, err = main_in_process(measure_a1(16, "--num-classes", "10", "--table-dir", tmp_path, "--json"), capsys)
     assert rc == 2 and "corrupt" in err and err.strip().count("\n") == 0
     rc, out, err = run_nas(*args, "--rebuild", "--json")
     assert rc == 0 and json.loads(out)["built_now"], err
