@@ -225,7 +225,10 @@ def run(args) -> int:
     _describe(model, args)
     fp, st = model.fingerprint, model.setting
     result = {
-        **{k: fp[k] for k in ("device", "device_name", "torch", "dtype", "memory_format", "threads", "clock")},
+        **{
+            k: fp[k]
+            for k in ("device", "device_name", "torch", "dtype", "memory_format", "threads", "allocator", "clock")
+        },
         "space": st["space"],
         "cost": st["cost"],
         "target_image_size": st["image_size"],

@@ -12,7 +12,8 @@ step time is measured with exactly the precision and layout that ``nas train`` t
   --memory-format``).
 
 :meth:`Runtime.fingerprint` is what a step time depends on beyond the network and its input: the
-device's name, torch version, dtype, memory format and CPU threads. Two figures with different
+device's name, torch version, dtype, memory format, CPU threads and allocator
+(:mod:`nas.core.allocator`). Two figures with different
 fingerprints are not comparable; the step-time tables of :mod:`nas.steptime` are keyed by it.
 """
 
@@ -28,6 +29,7 @@ from typing import Any
 
 import torch
 
+from nas.core.allocator import reuse_freed_memory
 from nas.errors import NasError, check_choice
 
 DEVICES = ("auto", "cpu", "cuda")  # and cuda:N
@@ -105,6 +107,8 @@ class Runtime:
     @classmethod
     def resolve(cls, device: str = "auto", amp: str = "auto", channels_last: str = "auto") -> Runtime:
         dev = resolve_device(device)
+        if dev.type == "cpu":
+            reuse_freed_memory()  # nas.core.allocator: a CPU step's time must not depend on the process's past
         return cls(dev, amp_dtype(dev, amp), use_channels_last(dev, channels_last))
 
     @property
@@ -157,6 +161,7 @@ class Runtime:
             "dtype": self.dtype_name,
             "memory_format": "channels_last" if self.channels_last else "contiguous",
             "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
+            "allocator": reuse_freed_memory() if self.device.type == "cpu" else None,
         }
 
 

@@ -3,10 +3,11 @@
 A run has one target (a step-time table, or the device the driver prepared the run on). Any
 direct timing that S, a table piece or a fidelity check rests on happens only in a process whose
 device matches the target's fingerprint: the same device type and name, torch version, dtype and
-memory format. The CPU thread count is the one part a process can match for a moment: a worker
-running on one thread of a 2-core machine sets torch to the target's two threads while it holds the
-device alone (:func:`nas.core.devicelock.timing`, which keeps every other trial on the device from
-training meanwhile), then goes back to its own. Anywhere else :class:`OffTarget` says what differs.
+memory format, and on a CPU the allocator (:mod:`nas.core.allocator`). The CPU thread count is the
+one part a process can match for a moment: a worker running on one thread of a 2-core machine sets
+torch to the target's two threads while it holds the device alone
+(:func:`nas.core.devicelock.timing`, which keeps every other trial on the device from training
+meanwhile), then goes back to its own. Anywhere else :class:`OffTarget` says what differs.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from nas.core import devicelock
 from nas.core.device import Runtime, num_threads
 from nas.errors import NasRuntimeError
 
-MATCHED = ("device_name", "torch", "dtype", "memory_format")
+MATCHED = ("device_name", "torch", "dtype", "memory_format", "allocator")
 
 
 class OffTarget(NasRuntimeError):

@@ -247,3 +247,15 @@ def test_step_fidelity_checks_the_table_on_candidates_it_has_not_seen(tmp_path):
 def data_points(data: dict) -> list[dict]:
     """The calibration networks a benchmark's table was fitted on (kept out of its checked set)."""
     return read(Path(data["table"])).correction["points"]
+
+
+@covers("bench_allocator.py")
+def test_allocator_prints_both_allocators_and_their_ratio():
+    out = run("bench_allocator.py")
+    row = rf"efficientnet-b0: system\s+{NUMBER} ms, kept\s+{NUMBER} ms, system/kept {NUMBER} \(range {NUMBER}-"
+    row += NUMBER + r"\)"
+    ((system, kept, ratio, lo, hi),) = figures(row, out)
+    finite([(system, kept, ratio, lo, hi)])
+    header = r"glibc as it comes \(system\) against (glibc-reuse|jemalloc|tcmalloc) \(kept\), 1 round$"
+    assert re.search(header, out, re.M), out
+    finite(figures(rf"^\s*(?:system|kept): system CPU time per child {NUMBER} s", out, count=2), positive=False)

@@ -206,7 +206,9 @@ for spec in sys.argv[1:]:
 
 
 def _peaks(*specs: str) -> list[dict]:
-    env = nas_env(MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS="1")
+    # NAS_MALLOC=system: nas's own allocator setting (nas.core.allocator, which keeps freed memory)
+    # would override the mmap threshold that makes each network's peak its own.
+    env = nas_env(MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS="1", NAS_MALLOC="system")
     p = subprocess.run(
         [sys.executable, "-c", PEAK, *specs], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
     )
