@@ -37,6 +37,7 @@ from search_spaces import Architecture
 from search_spaces import build as build_network
 
 CALIBRATION_SAMPLES = 5
+SPREAD_POOL = 200  # candidates ranked by piece sum, the calibration networks picked at their quantiles
 CALIBRATION_SEED = 1_000_003  # the sample stream of the calibration networks (a check draws from its own)
 PIECE_RUN_TIME = 0.02  # seconds of timed samples per piece and pass, at least
 PIECE_RUNS = 4  # ... and at least this many samples (Cost.time_piece: the fastest is kept)
@@ -45,6 +46,7 @@ MEASURE_RUN_TIME = 0.5  # seconds of timed full steps per network and repeat (at
 MEASURE_WARMUP = 2  # untimed steps first (the first allocates; kernels are warm from the pieces)
 MEASURE_REPEATS = 2  # a whole network is timed this often and the fastest kept (a check's timing)
 CALIBRATION_STEPS = 2  # steps at least per calibration network and pass (the cost says how many passes)
+CALIBRATION_WARMUP = 1  # untimed steps per calibration network and pass: its fastest pass is kept anyway
 
 Progress = Callable[[int, int, str], None]  # (done, total, what)
 
@@ -71,13 +73,29 @@ class _Bar:
 
 
 def calibration_archs(model, samples: int | None = None) -> list[Architecture]:
-    """The networks the correction is fitted on: the space's reference, then ``samples`` candidates
-    from a seeded stream of their own (the table records how many it used)."""
-    if samples is None:
-        points = (model.table.correction or {}).get("points")
-        samples = len(points) - 1 if points else CALIBRATION_SAMPLES
+    """The networks the correction is fitted on: the space's reference, then ``samples`` candidates.
+    A built table's are the ones its correction was fitted on (``samples`` None).
+
+    When the table holds every piece the space can produce (pre-filled), they are spread over the
+    space's range of costs: :data:`SPREAD_POOL` candidates are drawn from a seeded stream of their
+    own and ranked by their piece sums (microseconds each), and the network in the middle of each of
+    ``samples`` equal slices of that ranking taken.
+    A correction fitted on a handful of random draws saw a third of the range (2 CPU cores, step:
+    piece sums 185-558 ms, where the space's reach 119-1,233 ms) and extrapolated to the rest, by up
+    to 2x. Otherwise (a space too large to pre-fill, where each draw's pieces would be timed first)
+    they are random draws of the same stream."""
+    points = (model.table.correction or {}).get("points")
+    if samples is None and points:
+        return [Architecture.from_string(p["arch"]) for p in points]
+    samples = CALIBRATION_SAMPLES if samples is None else samples
     rng = np.random.default_rng(CALIBRATION_SEED)
-    return [model.space.reference()] + [model.space.sample(rng) for _ in range(samples)]
+    reference = model.space.reference()
+    if not model.table.prefilled:
+        return [reference] + [model.space.sample(rng) for _ in range(samples)]
+    pool = list(dict.fromkeys(a for a in (model.space.sample(rng) for _ in range(SPREAD_POOL)) if a != reference))
+    ranked = sorted(pool, key=lambda a: model.breakdown(a, corrected=False)["raw_ms"])
+    picks = sorted({min(len(ranked) - 1, int((i + 0.5) / samples * len(ranked))) for i in range(samples)})
+    return [reference] + [ranked[i] for i in picks]
 
 
 def _plan(model, archs: list[Architecture], image_size: int) -> list[tuple[Architecture, list[PieceRef]]]:
@@ -122,9 +140,17 @@ def _time_pass(model, runtime, short: Architecture, refs: list[PieceRef], image_
             clock=model.clock,
         )
         params, tensors = piece_params(module)
+        act = old["act_mb"] if old is not None else model.cost.piece_act_mb(module, x, runtime, kind=r.kind)
         if old is not None and old["ms"] <= ms:
             ms, iqr = old["ms"], old["iqr_ms"]
-        model.table.pieces[r.key] = {"ms": ms, "iqr_ms": iqr, "params": params, "tensors": tensors, "passes": passes}
+        model.table.pieces[r.key] = {
+            "ms": ms,
+            "iqr_ms": iqr,
+            "params": params,
+            "tensors": tensors,
+            "act_mb": act,
+            "passes": passes,
+        }
         model.table.save(durable=False)  # after every piece: a kill loses at most the one in flight
         if bar is not None:
             bar.step(r.kind)
@@ -149,6 +175,7 @@ def measure_network(
     min_run_time: float,
     repeats: int = MEASURE_REPEATS,
     min_steps: int = MIN_STEPS,
+    warmup: int = MEASURE_WARMUP,
 ) -> float:
     """A whole network's cost at the table's setting, timed directly on ``runtime``."""
     return model.cost.measure(
@@ -161,7 +188,7 @@ def measure_network(
         clock=model.clock,
         repeats=repeats,
         statistic="min",
-        warmup=MEASURE_WARMUP,
+        warmup=warmup,
         min_steps=min_steps,
     )
 
@@ -184,7 +211,9 @@ def _calibrate(model, runtime, calib: list[Architecture], bar: _Bar, measure_run
     for _ in range(model.cost.calibration_passes):
         for i, a in enumerate(calib):
             with torch.random.fork_rng(devices=runtime.cuda_indices):
-                ms = measure_network(model, runtime, a, None, measure_run_time, repeats=1, min_steps=CALIBRATION_STEPS)
+                ms = measure_network(
+                    model, runtime, a, None, measure_run_time, 1, CALIBRATION_STEPS, warmup=CALIBRATION_WARMUP
+                )
             measured[i] = min(measured[i], ms)
             bar.step("calibration network")
     rows = []
@@ -196,6 +225,7 @@ def _calibrate(model, runtime, calib: list[Architecture], bar: _Bar, measure_run
                 "raw_ms": b["raw_ms"],
                 "blocks": b["blocks"],
                 "params": b["params"],
+                "act_mb": b["act_mb"],
                 "measured_ms": ms,
             }
         )
@@ -212,15 +242,14 @@ def build(model, *, progress: bool | Progress, measure_run_time: float, samples:
             f"setting ({'resuming, ' if model.table.pieces else ''}a few minutes): {model.path}"
         )
     covers = covering_architectures(model.space, tgt.image_size, tgt.batch_size, model.num_classes) or []
-    calib = calibration_archs(model, samples)
-    bar = _Bar(progress, _pending_pieces(model, covers) + model.cost.calibration_passes * len(calib))
+    bar = _Bar(progress, _pending_pieces(model, covers) + model.cost.calibration_passes * (samples + 1))
     try:
         with on_target(
             model.fingerprint, needed_for="building a step-time table", cover="build it on its device"
         ) as runtime:
             time_missing(model, runtime, covers, tgt.image_size, bar)
             model.table.prefilled = bool(covers)
-            rows = _calibrate(model, runtime, calib, bar, measure_run_time)
+            rows = _calibrate(model, runtime, calibration_archs(model, samples), bar, measure_run_time)
     finally:
         bar.close()
         model.table.build_s = time.perf_counter() - t0
@@ -268,5 +297,5 @@ def check_fields(model) -> dict[str, Any]:
         "prefilled": t.prefilled,
         "build_s": t.build_s,
         "built_now": model.built,
-        "correction": {k: t.correction[k] for k in ("form", "a", "b", "d", "c", "loo_mape")},
+        "correction": {k: t.correction[k] for k in ("form", "a", "b", "d", "e", "c", "loo_mape")},
     }

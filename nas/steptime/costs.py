@@ -67,6 +67,25 @@ class Cost(abc.ABC):
     def piece_step(self, module: nn.Module, x: torch.Tensor, runtime: Runtime, *, kind: str, num_classes: int):
         """A closure running this cost's work for one piece on its real input."""
 
+    def piece_act_mb(self, module: nn.Module, x: torch.Tensor, runtime: Runtime, *, kind: str) -> float:
+        """Megabytes of activations the piece's work holds (:mod:`nas.steptime.correction` says why
+        that matters): by default every tensor its modules output, once each."""
+        sizes: dict[int, int] = {}
+
+        def hook(_m, _inputs, out) -> None:
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, torch.Tensor):
+                    sizes.setdefault(id(t), t.numel() * t.element_size())
+
+        handles = [m.register_forward_hook(hook) for m in module.modules() if not any(m.children())]
+        try:
+            with torch.inference_mode(), runtime.autocast():
+                module.eval()(x.detach())
+        finally:
+            for h in handles:
+                h.remove()
+        return sum(sizes.values()) / 1e6
+
     def time_piece(
         self,
         module: nn.Module,
@@ -169,6 +188,25 @@ class StepCost(Cost):
             scaler.update()
 
         return step
+
+    def piece_act_mb(self, module, x, runtime, *, kind):
+        """Every tensor the piece's forward saves for its backward, once each, its parameters left out
+        (:func:`nas.core.memory.estimate_step_memory` counts a whole network's the same way): what the
+        backward reads back."""
+        x = x.detach().requires_grad_(kind != "stem")
+        module.train()
+        own = {id(t) for t in (*module.parameters(), *module.buffers())}
+        saved: dict[int, torch.Tensor] = {}  # holding them keeps every id unique while the pass runs
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            base = t if t._base is None else t._base
+            if id(base) not in own:
+                saved.setdefault(id(base), base)
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), runtime.autocast():
+            module(x)
+        return sum(t.numel() * t.element_size() for t in saved.values()) / 1e6
 
 
 class LatencyCost(Cost):

@@ -3,16 +3,19 @@
 Prediction (the formula :meth:`StepTimeModel.breakdown` computes and the tests check)::
 
     raw(arch)  = sum over the pieces p of arch:  count_p * ms_p                   (pieces.py, costs.py)
-    predicted  = a * raw(arch) + b * blocks(arch) + d * params(arch) + c          (correction.py)
+    predicted  = a * raw(arch) + b * blocks(arch) + d * params(arch)
+                 + e * act(arch) + c                                            (correction.py)
                  bounded to [0.9 * min r, 1.1 * max r] * raw(arch), r: measured / raw of the
                  calibration networks (correction.correct: no extrapolation past what was measured)
 
 ``ms_p`` is piece p's share of the cost at the target setting (for the training step: its forward,
 backward and RMSprop step over its parameters; for latency: its forward pass in evaluation mode),
-``blocks`` the network's number of blocks and ``params`` its parameter count. The correction stands
-for what timing pieces one at a time misses (per-step costs paid once, per-call overheads each
-separately timed piece pays, cache effects); which terms are used, if any, is decided by
-leave-one-out error on the calibration networks (:mod:`nas.steptime.correction`).
+``blocks`` the network's number of blocks, ``params`` its parameter count and ``act`` the megabytes
+of activations its pieces hold (saved for the backward pass; produced, for latency). The correction
+stands for what timing pieces one at a time misses (per-step costs paid once, per-call overheads
+each separately timed piece pays, activations that a piece alone finds in cache and the whole
+network reads back from memory); which terms are used, if any, is decided by leave-one-out error on
+the calibration networks (:mod:`nas.steptime.correction`).
 
 A model predicts from its table alone, in any process on any machine. A piece the table lacks (a
 space too large to pre-fill such as ``mnasnet``, another resolution in ``nas grid-scale``) is timed
@@ -241,10 +244,12 @@ class StepTimeModel:
             "raw_ms": sum(n * p["ms"] for _, n, p in rows),
             "params": sum(n * p["params"] for _, n, p in rows),
             "tensors": sum(n * p["tensors"] for _, n, p in rows),
+            "act_mb": sum(n * p["act_mb"] for _, n, p in rows),
             "blocks": arch.num_blocks,
         }
         if corrected:
-            out["predicted_ms"] = correct(self.table.correction, out["raw_ms"], out["blocks"], out["params"])
+            c = self.table.correction
+            out["predicted_ms"] = correct(c, out["raw_ms"], out["blocks"], out["params"], out["act_mb"])
         return out
 
     def predict(self, arch: Architecture, image_size: int | None = None) -> float:
@@ -261,11 +266,16 @@ class StepTimeModel:
         arch: Architecture,
         image_size: int | None = None,
         min_run_time: float = MEASURE_RUN_TIME,
-        repeats: int = builder.MEASURE_REPEATS,
+        repeats: int | None = None,
     ) -> float:
-        """The full-size cost of ``arch`` timed directly at the target setting on the target device,
-        the fastest of ``repeats`` timings as the calibration networks are timed: what a prediction
-        is checked against. :class:`~nas.steptime.ontarget.OffTarget` off the target."""
+        """The full-size cost of ``arch`` timed directly at the target setting on the target device:
+        what a prediction is checked against. The fastest of ``repeats`` timings, by default as many
+        as the calibration networks had passes (:attr:`Cost.calibration_passes`): the fastest of
+        more samples is lower, and a check that took fewer than the correction was fitted on would
+        find every prediction low (latency, 4 passes against 2 repeats: all 12 candidates of a check
+        2-14% under their timings, Spearman 1.00). :class:`~nas.steptime.ontarget.OffTarget` off the
+        target."""
+        repeats = self.cost.calibration_passes if repeats is None else repeats
         with (
             on_target(
                 self.fingerprint,

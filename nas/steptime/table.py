@@ -1,7 +1,7 @@
 """The step-time table: one self-describing JSON file per target device and setting.
 
 A table is what a *target* is: the device it was timed on (:func:`fingerprint`: device type and
-name, torch version, dtype, memory format, CPU threads, clock), the setting it stands for
+name, torch version, dtype, memory format, CPU threads, allocator, clock), the setting it stands for
 (:func:`setting`: space, cost, image size, batch size, class count, compiled or not), the timed
 pieces, the correction fitted on calibration networks, and the build's own check. ``nas calibrate
 --out FILE`` writes one anywhere; ``nas search --target FILE`` uses it for S on every process,
@@ -19,16 +19,19 @@ sees half a table, and any process that adds to a table does so under an exclusi
 file beside it, re-reading the file first. A file that is not valid JSON, not a step-time table, or
 holds an impossible value raises one :class:`NasError` line naming the file.
 
-Format (``nas.steptime/2``)::
+Format (``nas.steptime/3``)::
 
-    {"format": "nas.steptime/2",
+    {"format": "nas.steptime/3",
      "fingerprint": {"device": "cpu", "device_name": ..., "torch": ..., "dtype": "float32",
-                     "memory_format": "channels_last", "threads": 2, "clock": "wall"},
+                     "memory_format": "channels_last", "threads": 2, "allocator": "glibc-reuse",
+                     "clock": "wall"},
      "setting": {"space": "trainaware", "cost": "step", "image_size": 64, "batch_size": 16,
                  "num_classes": 10, "compiled": false},
-     "pieces": {KEY: {"ms": 1.9, "iqr_ms": 0.05, "params": 10368, "tensors": 3, "passes": 2}, ...},
-     "correction": {"a": 1.02, "b": 0.0, "d": 0.0, "c": 4.1, "form": "a*raw + c", "loo_mape": 0.04,
-                    "points": [{"arch": ..., "raw_ms": ..., "blocks": ..., "params": ..., "measured_ms": ...}]},
+     "pieces": {KEY: {"ms": 1.9, "iqr_ms": 0.05, "params": 10368, "tensors": 3, "act_mb": 1.6,
+                      "passes": 2}, ...},
+     "correction": {"a": 1.0, "b": 0.0, "d": 0.0, "e": 0.13, "c": 0.0, "form": "raw + e*act",
+                    "loo_mape": 0.04, "points": [{"arch": ..., "raw_ms": ..., "blocks": ..., "params": ...,
+                                                  "act_mb": ..., "measured_ms": ...}]},
      "check": null or {"spearman": ..., "kendall_tau": ..., "mape": ..., "within_10pct": ..., "n": ..., "rows": [...]},
      "prefilled": true, "build_s": 54.2, "created": "2026-..."}
 """
@@ -48,9 +51,9 @@ from typing import Any
 from nas.core.files import atomic_write_json, file_lock
 from nas.errors import NasError
 
-FORMAT = "nas.steptime/2"
+FORMAT = "nas.steptime/3"
 FIELDS = {"format", "fingerprint", "setting", "pieces", "correction", "check", "prefilled", "build_s", "created"}
-PIECE_FIELDS = {"ms", "iqr_ms", "params", "tensors", "passes"}
+PIECE_FIELDS = {"ms", "iqr_ms", "params", "tensors", "act_mb", "passes"}
 REBUILD_HINT = "rebuild it with `nas calibrate --rebuild` or delete it"
 
 
@@ -178,6 +181,7 @@ def _validate_pieces(pieces: Any, path: Path) -> None:
             raise _bad(path, f"has a malformed piece {key!r}")
         _number(path, f"{key} ms", p["ms"], positive=True)
         _number(path, f"{key} iqr_ms", p["iqr_ms"])
+        _number(path, f"{key} act_mb", p["act_mb"])
         for k in ("params", "tensors", "passes"):
             _count(path, f"{key} {k}", p[k])
 
@@ -185,10 +189,10 @@ def _validate_pieces(pieces: Any, path: Path) -> None:
 def _validate_correction(corr: Any, path: Path) -> None:
     if corr is None:
         return
-    if not isinstance(corr, dict) or not {"a", "b", "c", "d"} <= set(corr):
+    if not isinstance(corr, dict) or not {"a", "b", "c", "d", "e"} <= set(corr):
         raise _bad(path, "has a malformed correction")
     _number(path, "correction a", corr["a"], positive=True)
-    for k in ("b", "c", "d"):
+    for k in ("b", "c", "d", "e"):
         v = corr[k]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise _bad(path, f"has an impossible value at correction {k}: {v!r}")

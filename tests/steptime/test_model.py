@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,11 +16,14 @@ import torch
 
 from nas.cli import main
 from nas.core.device import Runtime
+from nas.core.memory import estimate_step_memory
 from nas.errors import NasError
 from nas.steptime import StepTimeModel, Target, check, default_target
+from nas.steptime import build as build_mod
 from nas.steptime import table as tables
 from nas.steptime.build import calibration_archs
 from nas.steptime.correction import correct, fit_correction
+from nas.steptime.costs import COSTS
 from nas.steptime.cover import covering_architectures
 from nas.steptime.pieces import decompose, extract, piece_params
 from search_spaces import Architecture, Stage, build, count_params, get_space, preset, scale
@@ -100,6 +104,11 @@ def test_pieces_are_the_networks_own_modules():
     # Parameters of the pieces, counted with their multiplicity, are the network's.
     total = sum(n * piece_params(found[r.key][0])[0] for r, n in refs)
     assert total == count_params(TINY, 10)
+    # So are the activations they save for the backward pass (the correction's ``act`` term), as the
+    # memory estimate counts them on the whole network; latency's are what the forward produces.
+    act = sum(n * COSTS["step"].piece_act_mb(*found[r.key], rt, kind=r.kind) for r, n in refs)
+    assert act == pytest.approx(estimate_step_memory(TINY, 2, 16, 10).activations / 1e6, rel=0.02)
+    assert 0 < sum(n * COSTS["latency"].piece_act_mb(*found[r.key], rt, kind=r.kind) for r, n in refs) < act
 
 
 def test_trainaware_is_prefilled_completely_and_mnasnet_lazily():
@@ -124,7 +133,8 @@ def test_prediction_is_the_documented_formula(built):
         pieces = [(data["pieces"][r.key], n) for r, n in decompose(arch, 16, 2, 10)]
         raw = sum(n * p["ms"] for p, n in pieces)
         params = count_params(arch, 10)
-        expected = corr["a"] * raw + corr["b"] * arch.num_blocks + corr["d"] * params + corr["c"]
+        saved = sum(n * p["act_mb"] for p, n in pieces)
+        expected = corr["a"] * raw + corr["b"] * arch.num_blocks + corr["d"] * params + corr["e"] * saved + corr["c"]
         ratios = [p["measured_ms"] / p["raw_ms"] for p in corr["points"]]
         expected = min(max(expected, 0.9 * min(ratios) * raw), 1.1 * max(ratios) * raw)
         assert built.predict(arch) == pytest.approx(expected, rel=1e-12)
@@ -143,6 +153,10 @@ def test_correction_is_the_least_squares_fit():
     fit = fit_correction(rows)
     assert fit["form"] == "a*raw + d*params + c"
     assert (fit["a"], fit["b"], fit["d"], fit["c"]) == pytest.approx((0.9, 0, 2, 1))
+    # A cost in the saved activations on top of the pieces (a CPU's caches): one coefficient, a stays 1.
+    saved = [130.0, 90.0, 400.0, 210.0, 60.0]
+    fit = fit_correction([{**r, "act_mb": m, "measured_ms": r["raw_ms"] + 0.13 * m} for r, m in zip(rows, saved)])
+    assert fit["form"] == "raw + e*act" and (fit["a"], fit["e"], fit["c"]) == pytest.approx((1, 0.13, 0))
     # Data a scale explains: the simplest form that does wins.
     fit = fit_correction([{**r, "measured_ms": 1.2 * r["raw_ms"]} for r in rows])
     assert fit["form"] == "a*raw" and fit["a"] == pytest.approx(1.2)
@@ -160,10 +174,40 @@ def test_correction_is_the_least_squares_fit():
         "a": 1.0,
         "b": 0.0,
         "d": 0.0,
+        "e": 0.0,
         "c": 0.0,
         "form": "raw",
         "loo_mape": pytest.approx(np.mean([0.08 / 1.08, 0.07 / 0.93, 0, 0.03 / 0.97, 0.06 / 1.06, 0.08 / 0.92])),
     }
+
+
+def _size(arch: Architecture) -> float:
+    """A stand-in piece sum for calibration_archs: grows with depth, expansion and width."""
+    return float(sum(s.repeats * s.expansion * s.out * s.kernel for s in arch.stages))
+
+
+def test_calibration_networks_span_the_spaces_range_of_costs():
+    space = get_space("trainaware")
+    stub = SimpleNamespace(
+        space=space,
+        table=SimpleNamespace(prefilled=True, correction=None),
+        breakdown=lambda a, corrected: {"raw_ms": _size(a)},
+    )
+    calib = calibration_archs(stub, 7)
+    assert calib[0] == space.reference() and len(set(calib)) == 8
+    picked = [_size(a) for a in calib[1:]]
+    assert picked == sorted(picked)
+    pool = [_size(space.sample(np.random.default_rng(s))) for s in range(200)]
+    lo, hi = np.quantile(pool, [0.15, 0.85])
+    assert picked[0] <= lo and picked[-1] >= hi, (picked, lo, hi)  # both ends of the range, not the middle
+    assert np.quantile(pool, 0.4) <= picked[3] <= np.quantile(pool, 0.6)  # and the middle
+    # A space the table cannot pre-fill: random draws (their pieces are timed first), and a built
+    # table's are the networks its correction was fitted on, whatever the sampling does now.
+    stub.table.prefilled = False
+    rng = np.random.default_rng(build_mod.CALIBRATION_SEED)
+    assert calibration_archs(stub, 3) == [space.reference()] + [space.sample(rng) for _ in range(3)]
+    stub.table.correction = {"points": [{"arch": a.to_string()} for a in calib[:3]]}
+    assert calibration_archs(stub) == calib[:3]
 
 
 def test_a_correction_never_extrapolates_past_the_measured_ratios():
