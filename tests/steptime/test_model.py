@@ -143,12 +143,15 @@ def test_prediction_is_the_documented_formula(built):
 
 def test_correction_is_the_least_squares_fit():
     rows = [
-        {"raw_ms": r, "blocks": b, "params": p, "measured_ms": 1.5 * r - 0.5 * b + 3}
+        {"raw_ms": r, "blocks": b, "params": p, "measured_ms": 1.5 * r + 0.5 * b + 3}
         for r, b, p in [(10, 4, 7), (20, 5, 3), (30, 9, 11), (45, 7, 5), (60, 12, 2)]
     ]
     fit = fit_correction(rows)
     assert fit["form"] == "a*raw + b*blocks + c" and fit["loo_mape"] == pytest.approx(0, abs=1e-9)
-    assert (fit["a"], fit["b"], fit["d"], fit["c"]) == pytest.approx((1.5, -0.5, 0, 3.0))
+    assert (fit["a"], fit["b"], fit["d"], fit["c"]) == pytest.approx((1.5, 0.5, 0, 3.0))
+    # A block that would take time off a step is a fitting artefact: never the chosen form.
+    fit = fit_correction([{**r, "measured_ms": r["measured_ms"] - 1.0 * r["blocks"]} for r in rows])
+    assert fit["form"] != "a*raw + b*blocks + c" and fit["b"] == 0 and fit["d"] >= 0 and fit["e"] >= 0
     rows = [{**r, "measured_ms": 0.9 * r["raw_ms"] + 2 * r["params"] + 1} for r in rows]
     fit = fit_correction(rows)
     assert fit["form"] == "a*raw + d*params + c"
