@@ -98,18 +98,21 @@ def fit_correction(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
     Each form of :data:`CORRECTION_FORMS` is scored by leave-one-out: fitted without each network in
     turn, its relative error on the one left out. A fitted form replaces the raw sum only when it
-    beats the raw sum's error on all calibration networks but at most one, and then the one with the
+    beats the raw sum's error on at least half the calibration networks, and then the one with the
     lowest mean error wins, a form with more coefficients only when each extra one takes
     :data:`COMPLEXITY_MARGIN` off that error. A fit that charges a negative time per block,
     parameter or megabyte of activations is an artefact of fitting a few points and never taken (2
     CPU cores: ``-4.4 ms * blocks + 218 ms`` scored best on its six calibration networks, 2.2%, and
     erred 4.7% on 12 unseen candidates, where ``raw + e*act`` erred 3.2%). A correction that stands
     for something systematic (per-piece overheads that the full step does not pay, as on a GPU;
-    activations read back from memory, as on a CPU) improves every network and passes; one that fits
-    the noise of a handful of timings on a shared CPU does not, and the raw sum is kept. Rows are
-    ``{raw_ms, blocks, params, act_mb, measured_ms}`` (``act_mb`` 0 when absent); a form with k
-    coefficients is tried on at least k + 2 rows, and not at all when a term it frees has the same
-    value on every row."""
+    activations read back from memory, as on a CPU) improves most networks and passes; one that fits
+    the noise of a handful of timings on a shared CPU does not, and the raw sum is kept (the margin
+    keeps it too). Most, not all: the calibration networks span the space, and where the largest run
+    at their piece sums while the rest run 5-15% over (latency on 2 CPU cores: ratios 0.99-1.15), a
+    rule asking every network but one to improve kept the raw sum, 8.7% off on unseen candidates,
+    where ``raw + c`` erred 3.4%. Rows are ``{raw_ms, blocks, params, act_mb, measured_ms}``
+    (``act_mb`` 0 when absent); a form with k coefficients is tried on at least k + 2 rows, and not
+    at all when a term it frees has the same value on every row."""
     x = np.array([_row(*(r.get(f, 0.0) for f in FEATURES)) for r in rows])
     y = np.array([r["measured_ms"] for r in rows], dtype=float)
     n = len(rows)
@@ -124,6 +127,6 @@ def fit_correction(rows: list[dict[str, Any]]) -> dict[str, Any]:
             continue  # a block, a parameter or a megabyte of activations never takes time off a step
         errs = _loo_errors(x, y, free)
         need = COMPLEXITY_MARGIN * max(0, len(free) - k) + 1e-9  # a tie (to rounding) keeps the simpler
-        if (errs < base).sum() >= n - 1 and errs.mean() < loo - need:
+        if (errs < base).sum() >= (n + 1) // 2 and errs.mean() < loo - need:
             name, loo, coef, k = form, float(errs.mean()), c, len(free)
     return {**{t: float(v) for t, v in zip(TERMS, coef)}, "form": name, "loo_mape": loo}

@@ -163,7 +163,7 @@ def test_correction_is_the_least_squares_fit():
     # Data a scale explains: the simplest form that does wins.
     fit = fit_correction([{**r, "measured_ms": 1.2 * r["raw_ms"]} for r in rows])
     assert fit["form"] == "a*raw" and fit["a"] == pytest.approx(1.2)
-    # Noise around the raw sum: no fit beats it on all networks but one, so none is kept.
+    # Noise around the raw sum: no fit beats it by the margin its coefficients owe, so none is kept.
     noisy = [
         {"raw_ms": r, "blocks": b, "params": p, "measured_ms": r * f}
         for r, b, p, f in zip(
