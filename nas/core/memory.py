@@ -76,7 +76,18 @@ def _meta_step(
     device), and the network's parameter count."""
     with torch.device("meta"):
         model = build(arch, num_classes).train()
-    own = {id(t) for t in (*model.parameters(), *model.buffers())}
+    x = torch.empty(batch_size, 3, image_size, image_size, device="meta")
+    y = torch.zeros(batch_size, dtype=torch.int64, device="meta")
+    with saved_for_backward(model) as saved:
+        nn.functional.cross_entropy(model(x), y, label_smoothing=0.1)
+    return list(saved.values()), sum(p.numel() for p in model.parameters())
+
+
+@contextlib.contextmanager
+def saved_for_backward(module: nn.Module) -> Iterator[dict[int, torch.Tensor]]:
+    """Every tensor autograd saves for the backward pass inside the block, once each (by its base
+    storage), ``module``'s own parameters and buffers left out: a dict filled as the block runs."""
+    own = {id(t) for t in (*module.parameters(), *module.buffers())}
     saved: dict[int, torch.Tensor] = {}  # holding them keeps every id unique while the pass runs
 
     def pack(t: torch.Tensor) -> torch.Tensor:
@@ -85,11 +96,8 @@ def _meta_step(
             saved.setdefault(id(base), base)
         return t
 
-    x = torch.empty(batch_size, 3, image_size, image_size, device="meta")
-    y = torch.zeros(batch_size, dtype=torch.int64, device="meta")
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        nn.functional.cross_entropy(model(x), y, label_smoothing=0.1)
-    return list(saved.values()), sum(p.numel() for p in model.parameters())
+        yield saved
 
 
 def estimate_step_memory(

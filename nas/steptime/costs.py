@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from nas.core.device import Runtime
+from nas.core.memory import saved_for_backward
 from nas.errors import NasError
 from nas.steptime.measure import MIN_STEPS, fastest_of, measure_step_time
 from nas.training.config import TrainConfig
@@ -194,17 +195,7 @@ class StepCost(Cost):
         (:func:`nas.core.memory.estimate_step_memory` counts a whole network's the same way): what the
         backward reads back."""
         x = x.detach().requires_grad_(kind != "stem")
-        module.train()
-        own = {id(t) for t in (*module.parameters(), *module.buffers())}
-        saved: dict[int, torch.Tensor] = {}  # holding them keeps every id unique while the pass runs
-
-        def pack(t: torch.Tensor) -> torch.Tensor:
-            base = t if t._base is None else t._base
-            if id(base) not in own:
-                saved.setdefault(id(base), base)
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), runtime.autocast():
+        with saved_for_backward(module.train()) as saved, runtime.autocast():
             module(x)
         return sum(t.numel() * t.element_size() for t in saved.values()) / 1e6
 
