@@ -79,11 +79,11 @@ def calibration_archs(model, samples: int | None = None) -> list[Architecture]:
     When the table holds every piece the space can produce (pre-filled), they are spread over the
     space's range of costs: :data:`SPREAD_POOL` candidates are drawn from a seeded stream of their
     own and ranked by their piece sums (microseconds each), and the network in the middle of each of
-    ``samples`` equal slices of that ranking taken.
-    A correction fitted on a handful of random draws saw a third of the range (2 CPU cores, step:
-    piece sums 185-558 ms, where the space's reach 119-1,233 ms) and extrapolated to the rest, by up
-    to 2x. Otherwise (a space too large to pre-fill, where each draw's pieces would be timed first)
-    they are random draws of the same stream."""
+    ``samples`` equal slices of that ranking taken. A correction fitted on a handful of random draws
+    saw a third of the range (2 CPU cores, step: piece sums 185-558 ms, where the space's reach
+    119-1,233 ms) and extrapolated to the rest, by up to 2x. Otherwise (a space too large to
+    pre-fill, where each draw's pieces would be timed first) they are random draws of the same
+    stream."""
     points = (model.table.correction or {}).get("points")
     if samples is None and points:
         return [Architecture.from_string(p["arch"]) for p in points]
