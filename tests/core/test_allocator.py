@@ -11,15 +11,16 @@ import pytest
 
 from tests.helpers import REPO, nas_env
 
-# Allocate, touch and free eight 32 MiB tensors three times (a training step's gradients, step after
+# Allocate, touch and free eight 32 MiB tensors six times (a training step's gradients, step after
 # step), counting the minor page faults of each round: with glibc as it comes every block is mmapped
-# afresh and faults in again; kept, the last round reuses the pages of the ones before.
+# afresh and faults in again, every round; kept, the heap settles within a few rounds and the later
+# ones reuse its pages (under load a later round may still place one block fresh: 8,192 pages).
 CHILD = """
 import json, resource, torch
 from nas.core.device import Runtime
 fp = Runtime.resolve("cpu").fingerprint()
 faults = []
-for _ in range(3):
+for _ in range(6):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     xs = [torch.empty(8 * 2**20, dtype=torch.float32).fill_(1.0) for _ in range(8)]
     del xs
@@ -42,7 +43,8 @@ def test_a_cpu_runtime_keeps_freed_memory_and_the_fingerprint_says_so():
     kept = _child(NAS_MALLOC="")
     assert kept["allocator"] == "glibc-reuse"
     assert kept["faults"][0] > PAGES // 2, kept  # the first touch faults the blocks in
-    assert kept["faults"][-1] < PAGES // 20, kept  # the last reuses them
+    assert sum(kept["faults"][3:]) < PAGES // 2, kept  # the last three rounds together: under half of one
+    assert min(kept["faults"][3:]) < PAGES // 20, kept  # and at least one reuses every block
     system = _child(NAS_MALLOC="system")
     assert system["allocator"] == "system"
-    assert system["faults"][-1] > PAGES // 2, system  # glibc as it comes: unmapped on free, faulted again
+    assert min(system["faults"][3:]) > PAGES // 2, system  # as it comes: unmapped on free, faulted again
