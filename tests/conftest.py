@@ -1,5 +1,5 @@
 """Fixtures shared by the whole suite: a private cache for step-time tables, the CLI as a fixture,
-the stand-in evaluation installed in this process, and one torch thread (constants and helpers:
+the stand-in evaluation installed in this process, and one torch thread everywhere (constants and helpers:
 :mod:`tests.helpers`)."""
 
 from __future__ import annotations
@@ -45,12 +45,13 @@ def standin(monkeypatch):
     return mod
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    """One torch thread for a test module, here and in subprocesses (OMP_NUM_THREADS). The suite's
-    networks are tiny: a second intra-op thread gains nothing, and on a busy 2-core machine the
-    threads spin against other jobs and a 32-px step takes ten times longer. Module-scoped, so a
-    module's own module-scoped fixtures (a step-time table built once) can ask for it too."""
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """One torch thread for the whole session, here and in every subprocess (OMP_NUM_THREADS). The
+    suite's networks are tiny: a second intra-op thread gains nothing, and on a busy 2-core machine an
+    idle OpenMP thread spins against the other worker's jobs (a 4-trial tiny search beside one busy
+    core: 9.9 s of CPU with one thread, 19.2 s with two, 23.5 s with the default). A test about
+    threads sets its own count and puts one back."""
     before, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)

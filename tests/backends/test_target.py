@@ -85,7 +85,7 @@ def plugins(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def table(tmp_path_factory, plugins, one_thread) -> Path:
+def table(tmp_path_factory, plugins) -> Path:
     """The target: this process's CPU on one thread, 16 px, batch 2, ten classes (the fake data's)."""
     path = tmp_path_factory.mktemp("target") / "target.json"
     StepTimeModel.load_or_build("test-target", Runtime.resolve("cpu"), Target(16, 2), path=path, num_classes=10, **FAST)

@@ -61,7 +61,7 @@ def test_a_start_on_a_gpu_that_does_not_exist_leaves_nothing_and_the_corrected_c
     assert main([*args, "--device", "cpu"]) == 0, capsys.readouterr().err
 
 
-def test_a_start_refused_for_an_unusable_step_time_cache_leaves_nothing(tmp_path, capsys, monkeypatch, one_thread):
+def test_a_start_refused_for_an_unusable_step_time_cache_leaves_nothing(tmp_path, capsys, monkeypatch):
     blocker = tmp_path / "cache"
     blocker.write_text("a file where the cache directory should be")
     monkeypatch.setenv("NAS_CACHE_DIR", str(blocker))

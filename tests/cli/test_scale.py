@@ -275,7 +275,7 @@ def test_empty_grid_through_the_command_line(run_nas, tmp_path):
 
 
 @pytest.mark.slow
-def test_grid_scale_end_to_end_then_resume_then_scale(capsys, tmp_path, one_thread):
+def test_grid_scale_end_to_end_then_resume_then_scale(capsys, tmp_path):
     run = tmp_path / "grid"
     args = ["grid-scale", "--base", TINY, "--max-candidates", "3", "--out", run, *TINY_PROXY]
     rc, out, err = cli(capsys, *args)

@@ -31,8 +31,6 @@ from nas.errors import NasError
 from search_spaces import Architecture, build, preset
 from tests.helpers import REPO, TINY_ARCH, nas_env
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread (conftest.py)
-
 CPU = Runtime.resolve("cpu")
 ALLOCATOR = (
     "DefaultCPUAllocator: can't allocate memory: you tried to allocate 25836912640 bytes. "

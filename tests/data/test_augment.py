@@ -9,8 +9,6 @@ from torchvision.transforms import v2
 from nas.data import BatchRandAugment, make_loader, make_mixup, resize
 from nas.errors import NasError
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread (conftest.py)
-
 
 def test_randaugment_draws_its_ops_per_image_like_the_per_image_transform(digits):
     one = resize(digits.train.images[:1], 16).repeat(64, 1, 1, 1)  # 64 copies of one image

@@ -10,8 +10,6 @@ import nas.data.batches as batches_mod
 from nas.data import TensorImages, load_dataset, make_batches, make_loader
 from nas.errors import NasError
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread (conftest.py)
-
 
 @pytest.mark.parametrize("size", [8, 16, 27, 32])
 def test_loader_yields_normalised_float_batches(digits, size):

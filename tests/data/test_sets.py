@@ -9,8 +9,6 @@ import torch
 from nas.data import DATASETS, TensorImages, load_dataset, make_loader, split_indices
 from nas.errors import NasError
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread (conftest.py)
-
 
 def test_digits_items_are_uint8_rgb_with_int_labels(digits):
     assert digits.name == "digits" and digits.num_classes == 10 and digits.native_size == 8

@@ -20,8 +20,6 @@ from nas.training.loop import fit
 from search_spaces import Architecture, build
 from tests.helpers import TINY_ARCH
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread (conftest.py)
-
 # TF "same" padding (computed per call), ReLU6, a nominal input width, BatchNorm eps 1e-5.
 TF_STYLE = "stem16,r1_k3_s2_e4_i8_o16_c1_noskip,r2_k5_s2_e6_i16_o24,head64,res48,act_relu6,bneps1e-05,pad_same"
 

@@ -16,8 +16,6 @@ from nas.scaling.grid import base_slug
 from search_spaces import Architecture
 from tests.helpers import NOT_CHECKPOINTS, TINY_ARCH, error_line
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread (conftest.py)
-
 
 def export(capsys, *args) -> str:
     """``nas export TINY_ARCH *args``, refused: its one error line."""

@@ -22,7 +22,6 @@ from search_spaces import (
     space_names,
 )
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread (conftest.py)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 

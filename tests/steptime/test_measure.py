@@ -11,8 +11,6 @@ from nas.core.device import Runtime, resolve_device
 from nas.steptime.measure import StepTime, make_train_step, measure_step_time, time_step
 from search_spaces import Architecture, NasError, build
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread (conftest.py)
-
 TINY = Architecture.from_string("stem8,r1_k3_s1_e1_i8_o8_se0.25,r2_k3_s2_e4_i8_o16_c1,head32,res32")
 FAST = {"batch_size": 2, "image_size": 32, "num_classes": 10, "warmup": 1, "min_run_time": 0.05}
 

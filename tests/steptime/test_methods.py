@@ -26,7 +26,6 @@ from tests.helpers import TINY_ARCH
 
 FAST = {"piece_run_time": 0.002, "measure_run_time": 0.01, "calibration_samples": 3}
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread (conftest.py)
 
 TINY = Architecture.from_string(TINY_ARCH)
 
@@ -62,7 +61,7 @@ def _settings(method: str) -> TrialSettings:
 
 
 @pytest.fixture(scope="module")
-def targets(tmp_path_factory, one_thread) -> dict[str, PreparedTarget]:
+def targets(tmp_path_factory) -> dict[str, PreparedTarget]:
     """Every method's target for a tiny reference, prepared as a run prepares it."""
     out = {}
     for name in METHODS:

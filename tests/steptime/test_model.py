@@ -30,8 +30,6 @@ from search_spaces import Architecture, Stage, build, count_params, get_space, p
 from search_spaces.base import SearchSpace
 from tests.helpers import main_in_process
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread (conftest.py)
-
 TINY = Architecture.from_string("stem8,r1_k3_s1_e1_i8_o8_se0.25,r2_k3_s2_e4_i8_o16_c1,head32,res32")
 FAST = {"piece_run_time": 0.002, "measure_run_time": 0.01, "calibration_samples": 3, "num_classes": 10}
 TARGET = Target(16, 2)
@@ -58,7 +56,7 @@ class TinySpace(SearchSpace):
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, one_thread):
+def built(tmp_path_factory):
     """A tiny table built once for the module's tests that only read it."""
     d = tmp_path_factory.mktemp("tables")
     return StepTimeModel.load_or_build(TinySpace(), Runtime.resolve("cpu"), TARGET, table_dir=d, **FAST)

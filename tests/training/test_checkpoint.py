@@ -18,8 +18,6 @@ from nas.training.progressive import get_schedule
 from search_spaces import Architecture
 from tests.helpers import TINY_TRAIN, Evil
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread (conftest.py)
-
 
 def test_resumed_run_equals_an_uninterrupted_one(small, tiny_model, cfg, tmp_path):
     c = cfg(epochs=3, progressive=get_schedule("m", stages=3, size_start=8, size_end=16), ema_decay=0.9)

@@ -12,8 +12,6 @@ from nas.cli import main
 from nas.training.step import TrainStep
 from tests.helpers import NOT_CHECKPOINTS, TRAIN_ARGS, Evil, error_line
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread (conftest.py)
-
 ALLOCATOR = "DefaultCPUAllocator: can't allocate memory: you tried to allocate 25836912640 bytes."
 
 

@@ -14,8 +14,6 @@ from nas.training.config import TrainingDiverged
 from nas.training.loop import fit
 from nas.training.progressive import get_schedule
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread (conftest.py)
-
 
 def test_each_stage_sets_the_dropout_the_model_uses_and_the_size_it_sees(small, tiny_model, cfg, monkeypatch):
     sched = get_schedule("l", size_start=8, size_end=16)  # 8, 11, 13, 16 px; mixup 0 -> 0.4

@@ -24,8 +24,6 @@ from nas.training.run import resolve
 from search_spaces import Architecture
 from tests.helpers import REPO, TINY_TRAIN, TRAIN_ARGS, Evil, error_line, nas_env
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread (conftest.py)
-
 # One epoch of TINY_TRAIN as given (no default scaling on digits), 11 steps of batch 128.
 ONE_EPOCH = [
     "train",

@@ -17,7 +17,6 @@ from nas.training.step import AUTO_COMPILE_MIN_STEPS, TrainStep, resolve_compile
 from search_spaces import Architecture, build
 from tests.helpers import TINY_TRAIN
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread (conftest.py)
 CPU = Runtime.resolve("cpu")
 CUDA = Runtime(torch.device("cuda"), torch.bfloat16, True)  # built, never run: CI has no GPU
 

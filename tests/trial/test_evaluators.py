@@ -14,8 +14,6 @@ from nas.trial.factory import evaluator_for
 from nas.trial.settings import ProxyConfig, TrialSettings
 from search_spaces import get_space
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread (conftest.py)
-
 ROW = {"arch", "params", "num_classes", "macs", "S", "P", "accuracy", "reward", "cost_ms"}
 
 
