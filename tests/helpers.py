@@ -14,7 +14,8 @@
 * :data:`STANDIN`: a plugin (source text) that replaces the evaluation of a candidate by a
   deterministic stand-in (accuracy from a hash of the architecture, no training), for tests of what
   schedules trials rather than what a trial computes. In a subprocess it is a ``--plugin`` module
-  (:func:`write_plugin`); in this process, :func:`standin` installs it with ``monkeypatch``.
+  (:func:`write_plugin`); in this process, :func:`standin` installs it with ``monkeypatch`` and
+  :func:`in_process` runs a stand-in command line through ``nas.cli.main``.
 """
 
 from __future__ import annotations
@@ -118,6 +119,22 @@ def main_in_process(args, capsys) -> tuple[int, str, str]:
         rc = e.code
     out, err = capsys.readouterr()
     return rc, out, err
+
+
+def in_process(cmd: list, capsys) -> subprocess.CompletedProcess:
+    """A ``python -m nas.cli ...`` command line, as the subprocess tests build it, run through
+    :func:`main_in_process` instead: for tests about what a command writes and refuses, not about its
+    process (kills, signals, workers keep their interpreters). A ``--plugin nas_standin`` is dropped:
+    the ``standin`` fixture installs the same evaluation in this process."""
+    args = [str(a) for a in cmd]
+    assert args[:3] == [sys.executable, "-m", "nas.cli"], args[:3]
+    args = args[3:]
+    if "--plugin" in args:
+        i = args.index("--plugin")
+        assert args[i + 1] == "nas_standin", "only the stand-in has an in-process twin"
+        del args[i : i + 2]
+    rc, out, err = main_in_process(args, capsys)
+    return subprocess.CompletedProcess(args, rc, out, err)
 
 
 def error_line(rc: int, err: str, code: int = 2) -> str:

@@ -17,7 +17,7 @@ import pytest
 
 from nas.study.pareto import count_dominators, intermediate
 from nas.study.space import OBJECTIVES
-from tests.helpers import STANDIN, nas_env, write_plugin
+from tests.helpers import STANDIN, in_process, nas_env, write_plugin
 from tests.search.test_search import _consistent, _standin_cmd
 
 DIRECTIONS = [d for _, d in OBJECTIVES]
@@ -64,13 +64,13 @@ def _check_pruned_by_the_rule(out: Path) -> pd.DataFrame:
 
 
 @pytest.mark.slow
-def test_embedded_search_prunes_dominated_trials_and_a_rerun_extends_it(tmp_path, standin_env):
+def test_embedded_search_prunes_dominated_trials_and_a_rerun_extends_it(tmp_path, standin, capsys):
     out = tmp_path / "run"
-    p = subprocess.run(_cmd(out, 10), env=standin_env, capture_output=True, text=True, timeout=300)
+    p = in_process(_cmd(out, 10), capsys)
     assert p.returncode == 0, p.stdout + p.stderr
     first = _check_pruned_by_the_rule(out)
     assert "pruned" in p.stdout
-    p = subprocess.run(_cmd(out, 14), env=standin_env, capture_output=True, text=True, timeout=300)
+    p = in_process(_cmd(out, 14), capsys)
     assert p.returncode == 0, p.stdout + p.stderr
     df = _consistent(out, 14)
     kept = df.set_index("number").loc[first["number"], "state"]
@@ -116,24 +116,24 @@ def test_a_pruning_search_killed_mid_trial_keeps_its_finished_trials_on_rerun(tm
 
 
 @pytest.mark.slow
-def test_a_run_started_with_another_pruner_resumes_with_its_own_when_the_command_names_none(tmp_path, standin_env):
+def test_a_run_started_with_another_pruner_resumes_with_its_own_when_the_command_names_none(tmp_path, standin, capsys):
     """nsga2's default was ``none`` before ``pareto``: rerunning such a run's command resumes it as it
     was started; naming another pruner is refused; a new run gets the default."""
     out = tmp_path / "run"
     cmd = _standin_cmd(out, 3, "--epochs", "2")
     i = cmd.index("--sampler")
     cmd[i + 1] = "nsga2"
-    p = subprocess.run([*cmd, "--pruner", "none"], env=standin_env, capture_output=True, text=True, timeout=300)
+    p = in_process([*cmd, "--pruner", "none"], capsys)
     assert p.returncode == 0, p.stdout + p.stderr
     cmd[cmd.index("--trials") + 1] = "5"
-    p = subprocess.run(cmd, env=standin_env, capture_output=True, text=True, timeout=300)
+    p = in_process(cmd, capsys)
     assert p.returncode == 0, p.stdout + p.stderr
     assert json.loads((out / "config.json").read_text())["pruner"] == "none"
     assert len(_consistent(out, 5)) == 5
-    p = subprocess.run([*cmd, "--pruner", "pareto"], env=standin_env, capture_output=True, text=True, timeout=300)
+    p = in_process([*cmd, "--pruner", "pareto"], capsys)
     assert p.returncode == 2 and "'none' there, 'pareto' now" in p.stderr, p.stderr
     fresh = tmp_path / "fresh"
     cmd[cmd.index("--out") + 1] = str(fresh)
-    p = subprocess.run(cmd, env=standin_env, capture_output=True, text=True, timeout=300)
+    p = in_process(cmd, capsys)
     assert p.returncode == 0, p.stdout + p.stderr
     assert json.loads((fresh / "config.json").read_text())["pruner"] == "pareto"

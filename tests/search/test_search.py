@@ -17,7 +17,7 @@ import pytest
 
 from nas.study.results import TRIAL_COLUMNS
 from search_spaces import Architecture, get_space
-from tests.helpers import FAILING, REPO, STANDIN, TINY, nas_env, run_nas, write_plugin
+from tests.helpers import FAILING, REPO, STANDIN, TINY, in_process, main_in_process, nas_env, run_nas, write_plugin
 
 
 def _finished(df: pd.DataFrame) -> pd.DataFrame:
@@ -67,7 +67,7 @@ def _consistent(out: Path, trials: int) -> pd.DataFrame:
 
 
 @pytest.mark.slow
-def test_search_writes_results_a_user_can_act_on(tmp_path):
+def test_search_writes_results_a_user_can_act_on(tmp_path, capsys):
     out = tmp_path / "run"
     # The full-size step timed directly ("measure"): at 16 px, batch 2 its cheapest setting; 2 trials.
     search = ("search", "--trials", "2", "--out", out, "--seed", "3", *TINY, "--step-time", "measure")
@@ -105,16 +105,17 @@ def test_search_writes_results_a_user_can_act_on(tmp_path):
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "best architecture" in stdout and best["arch"] in stdout and "at 10 classes" in stdout
 
-    # The best architecture feeds straight into the other commands.
-    rc, stdout, stderr = run_nas("show", out, "--json")
+    # The best architecture feeds straight into the other commands (in this process: the search above
+    # is the fresh interpreter a user starts).
+    rc, stdout, stderr = main_in_process(["show", out, "--json"], capsys)
     assert rc == 0, stderr
     assert json.loads(stdout)["arch"] == best["arch"]
-    rc, stdout, stderr = run_nas("report", out)
+    rc, stdout, stderr = main_in_process(["report", out], capsys)
     assert rc == 0, stderr
     assert best["arch"] in stdout and "top" in stdout
 
     # Rerunning the finished command runs nothing new.
-    rc, stdout, stderr = run_nas(*search, *at_16px, timeout=900)
+    rc, stdout, stderr = main_in_process([*search, *at_16px], capsys)
     assert rc == 0, stderr
     assert "2 of 2 trials already finished" in stdout
     assert pd.read_csv(out / "trials.csv")["number"].tolist() == df["number"].tolist()
@@ -244,21 +245,21 @@ def test_a_second_search_on_the_same_directory_is_refused_up_front(tmp_path, sta
 
 
 @pytest.mark.slow
-def test_a_lost_study_never_replaces_the_results(tmp_path, standin_env):
+def test_a_lost_study_never_replaces_the_results(tmp_path, standin, capsys):
     out = tmp_path / "run"
-    assert subprocess.run(_standin_cmd(out, 3), cwd=tmp_path, env=standin_env, capture_output=True).returncode == 0
+    assert in_process(_standin_cmd(out, 3), capsys).returncode == 0
     saved = {n: (out / n).read_bytes() for n in ("trials.csv", "best.json")}
     for damage in ("delete", "truncate"):
         if damage == "delete":
             (out / "study.db").unlink()
         else:
             (out / "study.db").write_bytes(b"")
-        p = subprocess.run(_standin_cmd(out, 2), cwd=tmp_path, env=standin_env, capture_output=True, text=True)
+        p = in_process(_standin_cmd(out, 2), capsys)
         assert p.returncode == 2, p.stdout + p.stderr
         [line] = p.stderr.strip().splitlines()
         assert "records 3 finished trials but the run's storage holds 0" in line and "--restart" in line
         assert {n: (out / n).read_bytes() for n in saved} == saved
-    p = subprocess.run(_standin_cmd(out, 2, "--restart"), cwd=tmp_path, env=standin_env, capture_output=True, text=True)
+    p = in_process(_standin_cmd(out, 2, "--restart"), capsys)
     assert p.returncode == 0, p.stderr
     [old] = [d for d in out.iterdir() if d.name.startswith("replaced-")]
     assert (old / "trials.csv").read_bytes() == saved["trials.csv"]

@@ -450,9 +450,9 @@ def test_calibrate_and_measure_in_process(capsys, tmp_path):
 
 @pytest.mark.slow
 def test_calibrate_cli_end_to_end(run_nas, tmp_path, capsys):
-    """As a user runs it: build, reuse, a corrupt table (one line, exit 2) and --rebuild. The build and
-    the rebuild run in a fresh interpreter, the reuse and the refusals in this process (the same
-    fingerprint: one thread here too), which saves an interpreter's seconds of imports each."""
+    """As a user runs it: build, reuse, a corrupt table (one line, exit 2) and --rebuild. The build runs
+    in a fresh interpreter, the rest in this process (the same fingerprint: one thread here too), which
+    saves an interpreter's seconds of imports each."""
     args = [
         "calibrate",
         "--space",
@@ -478,5 +478,5 @@ def test_calibrate_cli_end_to_end(run_nas, tmp_path, capsys):
     assert rc == 2 and err.strip().count("\n") == 0 and "corrupt or truncated" in err and path in err
     rc, out, err = main_in_process(measure_a1(16, "--num-classes", "10", "--table-dir", tmp_path, "--json"), capsys)
     assert rc == 2 and "corrupt" in err and err.strip().count("\n") == 0
-    rc, out, err = run_nas(*args, "--rebuild", "--json")
+    rc, out, err = main_in_process([*args, "--rebuild", "--json"], capsys)
     assert rc == 0 and json.loads(out)["built_now"], err

@@ -22,7 +22,7 @@ from nas.errors import NasError
 from nas.training.options import TrainOptions
 from nas.training.run import resolve
 from search_spaces import Architecture
-from tests.helpers import REPO, TINY_TRAIN, TRAIN_ARGS, Evil, error_line, nas_env
+from tests.helpers import REPO, TINY_TRAIN, TRAIN_ARGS, Evil, error_line, main_in_process, nas_env
 
 # One epoch of TINY_TRAIN as given (no default scaling on digits), 11 steps of batch 128.
 ONE_EPOCH = [
@@ -116,7 +116,7 @@ def test_cli_resume_finish_and_mismatch(run_nas, tmp_path, capsys):
     assert rc == 0, err
     assert "image size" in stdout and "stopped after epoch 1/3" in stdout  # the schedule table came first
     assert [r["epoch"] for r in _rows(out / "metrics.csv")] == ["1"]
-    rc, stdout, err = run_nas(*TRAIN_ARGS, "--out", out)
+    rc, stdout, err = main_in_process([*TRAIN_ARGS, "--out", out], capsys)  # the resume, in this process
     assert rc == 0, err
     assert "resumed from epoch 1/3" in stdout
     rows = _rows(out / "metrics.csv")
@@ -170,22 +170,20 @@ def test_cli_resumes_after_a_kill(tmp_path):
     assert [r["epoch"] for r in _rows(out / "metrics.csv")] == ["1", "2", "3", "4"]
 
 
-@pytest.mark.slow  # one interpreter start: over 10 s on a busy 2-core box
-def test_cli_refuses_a_pickled_checkpoint(run_nas, tmp_path):
+def test_cli_refuses_a_pickled_checkpoint(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
     marker = tmp_path / "executed"
     torch.save(Evil(str(marker)), out / "checkpoint.pt")
     before = (out / "checkpoint.pt").read_bytes()
-    rc, _, err = run_nas(*TRAIN_ARGS, "--out", out)
+    rc, _, err = main_in_process([*TRAIN_ARGS, "--out", out], capsys)
     assert "pickled Python objects" in error_line(rc, err)
     assert not marker.exists() and (out / "checkpoint.pt").read_bytes() == before
     assert not (out / "metrics.csv").exists()
 
 
-@pytest.mark.slow  # one interpreter start: over 10 s on a busy 2-core box
-def test_cli_unknown_dataset_is_one_line_exit_2(run_nas, tmp_path):
-    rc, _, err = run_nas(*TRAIN_ARGS, "--out", tmp_path / "run", "--dataset", "mnist")
+def test_cli_unknown_dataset_is_one_line_exit_2(tmp_path, capsys):
+    rc, _, err = main_in_process([*TRAIN_ARGS, "--out", tmp_path / "run", "--dataset", "mnist"], capsys)
     assert "unknown dataset 'mnist'; known: digits, fake" in error_line(rc, err)
     assert not (tmp_path / "run").exists()
 

@@ -17,7 +17,7 @@ from nas.trial.factory import evaluator_for
 from nas.trial.settings import TrialSettings
 from search_spaces import get_space
 from tests.backends.test_ray import _env, _nas_cmd, cluster  # noqa: F401  (the suite's private Ray cluster)
-from tests.helpers import error_line
+from tests.helpers import error_line, main_in_process
 
 SPACE = get_space("accel-nasbench")
 # Floors below the figures measured (accuracy Kendall 0.924 / Spearman 0.992, training time
@@ -76,7 +76,7 @@ def test_the_evaluator_scores_a_b0_of_the_space_with_exact_p_and_refuses_other_s
         ev.evaluate(get_space("trainaware").reference())
 
 
-def test_search_through_the_cli_and_a_rerun_resumes_losing_nothing(run_nas, tmp_path):
+def test_search_through_the_cli_and_a_rerun_resumes_losing_nothing(run_nas, tmp_path, capsys):
     out = tmp_path / "run"
     rc, _, err = run_nas(*RUN, "--trials", 30, "--out", out)
     assert rc == 0, err
@@ -85,7 +85,7 @@ def test_search_through_the_cli_and_a_rerun_resumes_losing_nothing(run_nas, tmp_
     assert first["params"].gt(0).all() and first["cost"].eq("train_time").all()
     best = json.loads((out / "best.json").read_text())
     assert best["metrics"]["reward"] == pytest.approx(first["reward"].max())
-    rc, stdout, err = run_nas(*RUN, "--trials", 40, "--out", out)
+    rc, stdout, err = main_in_process([*RUN, "--trials", 40, "--out", out], capsys)  # the rerun: no new interpreter
     assert rc == 0, err
     assert "30 of 40 trials already finished" in stdout + err
     second = pd.read_csv(out / "trials.csv")
@@ -101,9 +101,9 @@ def test_search_through_the_cli_and_a_rerun_resumes_losing_nothing(run_nas, tmp_
         (("--evaluator", "surrogate", "--space", "trainaware"), "--space trainaware"),
     ],
 )
-def test_bad_values_are_one_error_line(run_nas, tmp_path, args, named):
+def test_bad_values_are_one_error_line(tmp_path, capsys, args, named):
     base = [a for a in RUN if a not in ("--evaluator", "surrogate")]
-    rc, _, err = run_nas(*base, *args, "--trials", 2, "--out", tmp_path / "run")
+    rc, _, err = main_in_process([*base, *args, "--trials", 2, "--out", tmp_path / "run"], capsys)
     assert named in error_line(rc, err)
     assert not (tmp_path / "run").exists()
 
