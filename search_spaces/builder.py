@@ -112,9 +112,21 @@ def count_macs(arch: Architecture, resolution: int | None = None, num_classes: i
 
     res = resolution or arch.resolution
     with torch.device("meta"):
-        model = build(arch, num_classes).eval()
+        model = _without_batch_norm(build(arch, num_classes).eval())
         x = torch.empty(1, 3, res, res)
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         model(x)
     return counter.get_total_flops() // 2
+
+
+def _without_batch_norm(model: nn.Module) -> nn.Module:
+    """``model`` with its batch norms replaced by identities, for counting. The flop counter counts
+    convolutions and matrix products only, so a batch norm adds nothing to the count, but the counter
+    decomposes it into elementwise operations first (over the 28 presets and 10 sampled candidates, 38%
+    of the time count_macs took, the build included; the counts are the same)."""
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, nn.modules.batchnorm._BatchNorm):
+                setattr(module, name, nn.Identity())
+    return model

@@ -109,16 +109,18 @@ def scale_family(
     if depth_rounding is None:
         depth_rounding = "ceil" if v2_rules or isinstance(coeffs, str) else DEPTH_ROUNDING
     rules = {"v2_rules": v2_rules, "depth_rounding": depth_rounding, "late_stages": late_stages}
-    base_macs = count_macs(base, num_classes=num_classes)
-    rows = [_row(0, ("base", 1.0, 1.0, 1.0, None), base, base_macs, num_classes, rules)]
-    for phi, step in enumerate(steps, start=1):
+    archs = []  # every member first: a --phi too large is refused before any MACs are counted
+    for step in steps:
         try:
-            arch = _scaled(base, step, rules)
+            archs.append(_scaled(base, step, rules))
         except NasError as e:
             raise NasError(
                 f"--phi {n}: {step[0]} (depth x{step[2]:.3g}, width x{step[1]:.3g}, resolution x{step[3]:.3g}) "
                 f"cannot be built: {e}; choose a smaller --phi"
             ) from None
+    base_macs = count_macs(base, num_classes=num_classes)
+    rows = [_row(0, ("base", 1.0, 1.0, 1.0, None), base, base_macs, num_classes, rules)]
+    for phi, (step, arch) in enumerate(zip(steps, archs), start=1):
         rows.append(_row(phi, step, arch, base_macs, num_classes, rules))
     return rows
 
