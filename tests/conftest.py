@@ -53,17 +53,13 @@ def _one_thread():
     core: 9.9 s of CPU with one thread, 19.2 s with two, 23.5 s with the default). A test about
     threads sets its own count and puts one back; the subprocesses it gives two threads wait for work
     without spinning (OMP_WAIT_POLICY=PASSIVE: the same search with two threads, 14.0 s -> 11.0 s)."""
-    saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
     before = torch.get_num_threads()
-    os.environ.update(OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
-    torch.set_num_threads(1)
-    yield
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")
+        mp.setenv("OMP_WAIT_POLICY", "PASSIVE")
+        torch.set_num_threads(1)
+        yield
     torch.set_num_threads(before)
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 @pytest.fixture(autouse=True, scope="module")

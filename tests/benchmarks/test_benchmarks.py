@@ -27,6 +27,7 @@ import warnings
 from pathlib import Path
 from unittest import mock
 
+import optuna
 import pytest
 import torch
 
@@ -57,30 +58,25 @@ def run(script: str, *args: str, env: dict | None = None, timeout: float = 600) 
         p = subprocess.run([sys.executable, *argv], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
         assert p.returncode == 0, f"{script} exited {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
         return p.stdout
-    out, cwd, threads, path, verbosity = io.StringIO(), os.getcwd(), torch.get_num_threads(), list(sys.path), None
+    out, threads, verbosity = io.StringIO(), torch.get_num_threads(), optuna.logging.get_verbosity()
     try:
-        import optuna
-
-        verbosity = optuna.logging.get_verbosity()
-        os.chdir(REPO)
-        sys.path.insert(0, str(BENCHMARKS))
         with (
+            pytest.MonkeyPatch.context() as mp,
             mock.patch.dict(os.environ, env, clear=True),
-            mock.patch.object(sys, "argv", argv),
             warnings.catch_warnings(),
             contextlib.redirect_stdout(out),
         ):
+            mp.chdir(REPO)
+            mp.syspath_prepend(str(BENCHMARKS))
+            mp.setattr(sys, "argv", argv)
             try:
                 runpy.run_path(str(REPO / argv[0]), run_name="__main__")
                 code = 0
             except SystemExit as e:
                 code = e.code
     finally:
-        os.chdir(cwd)
-        sys.path[:] = path
         torch.set_num_threads(threads)
-        if verbosity is not None:
-            optuna.logging.set_verbosity(verbosity)
+        optuna.logging.set_verbosity(verbosity)  # some scripts quieten Optuna
     assert code in (0, None), f"{script} exited {code}\n{out.getvalue()[-3000:]}"
     return out.getvalue()
 
