@@ -8,6 +8,7 @@ import torch
 
 import nas.data.batches as batches_mod
 from nas.data import TensorImages, load_dataset, make_batches, make_loader
+from nas.data.sets import IN_MEMORY_MAX_SIDE
 from nas.errors import NasError
 
 
@@ -82,7 +83,7 @@ def test_bad_loader_arguments(digits, kw):
 
 
 def test_imagefolder_workers_persist_and_give_the_batches_of_no_workers(write_folder, tmp_path):
-    write_folder(tmp_path / "flat", per_class=6)
+    write_folder(tmp_path / "flat", per_class=6, size=(IN_MEMORY_MAX_SIDE + 1, 12))  # too large to be kept in memory
     s = load_dataset(f"imagefolder:{tmp_path / 'flat'}", val_fraction=0.25)
     inline = make_batches(s.train, batch_size=4, train=True)
     pooled = make_batches(s.train, batch_size=4, train=True, num_workers=2)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from nas.data import DATASETS, TensorImages, load_dataset, make_loader, split_indices
+from nas.data.sets import IN_MEMORY_MAX_SIDE
 from nas.errors import NasError
 
 
@@ -83,16 +84,40 @@ def test_resized_set_is_cached_per_size_and_device(monkeypatch):
     assert torch.equal(cached, per_batch)
 
 
-def test_imagefolder_split_and_loader(write_folder, tmp_path):
+def test_imagefolder_of_small_images_is_split_into_memory(write_folder, tmp_path):
     write_folder(tmp_path / "flat")
     s = load_dataset(f"imagefolder:{tmp_path / 'flat'}", val_fraction=0.2)
     assert (s.num_classes, len(s.train), len(s.val), s.native_size) == (2, 8, 2, 10)
+    assert isinstance(s.train, TensorImages) and isinstance(s.val, TensorImages)
     again = load_dataset(f"imagefolder:{tmp_path / 'flat'}", val_fraction=0.2)
-    assert list(s.val.indices) == list(again.val.indices)
+    assert torch.equal(s.val.images, again.val.images) and torch.equal(s.val.labels, again.val.labels)
     img, label = s.train[0]
     assert img.dtype == torch.uint8 and img.shape == (3, 12, 10) and isinstance(label, int)
     x, y = next(iter(make_loader(s.train, image_size=16, batch_size=4, train=True, randaugment_magnitude=5)))
     assert x.shape == (4, 3, 16, 16) and y.dtype == torch.int64
+
+
+def test_imagefolder_of_large_images_is_split_and_loaded_from_files(write_folder, tmp_path):
+    write_folder(tmp_path / "flat", size=(IN_MEMORY_MAX_SIDE + 2, 40))
+    s = load_dataset(f"imagefolder:{tmp_path / 'flat'}", val_fraction=0.2)
+    assert (s.num_classes, len(s.train), len(s.val), s.native_size) == (2, 8, 2, 40)
+    again = load_dataset(f"imagefolder:{tmp_path / 'flat'}", val_fraction=0.2)
+    assert list(s.val.indices) == list(again.val.indices)
+    img, label = s.train[0]
+    assert img.dtype == torch.uint8 and img.shape == (3, IN_MEMORY_MAX_SIDE + 2, 40) and isinstance(label, int)
+    x, y = next(iter(make_loader(s.train, image_size=16, batch_size=4, train=True, randaugment_magnitude=5)))
+    assert x.shape == (4, 3, 16, 16) and y.dtype == torch.int64
+
+
+def test_imagefolder_of_mixed_sizes_stays_on_files(tmp_path):
+    from PIL import Image
+
+    for c, size in (("a", (10, 10)), ("b", (12, 10))):
+        (tmp_path / "mixed" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", size, (i * 40, 0, 0)).save(tmp_path / "mixed" / c / f"{i}.png")
+    s = load_dataset(f"imagefolder:{tmp_path / 'mixed'}", val_fraction=0.34)
+    assert not isinstance(s.train, TensorImages) and (len(s.train), len(s.val)) == (4, 2)
 
 
 def test_imagefolder_uses_train_and_val_folders(write_folder, tmp_path):
