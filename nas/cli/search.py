@@ -45,6 +45,13 @@ def _proxy_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=float, default=0.005)
     g.add_argument("--optimizer", default="adamw", help="adamw (default), sgd or rmsprop")
     g.add_argument(
+        "--accuracy-every",
+        type=int,
+        default=5,
+        help="train every k-th trial a second time with another seed, to measure how much of the accuracy "
+        "is the seed's against how much it differs between candidates (fidelity.json; default 5; 0: never)",
+    )
+    g.add_argument(
         "--progressive",
         default="off",
         help="s, m, l: EfficientNetV2 progressive learning during proxy training; off (default)",
@@ -200,6 +207,7 @@ def trial_settings(args, space: str) -> TrialSettings:
         step_time=step_time_config(args),
         compile=args.compile,
         evaluator=args.evaluator,
+        accuracy_every=args.accuracy_every,
     )
 
 

@@ -31,7 +31,7 @@ from nas.core.interrupt import handle_interrupts
 from nas.errors import NasError
 from nas.steptime.model import StepTimeModel
 from nas.steptime.prepared import PreparedTarget
-from nas.study.fidelity import fidelity_lines, step_time_fidelity, write_fidelity
+from nas.study.fidelity import accuracy_noise, fidelity_lines, step_time_fidelity, write_fidelity
 from nas.study.job import Job, Run, run_extra
 from nas.study.results import common_error, finished_row
 from nas.study.rundir import RunDir
@@ -172,7 +172,7 @@ def run(job: Job) -> dict[str, Any] | None:
         run_, rows, _, remaining = _open(job, prep.backend, rundir, evaluator)
         t0 = time.perf_counter()
         interrupted, df, rows = _execute(job, prep.backend, run_, remaining)
-        sections = step_time_fidelity(df)
+        sections = {**step_time_fidelity(df), **accuracy_noise(df)}
         if not interrupted and problem.pending(rows, job.n_trials)[1] == 0:
             sections.update(problem.finish(rundir.path, df, job.echo, evaluator))
         write_fidelity(rundir.path, sections, warn=run_.warn)
@@ -194,6 +194,8 @@ def _report(job: Job, run_: Run, df, sections: dict, interrupted: bool, remainin
     if remaining > 0:
         echo(f"{problem.kind} time {seconds:.1f} s; results in {path}/ ({problem.files()})")
     best = run_.writer.best
+    if best and (sections.get("accuracy_noise") or {}).get("separates") is False:
+        echo("the best below wins on training speed and size: its accuracy is within the seed noise of the others'")
     if best:
         echo(problem.closing_line(best, path))
     else:

@@ -4,6 +4,10 @@
   also timed directly on the target device; the agreement of predictions and timings
   (:func:`nas.core.agreement.agreement`). Where no process could time on the target (the trials ran
   on other devices), the section says so plainly instead.
+* ``accuracy_noise``: every ``--accuracy-every``-th trial is trained a second time with another seed;
+  the seed noise of one training against the spread of accuracy over the run's trials, and whether
+  accuracy separates the candidates at all (:func:`accuracy_noise`). Where it does not, the search
+  ranks by S and P whatever the reward says, and the summary says so in one sentence.
 * ``accuracy``: with ``--validate-top K``, how well the proxy's accuracy ranks a longer training's
   (:mod:`nas.study.validation`).
 
@@ -14,6 +18,7 @@ cannot be read is never dropped in silence: it is reported and moved aside as
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -55,6 +60,39 @@ def step_time_fidelity(df: pd.DataFrame) -> dict[str, Any]:
             "why": skipped,
         }
     return {"step_time": out}
+
+
+# Accuracy separates a run's candidates when its spread over them is at least this many times the seed noise:
+# two trainings' rankings then agree at about 1 - 1/SEPARATION**2 (0.75) of the variance.
+SEPARATION = 2.0
+MIN_PAIRS = 2  # trials trained twice before the seed noise is judged
+
+
+def accuracy_noise(df: pd.DataFrame) -> dict[str, Any]:
+    """A's seed noise against its spread: the trials trained twice (``accuracy_repeat``, every
+    ``--accuracy-every``-th trial) give the noise of one training, ``sqrt(mean(d**2) / 2)`` over their
+    differences ``d``; the spread is the standard deviation of accuracy over the complete trials."""
+    if not len(df) or "accuracy_repeat" not in df:
+        return {}
+    ok = df[(df["state"] == "COMPLETE") & df["accuracy"].notna()]
+    twice = ok[ok["accuracy_repeat"].notna()]
+    if not len(twice):
+        return {}
+    d = twice["accuracy"].astype(float) - twice["accuracy_repeat"].astype(float)
+    noise = float(math.sqrt((d**2).mean() / 2.0))
+    spread = float(ok["accuracy"].astype(float).std(ddof=1)) if len(ok) > 1 else None
+    judged = len(twice) >= MIN_PAIRS and spread is not None
+    out = {
+        "trials": [int(n) for n in twice["number"]],
+        "pairs": len(twice),
+        "complete": len(ok),
+        "seed_noise": noise,
+        "spread": spread,
+        "ratio": None if spread is None or noise == 0 else spread / noise,
+        "separates": bool(spread >= SEPARATION * noise and spread > 0) if judged else None,
+        "threshold": SEPARATION,
+    }
+    return {"accuracy_noise": out}
 
 
 def _given(v: Any) -> bool:
@@ -103,6 +141,32 @@ def fidelity_lines(data: dict[str, Any]) -> list[str]:
                 f"no direct check of the step-time model was possible for {len(nc['trials'])} sampled trial(s): "
                 f"{'; '.join(nc['why'])} (fidelity.json)"
             )
+    if data.get("accuracy_noise"):
+        out.append(noise_line(data["accuracy_noise"]))
     if "accuracy" in data:
         out.append(accuracy_line(data["accuracy"]))
     return out
+
+
+def noise_line(n: dict[str, Any]) -> str:
+    """One plain sentence: does accuracy separate the run's candidates, with its two figures."""
+    figures = (
+        f"spread {_points(n['spread'])} points over {n['complete']} complete trials, seed noise "
+        f"{_points(n['seed_noise'])} from {n['pairs']} trial(s) trained twice"
+    )
+    if n["separates"] is None:
+        return (
+            f"accuracy separates these candidates: not judged yet ({figures}; {MIN_PAIRS} needed, "
+            "see --accuracy-every) (fidelity.json)"
+        )
+    if n["separates"]:
+        return f"accuracy separates these candidates: yes ({figures}) (fidelity.json)"
+    return (
+        f"accuracy separates these candidates: no ({figures}): on this data and proxy the accuracy is mostly "
+        "the seed's, so the search ranks by training speed and size; use data on which candidates differ "
+        "(--dataset imagefolder:PATH or cifar10) or a longer proxy (fidelity.json)"
+    )
+
+
+def _points(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}"

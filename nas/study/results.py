@@ -54,6 +54,8 @@ TRIAL_COLUMNS = [
 # its identity, device and the reference's cost), the direct check of a predicted cost, where the
 # trial ran, the proxy and timing.
 EXTRA_COLUMNS = [
+    "accuracy_repeat",
+    "repeat_error",
     "measured_ms",
     "fidelity_skipped",
     "step_iqr_ms",

@@ -88,6 +88,17 @@ class Evaluator(abc.ABC):
         """Whether trial ``number`` also times its cost directly, checking the prediction."""
         return False
 
+    def samples_repeat(self, number: int) -> bool:
+        """Whether trial ``number``, once complete, is trained again with another seed (A's seed noise)."""
+        every = self.settings.accuracy_every
+        return every > 0 and number % every == 0
+
+    def repeat(self, arch: Architecture, *, seed: int, image_scale: float = 1.0) -> float | None:
+        """The candidate's accuracy again, trained with a seed derived from ``seed``: how much of A is
+        the seed's (:func:`nas.study.fidelity.accuracy_noise`). None for an evaluator whose accuracy
+        has no seed (a surrogate)."""
+        return None
+
     def describe(self) -> str:
         """What S stands for, in one line (printed at the start of a run)."""
         return f"S from the {self.name} evaluator"

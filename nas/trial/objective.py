@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nas.core.device import Runtime
-from nas.trial.evaluator import Evaluator, TrialPruned
+from nas.trial.evaluator import Evaluator, TrialFailed, TrialPruned
 from search_spaces import Architecture
 
 
@@ -91,4 +91,16 @@ def run_objective(
         return finish("PRUNED", p.metrics)
     except Exception as e:  # the candidate's failure: recorded with its reason, the search goes on
         return finish("FAIL", getattr(e, "metrics", None) or {}, error_text(e))
+    if evaluator.samples_repeat(number):
+        m = {**m, **_repeat(evaluator, arch, problem.seed(number), float(proposal.get("image_scale", 1.0)))}
     return finish("COMPLETE", m)
+
+
+def _repeat(evaluator: Evaluator, arch: Architecture, seed: int, image_scale: float) -> dict[str, Any]:
+    """A complete trial trained again with another seed: ``accuracy_repeat`` (its reward stays the
+    first training's, as every other trial's). A failure of the second training is recorded, not the trial's."""
+    try:
+        acc = evaluator.repeat(arch, seed=seed, image_scale=image_scale)
+    except TrialFailed as e:
+        return {"repeat_error": error_text(e)}
+    return {} if acc is None else {"accuracy_repeat": float(acc)}

@@ -27,6 +27,13 @@ from nas.trial.evaluator import Evaluator, OnEpoch, TrialFailed, TrialPruned, re
 from nas.trial.settings import ProxyConfig, proxy_arch
 from search_spaces import Architecture, build, count_params
 
+
+def repeat_seed(seed: int) -> int:
+    """The seed a trial's second training uses: another trial's only in a run of over 2**30 trials
+    (seeds are 31-bit)."""
+    return (seed + 2**30) % 2**31
+
+
 DRIFT_TOLERANCE = 0.25  # a re-timed reference this far from the one in use means the machine's load changed
 
 
@@ -149,6 +156,10 @@ class TrainingEvaluator(Evaluator):
             if failure is e:
                 raise
             raise failure from None
+
+    def repeat(self, arch: Architecture, *, seed: int, image_scale: float = 1.0) -> float | None:
+        p = self.proxy(image_scale)
+        return self._train(proxy_arch(arch, p), p, repeat_seed(seed), {}, {}, None)
 
     def _train(
         self,

@@ -120,6 +120,7 @@ class TrialSettings:
     step_time: StepTimeConfig = field(default_factory=StepTimeConfig)
     compile: str = "auto"  # torch.compile of the training steps trained and timed: auto, on, off (nas.training.step)
     evaluator: str = "train"  # how a candidate is scored (nas.trial.evaluator.EVALUATORS; checked where it is made)
+    accuracy_every: int = 5  # every k-th trial is trained again with another seed: A's seed noise (0: never)
 
     def __post_init__(self) -> None:
         if not isinstance(self.evaluator, str) or not self.evaluator:
@@ -130,6 +131,7 @@ class TrialSettings:
         check_device(self.device)
         check_choice("compile", self.compile, ("auto", "on", "off"))
         check_int("seed", self.seed, 0, 2**31 - 1_000_001)  # trial seeds add the trial number
+        check_int("--accuracy-every", self.accuracy_every, 0, 1_000_000)
         for name, typ in (("proxy", ProxyConfig), ("step_time", StepTimeConfig)):
             if not isinstance(getattr(self, name), typ):
                 raise NasError(f"{name} must be a {typ.__name__}, got {type(getattr(self, name)).__name__}")
@@ -147,6 +149,7 @@ class TrialSettings:
             "step_time": self.step_time.to_dict(),
             "compile": self.compile,
             "evaluator": self.evaluator,
+            "accuracy_every": self.accuracy_every,
         }
 
     @classmethod

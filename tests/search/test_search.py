@@ -592,3 +592,38 @@ def test_every_step_time_method_end_to_end(tmp_path, method):
         cwd=tmp_path,
     )
     assert rc == 0 and "building the step-time table" not in stderr, stderr
+
+
+@pytest.mark.parametrize(("noise", "verdict"), [("0.001", "yes"), ("0.5", "no")])
+def test_every_kth_trial_is_trained_twice_and_the_run_says_whether_accuracy_separates(
+    tmp_path, capsys, monkeypatch, standin, noise, verdict
+):
+    from nas.cli import main
+
+    monkeypatch.setenv("NAS_STANDIN_NOISE", noise)
+    out = tmp_path / "run"
+    args = ["search", "--trials", "6", "--sampler", "random", "--pruner", "none", "--out", str(out), *TINY]
+    assert main([*args, "--accuracy-every", "2"]) == 0
+    df = pd.read_csv(out / "trials.csv").set_index("number")
+    assert df["accuracy_repeat"].notna().tolist() == [True, False, True, False, True, False]
+    assert (df["accuracy_repeat"] != df["accuracy"]).loc[[0, 2, 4]].all()
+    section = json.loads((out / "fidelity.json").read_text())["accuracy_noise"]
+    assert section["trials"] == [0, 2, 4] and section["separates"] is (verdict == "yes")
+    printed = capsys.readouterr().out
+    assert f"accuracy separates these candidates: {verdict} (" in printed
+    assert ("wins on training speed and size" in printed) is (verdict == "no")
+    assert main(["report", str(out)]) == 0
+    assert f"accuracy separates these candidates: {verdict} (" in capsys.readouterr().out
+
+
+def test_accuracy_every_zero_trains_no_trial_twice(tmp_path, standin):
+    from nas.cli import main
+
+    out = tmp_path / "run"
+    args = ["search", "--trials", "3", "--sampler", "random", "--out", str(out), *TINY, "--accuracy-every", "0"]
+    assert main(args) == 0
+    df = pd.read_csv(out / "trials.csv")
+    assert "accuracy_repeat" not in df or df["accuracy_repeat"].isna().all()
+    assert "accuracy_noise" not in json.loads(
+        (out / "fidelity.json").read_text() if (out / "fidelity.json").exists() else "{}"
+    )

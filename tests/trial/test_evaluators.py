@@ -52,3 +52,21 @@ def test_every_evaluator_stops_when_its_hook_says_so(name):
     with pytest.raises(TrialPruned) as e:
         ev.evaluate(space.sample(4), seed=0, on_epoch=hook)
     assert seen == [1] and "S" in e.value.metrics
+
+
+@pytest.mark.slow  # trains a proxy three times for the train evaluator
+@pytest.mark.parametrize("name", sorted(EVALUATORS))
+def test_every_evaluator_repeats_a_candidate_with_another_seed_or_says_it_has_none(name):
+    ev, space = _evaluator(name)
+    arch = space.sample(5)
+    first = ev.evaluate(arch, seed=7)["accuracy"]
+    again = ev.repeat(arch, seed=7)
+    if name != "train":
+        assert again is None  # a surrogate's accuracy has no seed
+        return
+    assert 0 <= again <= 1
+    assert ev.repeat(arch, seed=7) == again  # the second training is itself repeatable
+    assert ev.evaluate(arch, seed=7)["accuracy"] == first  # and not the first training again
+    from nas.trial.proxy import repeat_seed
+
+    assert repeat_seed(7) != 7 and 0 <= repeat_seed(2**31 - 1) < 2**31
