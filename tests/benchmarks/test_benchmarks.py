@@ -27,6 +27,7 @@ import warnings
 from pathlib import Path
 from unittest import mock
 
+import numpy as np
 import optuna
 import pytest
 import torch
@@ -292,3 +293,43 @@ def test_allocator_prints_both_allocators_and_their_ratio():
     header = r"glibc as it comes \(system\) against (glibc-reuse|jemalloc|tcmalloc) \(kept\), 1 round$"
     assert re.search(header, out, re.M), out
     finite(figures(rf"^\s*(?:system|kept): system CPU time per child {NUMBER} s", out, count=2), positive=False)
+
+
+@pytest.mark.slow  # trains 15 tiny proxies on real photographs and times one against a bare loop: ~30 s
+@covers("bench_proxy_fidelity.py")
+def test_proxy_fidelity_ranks_each_setting_against_the_truth_and_resumes(tmp_path):
+    archive = REPO.parent / "shared" / "data" / "cifar10" / "cifar10-12k.tar.gz"
+    if not archive.exists():
+        pytest.skip(f"{archive} is absent (the shared CIFAR-10 images live beside the repository)")
+    from scipy import stats
+
+    results = tmp_path / "pf"
+    env = nas_env(OMP_NUM_THREADS="1", NAS_CACHE_DIR=str(tmp_path / "cache"))
+    out = run("bench_proxy_fidelity.py", "--results", str(results), env=env)
+    stored = [json.loads(f.read_text()) for f in results.glob("*/*.json")]
+    # 4 candidates x 2 settings at seed 0, the reference at seeds 1 and 2 in each, "tiny" at seed 1 everywhere
+    assert len(stored) == 4 + 2 + 4 + 2 + 3 and "0 of 15 trainings already stored" in out
+    report = json.loads(results.with_suffix(".json").read_text())
+    truth = report["truth"]
+    assert truth in ("tiny", "tiny-2x") and {"tiny", "tiny-2x"} == set(report["settings"])
+    other = ({"tiny", "tiny-2x"} - {truth}).pop()
+
+    def acc(setting, seed=0):
+        return [
+            r["accuracy"]
+            for r in sorted(stored, key=lambda r: r["candidate"])
+            if (r["setting"], r["seed"]) == (setting, seed)
+        ]
+
+    tau = stats.kendalltau(acc(other), acc(truth)).statistic
+    got = report["settings"][other]["vs_truth"]["kendall"]
+    assert (got is None and math.isnan(tau)) or got == pytest.approx(tau, abs=1e-6)
+    reference = [r["accuracy"] for r in stored if (r["setting"], r["candidate"]) == ("tiny", 0)]
+    assert report["settings"]["tiny"]["seed_std"] == pytest.approx(float(np.std(reference, ddof=1)))
+    assert report["settings"]["tiny"]["n"] == 4 and report["candidates"] == 4
+    tp = report["throughput"]["median"]
+    assert tp["trial"] < tp["trial_training_passes"]  # the whole trial also evaluates: fewer images a second
+    assert "Throughput (default proxy of the reference" in out
+    again = run("bench_proxy_fidelity.py", "--results", str(results), "--throughput-rounds", "0", env=env)
+    assert "15 of 15 trainings already stored" in again
+    assert json.loads(results.with_suffix(".json").read_text())["settings"] == report["settings"]
