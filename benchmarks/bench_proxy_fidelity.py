@@ -254,22 +254,31 @@ def load_results(results: Path) -> dict[tuple[str, int, int], dict]:
     return out
 
 
-def kendall_ci(x, y, rounds: int = 2000, seed: int = 0) -> tuple[float | None, float | None, float | None]:
-    """Kendall tau of x against y, with a 95% bootstrap interval over the pairs."""
+def rank_ci(x, y, rounds: int = 2000, seed: int = 0) -> dict:
+    """Kendall tau and Spearman rho of x against y, each with a 95% bootstrap interval over the pairs."""
     from scipy import stats
 
     x, y = np.asarray(x, float), np.asarray(y, float)
-    tau = agreement(x + 1e-9, y + 1e-9)["kendall_tau"] if len(x) >= 3 else None
-    if tau is None:
-        return None, None, None
+    f = agreement(x + 1e-9, y + 1e-9) if len(x) >= 3 else {"kendall_tau": None, "spearman": None}
+    out = {
+        "kendall": f["kendall_tau"],
+        "spearman": f["spearman"],
+        "kendall_ci": [None, None],
+        "spearman_ci": [None, None],
+    }
+    if f["kendall_tau"] is None:
+        return out
     rng = np.random.default_rng(seed)
-    taus = []
+    taus, rhos = [], []
     for _ in range(rounds):
         idx = rng.integers(0, len(x), len(x))
         if np.ptp(x[idx]) > 0 and np.ptp(y[idx]) > 0:
             taus.append(stats.kendalltau(x[idx], y[idx]).statistic)
-    lo, hi = np.percentile(taus, [2.5, 97.5]) if taus else (None, None)
-    return float(tau), float(lo), float(hi)
+            rhos.append(stats.spearmanr(x[idx], y[idx]).statistic)
+    if taus:
+        out["kendall_ci"] = [float(v) for v in np.percentile(taus, [2.5, 97.5])]
+        out["spearman_ci"] = [float(v) for v in np.percentile(rhos, [2.5, 97.5])]
+    return out
 
 
 def _acc(res, setting, n_cand, seed=0):
@@ -278,12 +287,9 @@ def _acc(res, setting, n_cand, seed=0):
 
 
 def _rank(a: dict, b: dict) -> dict:
-    """Kendall (with interval) and Spearman of two {candidate: value} maps on their common candidates."""
+    """Kendall and Spearman (with intervals) of two {candidate: value} maps on their common candidates."""
     common = sorted(set(a) & set(b))
-    x, y = [a[i] for i in common], [b[i] for i in common]
-    tau, lo, hi = kendall_ci(x, y)
-    rho = agreement(np.add(x, 1e-9), np.add(y, 1e-9))["spearman"] if len(common) >= 3 else None
-    return {"n": len(common), "kendall": tau, "kendall_ci": [lo, hi], "spearman": rho}
+    return {"n": len(common), **rank_ci([a[i] for i in common], [b[i] for i in common])}
 
 
 def report(res: dict, archs, truth: str | None, num_classes: int) -> dict:
@@ -299,31 +305,50 @@ def report(res: dict, archs, truth: str | None, num_classes: int) -> dict:
     if t:
         out["baselines"] = {"params": _rank(params, t), "macs": _rank(macs, t)}
     for s in present:
-        acc = _acc(res, s, n)
+        acc, second = _acc(res, s, n), _acc(res, s, n, seed=1)
         seeds = [res[(s, 0, k)]["accuracy"] for k in range(3) if (s, 0, k) in res]
         rows = [r for k, r in res.items() if k[0] == s]
-        second = _acc(res, s, n, seed=1)
-        entry = {
-            "width_depth": SETTINGS[s][0],
-            "image_size": SETTINGS[s][1],
-            "epochs": SETTINGS[s][2],
-            "n": len(acc),
-            "accuracy_mean": float(np.mean(list(acc.values()))) if acc else None,
-            "accuracy_range": [float(min(acc.values())), float(max(acc.values()))] if acc else None,
-            "spread_std": float(np.std(list(acc.values()), ddof=1)) if len(acc) > 1 else None,
-            "seed_std": float(np.std(seeds, ddof=1)) if len(seeds) > 1 else None,
-            "seeds": len(seeds),
-            "trial_s_median": float(np.median([r["train_s"] for r in rows])),
-            "images_per_s_median": float(np.median([r["images_per_s"] for r in rows])),
-            "vs_truth": _rank(acc, t) if t and s != truth else None,
-            "seed_vs_seed": _rank(acc, second) if len(second) >= 3 else None,
-        }
+        entry = _entry(s, acc, rows, t if s != truth else {})
+        pairs = [acc[i] - second[i] for i in sorted(set(acc) & set(second))]
+        entry.update(
+            seed_std=float(np.std(seeds, ddof=1)) if len(seeds) > 1 else None,
+            seeds=len(seeds),
+            # one training's seed noise from every candidate trained twice: sqrt(mean(d**2) / 2)
+            pair_noise=float(np.sqrt(np.mean(np.square(pairs)) / 2)) if len(pairs) >= 3 else None,
+            seed_vs_seed=_rank(acc, second) if len(second) >= 3 else None,
+        )
         out["settings"][s] = entry
+        if len(second) == n and s != truth:  # the mean of two seeds: a proxy at twice the cost
+            mean2 = {i: (acc[i] + second[i]) / 2 for i in acc}
+            out["settings"][f"{s} x2 seeds"] = {
+                **_entry(s, mean2, rows, t),
+                "trial_s_median": 2 * entry["trial_s_median"],
+            }
     out["verdict"] = verdict(out)
     for a, b in CHAIN:
         if a in present and b in present:
             out["chain"].append({"from": a, "to": b, **_rank(_acc(res, a, n), _acc(res, b, n))})
     return out
+
+
+def _entry(s: str, acc: dict, rows: list, truth_acc: dict) -> dict:
+    vals = list(acc.values())
+    return {
+        "width_depth": SETTINGS[s][0],
+        "image_size": SETTINGS[s][1],
+        "epochs": SETTINGS[s][2],
+        "n": len(acc),
+        "accuracy_mean": float(np.mean(vals)) if vals else None,
+        "accuracy_range": [float(min(vals)), float(max(vals))] if vals else None,
+        "spread_std": float(np.std(vals, ddof=1)) if len(vals) > 1 else None,
+        "trial_s_median": float(np.median([r["train_s"] for r in rows])),
+        "images_per_s_median": float(np.median([r["images_per_s"] for r in rows])),
+        "vs_truth": _rank(acc, truth_acc) if truth_acc else None,
+        "seed_std": None,
+        "seeds": 0,
+        "pair_noise": None,
+        "seed_vs_seed": None,
+    }
 
 
 BAR = 0.6  # the Kendall a default proxy must reach against the truth, and beat the parameter count's
@@ -346,11 +371,22 @@ def _f(v, fmt=".2f"):
     return "-" if v is None else format(v, fmt)
 
 
-def _tau(r) -> str:
-    if not r or r["kendall"] is None:
+def _tau(r, key: str = "kendall") -> str:
+    if not r or r[key] is None:
         return "-"
-    lo, hi = r["kendall_ci"]
-    return f"{r['kendall']:.2f} [{_f(lo)}, {_f(hi)}] (n={r['n']})"
+    lo, hi = r[f"{key}_ci"]
+    return f"{r[key]:.2f} [{_f(lo)}, {_f(hi)}]" + (f" (n={r['n']})" if key == "kendall" else "")
+
+
+def _noise(e: dict) -> str:
+    out = f"{100 * e['seed_std']:.1f} (reference, {e['seeds']} seeds)" if e["seed_std"] is not None else "-"
+    if e["pair_noise"] is not None:
+        out += f"; {100 * e['pair_noise']:.1f} (every candidate, 2 seeds)"
+    return out
+
+
+def _rho(r) -> str:
+    return _tau(r, "spearman")
 
 
 def markdown(rep: dict, setup: str) -> str:
@@ -364,8 +400,8 @@ def markdown(rep: dict, setup: str) -> str:
         ),
         "",
         "| setting | width/depth, px, epochs | n | accuracy mean [range] | spread (std, points) | seed noise "
-        "(std, points) | Kendall vs truth [95% CI] | Spearman vs truth | seed vs seed Kendall | trial s (median) "
-        "| img/s |",
+        "(std, points) | Kendall vs truth [95% CI] | Spearman vs truth [95% CI] | seed vs seed Kendall "
+        "| trial s (median) | img/s |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s, e in rep["settings"].items():
@@ -375,8 +411,8 @@ def markdown(rep: dict, setup: str) -> str:
             f"| {s} | {e['width_depth']}, {e['image_size']}, {e['epochs']} | {e['n']} | "
             f"{100 * e['accuracy_mean']:.1f}% [{100 * rng[0]:.1f}, {100 * rng[1]:.1f}] | "
             f"{_f(e['spread_std'] and 100 * e['spread_std'], '.1f')} | "
-            f"{_f(e['seed_std'] and 100 * e['seed_std'], '.1f')} ({e['seeds']} seeds) | "
-            f"{'(truth)' if s == rep['truth'] else _tau(vt)} | {_f(vt and vt['spearman'])} | "
+            f"{_noise(e)} | "
+            f"{'(truth)' if s == rep['truth'] else _tau(vt)} | {_rho(vt)} | "
             f"{_tau(e['seed_vs_seed'])} | {e['trial_s_median']:.0f} | {e['images_per_s_median']:.0f} |"
         )
     v = rep["verdict"]
@@ -392,8 +428,8 @@ def markdown(rep: dict, setup: str) -> str:
             ),
         ]
     if rep["chain"]:
-        lines += ["", "| link | Kendall [95% CI] | Spearman |", "|---|---|---|"]
-        lines += [f"| {c['from']} -> {c['to']} | {_tau(c)} | {_f(c['spearman'])} |" for c in rep["chain"]]
+        lines += ["", "| link | Kendall [95% CI] | Spearman [95% CI] |", "|---|---|---|"]
+        lines += [f"| {c['from']} -> {c['to']} | {_tau(c)} | {_rho(c)} |" for c in rep["chain"]]
     return "\n".join(lines) + "\n"
 
 
@@ -404,7 +440,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--val-per-class", type=int, default=200)
     p.add_argument("--candidates", type=int, default=12, help="candidates besides the V2-S reference")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--settings", nargs="+", default=["default", "4x-epochs", "half", "full-40px", "64px"])
+    p.add_argument("--settings", nargs="+", default=["default", "4x-epochs", "half", "64px", "full-40px"])
     p.add_argument("--two-seeds", nargs="*", default=["default"], help="settings run at 2 seeds everywhere")
     p.add_argument("--truth", default=None, help="the setting others are ranked against")
     p.add_argument("--batch-size", type=int, default=64)

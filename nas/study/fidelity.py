@@ -62,9 +62,12 @@ def step_time_fidelity(df: pd.DataFrame) -> dict[str, Any]:
     return {"step_time": out}
 
 
-# Accuracy separates a run's candidates when its spread over them is at least this many times the seed noise:
-# two trainings' rankings then agree at about 1 - 1/SEPARATION**2 (0.75) of the variance.
+# Accuracy separates a run's candidates when its spread over them is at least this many times the seed noise
+# (two trainings' rankings then share about 1 - 1/SEPARATION**2 = 3/4 of their variance), the noise taken at
+# the upper end of its CONFIDENCE interval: from k pairs it is known only to a chi-squared with k degrees
+# of freedom (2 pairs: the true noise may be 3.1x the estimate, 4 pairs 1.9x, 10 pairs 1.4x at 90%).
 SEPARATION = 2.0
+CONFIDENCE = 0.90
 MIN_PAIRS = 2  # trials trained twice before the seed noise is judged
 
 
@@ -82,17 +85,28 @@ def accuracy_noise(df: pd.DataFrame) -> dict[str, Any]:
     noise = float(math.sqrt((d**2).mean() / 2.0))
     spread = float(ok["accuracy"].astype(float).std(ddof=1)) if len(ok) > 1 else None
     judged = len(twice) >= MIN_PAIRS and spread is not None
+    upper = noise * _noise_bound(len(twice))
     out = {
         "trials": [int(n) for n in twice["number"]],
         "pairs": len(twice),
         "complete": len(ok),
         "seed_noise": noise,
+        "seed_noise_upper": upper,
+        "confidence": CONFIDENCE,
         "spread": spread,
         "ratio": None if spread is None or noise == 0 else spread / noise,
-        "separates": bool(spread >= SEPARATION * noise and spread > 0) if judged else None,
+        "separates": bool(spread >= SEPARATION * upper and spread > 0) if judged else None,
         "threshold": SEPARATION,
     }
     return {"accuracy_noise": out}
+
+
+def _noise_bound(pairs: int) -> float:
+    """How many times its estimate the seed noise may be, at CONFIDENCE, from ``pairs`` differences:
+    ``sqrt(k / chi2.ppf(1 - CONFIDENCE, k))`` (each squared difference over 2 sigma**2 is chi-squared, 1 df)."""
+    from scipy import stats  # a third of a second to import: only at the end of a run
+
+    return float(math.sqrt(pairs / stats.chi2.ppf(1.0 - CONFIDENCE, pairs)))
 
 
 def _given(v: Any) -> bool:
@@ -150,9 +164,11 @@ def fidelity_lines(data: dict[str, Any]) -> list[str]:
 
 def noise_line(n: dict[str, Any]) -> str:
     """One plain sentence: does accuracy separate the run's candidates, with its two figures."""
+    upper = n.get("seed_noise_upper", n["seed_noise"])
     figures = (
         f"spread {_points(n['spread'])} points over {n['complete']} complete trials, seed noise "
-        f"{_points(n['seed_noise'])} from {n['pairs']} trial(s) trained twice"
+        f"{_points(n['seed_noise'])} (up to {_points(upper)} at {100 * n.get('confidence', CONFIDENCE):.0f}% "
+        f"confidence) from {n['pairs']} trial(s) trained twice"
     )
     if n["separates"] is None:
         return (
