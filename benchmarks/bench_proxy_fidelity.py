@@ -62,7 +62,7 @@ SETTINGS = {
     "half": (0.5, _D.image_size, _D.epochs),
     "4x-epochs": (_D.width, _D.image_size, 4 * _D.epochs),
     "64px": (_D.width, 64, _D.epochs),
-    "full-40px": (1.0, 40, 2),  # the unshrunk candidate, reduced: its last stage sees 2x2 at 40 px
+    "full-40px": (1.0, 40, 1),  # the unshrunk candidate, reduced: its last stage sees 2x2 at 40 px
     "truth": (1.0, 64, 12),  # full size, last stage 2x2: the GPU's job (minutes there, days here)
 }
 CHAIN = [("default", "half"), ("half", "full-40px"), ("default", "4x-epochs"), ("default", "64px")]
@@ -232,6 +232,7 @@ def run_jobs(args, archs, data) -> None:
                 continue
             r = train_one(archs[i], SETTINGS[s], data, k, args.device, args.batch_size)
             r.update(setting=s, candidate=i, seed=k, arch=archs[i].to_string(), threads=torch.get_num_threads())
+            r.update(zip(("width_depth", "image_size", "epochs"), SETTINGS[s]))
             atomic_write_json(path, r)
             print(
                 f"{s:10s} c{i:02d} seed {k}: accuracy {r['accuracy']:.3f} in {r['train_s']:.0f} s "
@@ -292,15 +293,47 @@ def _rank(a: dict, b: dict) -> dict:
     return {"n": len(common), **rank_ci([a[i] for i in common], [b[i] for i in common])}
 
 
+SEPARATION = 2.0  # a setting separates its candidates when their spread is at least this many times its seed noise
+
+
+def _seed_noise(res: dict, s: str, n: int) -> float | None:
+    """One training's seed noise in setting ``s``: from every candidate trained twice where there are
+    such pairs (``sqrt(mean(d**2) / 2)``), else the standard deviation of the reference's seeds."""
+    acc, second = _acc(res, s, n), _acc(res, s, n, seed=1)
+    pairs = [acc[i] - second[i] for i in sorted(set(acc) & set(second))]
+    if len(pairs) >= 3:
+        return float(np.sqrt(np.mean(np.square(pairs)) / 2))
+    seeds = [res[(s, 0, k)]["accuracy"] for k in range(3) if (s, 0, k) in res]
+    return float(np.std(seeds, ddof=1)) if len(seeds) > 1 else None
+
+
+def separates(res: dict, s: str, n: int) -> bool | None:
+    vals = list(_acc(res, s, n).values())
+    noise = _seed_noise(res, s, n)
+    if noise is None or len(vals) < 3:
+        return None
+    return bool(np.std(vals, ddof=1) >= SEPARATION * noise)
+
+
+def pick_truth(res: dict, complete: list[str], n: int) -> str:
+    """The most faithful complete setting (the widest and deepest, then the largest images, then the most
+    epochs) among those whose candidates separate beyond the seed noise; if none does, the most
+    faithful of all (the report then says that it is no truth)."""
+    key = SETTINGS.__getitem__
+    clear = [s for s in complete if separates(res, s, n)]
+    return max(clear or complete, key=key)
+
+
 def report(res: dict, archs, truth: str | None, num_classes: int) -> dict:
     n = len(archs)
     present = [s for s in SETTINGS if any(k[0] == s for k in res)]
     complete = [s for s in present if len(_acc(res, s, n)) == n]
-    if truth is None and complete:  # the best-trained setting: the one whose candidates learned most
-        truth = max(complete, key=lambda s: np.mean(list(_acc(res, s, n).values())))
+    if truth is None and complete:
+        truth = pick_truth(res, complete, n)
     params = {i: float(count_params(a, num_classes)) for i, a in enumerate(archs)}
     macs = {i: float(count_macs(a, num_classes=num_classes)) for i, a in enumerate(archs)}
-    out = {"truth": truth, "candidates": n, "settings": {}, "chain": []}
+    out = {"truth": truth, "truth_separates": separates(res, truth, n) if truth else None}
+    out.update(candidates=n, settings={}, chain=[])
     t = _acc(res, truth, n) if truth else {}
     if t:
         out["baselines"] = {"params": _rank(params, t), "macs": _rank(macs, t)}
@@ -317,6 +350,7 @@ def report(res: dict, archs, truth: str | None, num_classes: int) -> dict:
             pair_noise=float(np.sqrt(np.mean(np.square(pairs)) / 2)) if len(pairs) >= 3 else None,
             seed_vs_seed=_rank(acc, second) if len(second) >= 3 else None,
         )
+        entry["separates"] = separates(res, s, n)
         out["settings"][s] = entry
         if len(second) == n and s != truth:  # the mean of two seeds: a proxy at twice the cost
             mean2 = {i: (acc[i] + second[i]) / 2 for i in acc}
@@ -358,6 +392,8 @@ def verdict(rep: dict) -> dict:
     """The cheapest setting whose Kendall against the truth is at least BAR and above the parameter
     count's; else the best setting found, said as such."""
     base = rep.get("baselines", {}).get("params", {}).get("kendall")
+    if not rep.get("truth_separates"):
+        return {"meets": False, "setting": None, "kendall": None, "params_kendall": base, "no_truth": True}
     ranked = [(e["trial_s_median"], s, e["vs_truth"]["kendall"]) for s, e in rep["settings"].items() if e["vs_truth"]]
     ranked = [r for r in ranked if r[2] is not None]
     meets = sorted(r for r in ranked if r[2] >= BAR and (base is None or r[2] > base))
@@ -385,6 +421,10 @@ def _noise(e: dict) -> str:
     return out
 
 
+def _yes(v) -> str:
+    return "-" if v is None else ("yes" if v else "no")
+
+
 def _rho(r) -> str:
     return _tau(r, "spearman")
 
@@ -401,8 +441,8 @@ def markdown(rep: dict, setup: str) -> str:
         "",
         "| setting | width/depth, px, epochs | n | accuracy mean [range] | spread (std, points) | seed noise "
         "(std, points) | Kendall vs truth [95% CI] | Spearman vs truth [95% CI] | seed vs seed Kendall "
-        "| trial s (median) | img/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| separates (spread >= 2x noise) | trial s (median) | img/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s, e in rep["settings"].items():
         rng = e["accuracy_range"]
@@ -413,10 +453,17 @@ def markdown(rep: dict, setup: str) -> str:
             f"{_f(e['spread_std'] and 100 * e['spread_std'], '.1f')} | "
             f"{_noise(e)} | "
             f"{'(truth)' if s == rep['truth'] else _tau(vt)} | {_rho(vt)} | "
-            f"{_tau(e['seed_vs_seed'])} | {e['trial_s_median']:.0f} | {e['images_per_s_median']:.0f} |"
+            f"{_tau(e['seed_vs_seed'])} | {_yes(e.get('separates'))} | {e['trial_s_median']:.0f} | "
+            f"{e['images_per_s_median']:.0f} |"
         )
     v = rep["verdict"]
-    if v["setting"] is not None:
+    if v.get("no_truth"):
+        lines += [
+            "",
+            f"No truth: the candidates of `{rep['truth']}`, the most faithful setting measured, do not separate "
+            f"beyond its seed noise (spread < {SEPARATION}x noise), so no ranking against it can be judged.",
+        ]
+    elif v["setting"] is not None:
         lines += [
             "",
             (

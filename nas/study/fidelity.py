@@ -179,8 +179,9 @@ def noise_line(n: dict[str, Any]) -> str:
         return f"accuracy separates these candidates: yes ({figures}) (fidelity.json)"
     return (
         f"accuracy separates these candidates: no ({figures}): on this data and proxy the accuracy is mostly "
-        "the seed's, so the search ranks by training speed and size; use data on which candidates differ "
-        "(--dataset imagefolder:PATH or cifar10) or a longer proxy (fidelity.json)"
+        "the seed's, so the search ranks by training speed and size; candidates differ more on photographs "
+        "than on digits (--dataset imagefolder:PATH or cifar10) and through a less shrunk proxy (--width-mult, "
+        "--depth-mult; the README's 'Does the proxy's accuracy rank candidates?') (fidelity.json)"
     )
 
 
