@@ -311,7 +311,9 @@ def test_proxy_fidelity_ranks_each_setting_against_the_truth_and_resumes(tmp_pat
     assert len(stored) == 4 + 2 + 4 + 2 + 3 and "0 of 15 trainings already stored" in out
     report = json.loads(results.with_suffix(".json").read_text())
     truth = report["truth"]
-    assert truth in ("tiny", "tiny-2x") and {"tiny", "tiny-2x"} == set(report["settings"])
+    assert truth in ("tiny", "tiny-2x") and {"tiny", "tiny-2x"} <= set(report["settings"])
+    # the mean of two seeds is a setting of its own where "tiny" (run at two seeds everywhere) is not the truth
+    assert set(report["settings"]) - {"tiny", "tiny-2x"} == ({"tiny x2 seeds"} if truth != "tiny" else set())
     other = ({"tiny", "tiny-2x"} - {truth}).pop()
 
     def acc(setting, seed=0):
