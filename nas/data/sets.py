@@ -273,10 +273,12 @@ def _decode(data: datasets.ImageFolder, i: int, root: Path) -> torch.Tensor:
     try:
         return data[i][0]
     except Exception as e:  # PIL raises UnidentifiedImageError, OSError, SyntaxError ... for a bad file
-        raise NasError(
-            f"cannot decode {data.samples[i][0]!r} in image folder {str(root)!r}: "
-            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        ) from None
+        raise NasError(f"cannot decode {data.samples[i][0]!r} in image folder {str(root)!r}: {_why(e)}") from None
+
+
+def _why(e: Exception) -> str:
+    """A decoder's error in one line: its type and the first line of its message."""
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
 def _fits_in_memory(first: torch.Tensor, count: int) -> bool:
@@ -292,7 +294,7 @@ def _decode_all(data: datasets.ImageFolder, root: Path, first: torch.Tensor) -> 
         try:
             img = data[i][0]
         except Exception as e:  # any decoder error names the file
-            bad.append((data.samples[i][0], f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
+            bad.append((data.samples[i][0], _why(e)))
             continue
         if img.shape != first.shape:
             return None
@@ -330,7 +332,7 @@ def probe(splits: Splits) -> Splits:
             with Image.open(path) as im:
                 im.verify()
         except Exception as e:  # any decoder error names the file
-            bad.append((path, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
+            bad.append((path, _why(e)))
     if bad:
         checked = len(paths[::step])
         raise NasError(
