@@ -57,6 +57,7 @@ def run_objective(
     """
     t_start = time.time()
     arch = Architecture.from_string(proposal["arch"])
+    seed, image_scale = problem.seed(number), float(proposal.get("image_scale", 1.0))
     base = {
         "number": number,
         **proposal.get("facts", {}),
@@ -82,8 +83,8 @@ def run_objective(
     try:
         m = evaluator.evaluate(
             arch,
-            seed=problem.seed(number),
-            image_scale=float(proposal.get("image_scale", 1.0)),
+            seed=seed,
+            image_scale=image_scale,
             fidelity=evaluator.samples_fidelity(number),
             on_epoch=hook,
         )
@@ -92,7 +93,7 @@ def run_objective(
     except Exception as e:  # the candidate's failure: recorded with its reason, the search goes on
         return finish("FAIL", getattr(e, "metrics", None) or {}, error_text(e))
     if evaluator.samples_repeat(number):
-        m = {**m, **_repeat(evaluator, arch, problem.seed(number), float(proposal.get("image_scale", 1.0)))}
+        m = {**m, **_repeat(evaluator, arch, seed, image_scale)}
     return finish("COMPLETE", m)
 
 
